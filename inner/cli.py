@@ -1,0 +1,103 @@
+"""``autodata-generate``: the Hydra entry point of the inner loop.
+
+Examples::
+
+    autodata-generate                                     # cs_papers, embedded model
+    autodata-generate task=legal task.limit=3 inner.max_rounds=3
+    autodata-generate method=cot_self_instruct hydra.run.dir=runs/cot
+    autodata-generate harness=/path/to/exported_harness llm=openai
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from inner.config import GenerateConfig, register_configs
+from inner.errors import AutodataError
+
+log = logging.getLogger("autodata")
+
+register_configs()
+
+
+def to_config(dcfg: DictConfig) -> GenerateConfig:
+    """Convert the composed Hydra config to :class:`GenerateConfig` once, at the entry point.
+
+    Raises:
+        ConfigError: a value fails validation (the message names it).
+    """
+    obj = OmegaConf.to_object(dcfg)
+    assert isinstance(obj, GenerateConfig)
+    return obj
+
+
+def summary_table(stats: dict[str, Any], run_dir: Path) -> Table:
+    """The end-of-run summary: outcome, averages, calls and tokens per role, output paths."""
+    t = Table(title=f"Autodata — {stats['method']} ({stats['harness_id']})", show_lines=False)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    fin, acc = stats["final"], stats["accepted_examples"]
+
+    def f(x: Any) -> str:
+        return "n/a" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
+    rows = [
+        ("documents (finished / errored)", f"{stats['documents']} ({stats['finished']} / {stats['errored']})"),
+        ("accepted", f(stats["accepted"])),
+        ("pass rate", f(stats["pass_rate"])),
+        ("mean rounds to accept", f(stats["mean_rounds_to_accept"])),
+        ("final weak / strong / gap", f"{f(fin['weak_avg'])} / {f(fin['strong_avg'])} / {f(fin['gap'])}"),
+        ("accepted weak / strong / gap", f"{f(acc['weak_avg'])} / {f(acc['strong_avg'])} / {f(acc['gap'])}"),
+        ("failure modes", ", ".join(f"{k} {v}" for k, v in stats["failure_modes"].items()) or "-"),
+        ("wall time (s)", f(stats["wall_s"])),
+    ]
+    for k, v in rows:
+        t.add_row(k, v)
+    for role, u in stats["this_invocation"].items():
+        t.add_row(
+            f"calls: {role}",
+            f"{u['calls']} sent + {u['cached_calls']} cached, {u['prompt_tokens']}+{u['completion_tokens']} tok",
+        )
+    for name in ("dataset.jsonl", "trajectories", "stats.json", "config.yaml", "calls.jsonl"):
+        t.add_row(f"output: {name}", str(run_dir / name))
+    return t
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
+def _main(dcfg: DictConfig) -> None:
+    from inner.progress import RichProgress
+    from inner.run import run_generate
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        cfg = to_config(dcfg)
+
+        def observer(**kw: Any) -> RichProgress:
+            return RichProgress(enabled=cfg.progress and sys.stderr.isatty(), **kw)
+
+        stats = asyncio.run(run_generate(cfg, run_dir, observer_factory=observer))
+    except AutodataError as exc:
+        log.error("%s", exc)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        log.warning("interrupted: finished work is on disk in %s; rerun the same command to resume", run_dir)
+        sys.exit(130)
+    Console().print(summary_table(stats, run_dir))
+    if stats["documents"] and stats["errored"] == stats["documents"]:
+        log.error("every document failed; see trajectories/*.json and %s", run_dir / "llm_server.log")
+        sys.exit(1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _main()

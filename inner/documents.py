@@ -1,0 +1,155 @@
+"""Loading source documents.
+
+A corpus is a directory of ``.txt``, ``.md``, ``.tex`` and ``.pdf`` files. Each readable file
+becomes a :class:`Document` with a stable id ``<slug>-<first 8 hex of sha256(text)>``, so the
+same text always gets the same id and an edited file gets a new one. Empty, binary and
+unreadable files are skipped and listed together in one warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from inner.config import TaskConfig
+from inner.errors import DocumentError
+from inner.paths import resolve_path
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".txt", ".md", ".tex", ".pdf")
+TRUNCATION_MARK = "\n[... document truncated ...]"
+
+
+@dataclass(frozen=True)
+class Document:
+    """One source document.
+
+    Attributes:
+        doc_id: ``<slug>-<8 hex of the content sha256>``; stable across runs.
+        path: where it was read from.
+        title: the ``Title:`` header line if present, else the file stem.
+        text: the full text (UTF-8, normalised newlines).
+    """
+
+    doc_id: str
+    path: str
+    title: str
+    text: str
+
+    def excerpt(self, max_chars: int) -> str:
+        """The text cut to at most ``max_chars`` characters at a clean boundary.
+
+        Cuts at the last paragraph break, else sentence end, else whitespace, within the
+        budget, and appends a marker saying that the text was truncated. ``max_chars <= 0``
+        gives ``""``.
+        """
+        if max_chars <= 0:
+            return ""
+        if len(self.text) <= max_chars:
+            return self.text
+        budget = max(0, max_chars - len(TRUNCATION_MARK))
+        head = self.text[:budget]
+        for sep in ("\n\n", ". ", "\n", " "):
+            cut = head.rfind(sep)
+            if cut >= budget // 2:
+                head = head[: cut + (1 if sep == ". " else 0)]
+                break
+        return head.rstrip() + TRUNCATION_MARK
+
+
+def slugify(name: str, max_len: int = 48) -> str:
+    """Lower-case ASCII slug of ``name`` (letters, digits, single dashes), at most ``max_len``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug[:max_len].rstrip("-") or "doc"
+
+
+def make_doc_id(name: str, text: str) -> str:
+    """``<slug(name)>-<8 hex of sha256(text)>``."""
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+    return f"{slugify(name)}-{digest}"
+
+
+def _read_text(path: Path) -> str:
+    """Text of one file; raises ValueError with a reason when it is unusable."""
+    if path.suffix.lower() == ".pdf":
+        from pypdf import PdfReader
+
+        try:
+            reader = PdfReader(str(path))
+            text = "\n\n".join(page.extract_text() or "" for page in reader.pages)
+        except Exception as exc:  # pypdf raises many types for broken files
+            raise ValueError(f"unreadable PDF ({type(exc).__name__}: {exc})") from exc
+    else:
+        raw = path.read_bytes()
+        if b"\x00" in raw[:8192]:
+            raise ValueError("binary content (NUL bytes)")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.strip():
+        raise ValueError("empty")
+    return text
+
+
+def _title(text: str, fallback: str) -> str:
+    first = text.lstrip().split("\n", 1)[0]
+    if first.lower().startswith("title:"):
+        return first.split(":", 1)[1].strip() or fallback
+    return fallback
+
+
+def load_documents(task: TaskConfig) -> list[Document]:
+    """Load the documents of ``task``.
+
+    Args:
+        task: ``corpus`` directory (or a single file), optional ``files``, ``order`` and
+            ``limit``.
+
+    Returns:
+        Documents in the configured order, at most ``task.limit`` of them.
+
+    Raises:
+        DocumentError: the corpus path does not exist, a file named in ``task.files`` is
+            missing, or no readable document is left.
+    """
+    root = resolve_path(task.corpus)
+    if not root.exists():
+        raise DocumentError(f"task.corpus={task.corpus!r} does not exist (resolved to {root})")
+    if root.is_file():
+        paths = [root]
+    elif task.files:
+        paths = [root / f for f in task.files]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise DocumentError(f"task.files names files missing from {root}: {missing}")
+    else:
+        paths = sorted(
+            p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES and p.name not in task.exclude
+        )
+
+    docs: list[Document] = []
+    skipped: list[str] = []
+    for path in paths:
+        try:
+            text = _read_text(path)
+        except (OSError, ValueError) as exc:
+            skipped.append(f"{path.name} ({exc})")
+            continue
+        docs.append(Document(make_doc_id(path.stem, text), str(path), _title(text, path.stem), text))
+    if skipped:
+        log.warning("skipped %d unusable file(s): %s", len(skipped), "; ".join(skipped))
+    if not docs:
+        raise DocumentError(
+            f"no readable document in {root} (supported: {', '.join(SUFFIXES)}; skipped {len(skipped)})"
+        )
+    if task.order == "shortest":
+        docs.sort(key=lambda d: (len(d.text), d.doc_id))
+    if task.limit is not None:
+        docs = docs[: task.limit]
+    return docs

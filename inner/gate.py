@@ -1,0 +1,117 @@
+"""The acceptance gate (part of the frozen evaluator: no harness can change it).
+
+Rubric mode, defaults from the deployed Autodata thresholds (DESIGN.md, "Acceptance gate"):
+QV passed; weak_avg <= 0.65; max weak <= 0.75; no weak score of 0; 0.60 <= strong_avg < 0.95;
+no strong score of 0; strong_avg - weak_avg >= 0.20.
+
+The weak side is checked first (:func:`check_weak`): if it already fails, the strong solver
+is skipped (the weak-first short-circuit).
+
+Verifiable mode (exact answers): the strong majority answer must equal the reference and the
+weak majority must not (:func:`check_majority`).
+
+Comparisons use a tolerance of 1e-9 so that boundary values such as ``0.85 - 0.65`` (which is
+``0.19999999999999996`` in binary floating point) count as meeting ``>= 0.20``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from statistics import fmean
+
+from inner.config import GateConfig
+from inner.records import FailureMode
+
+EPS = 1e-9
+
+
+@dataclass
+class GateDecision:
+    """The gate's verdict: ``mode`` (ACCEPTED or why not) and human-readable ``reasons``."""
+
+    mode: FailureMode
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> bool:
+        return self.mode is FailureMode.ACCEPTED
+
+
+def check_weak(weak: list[float], cfg: GateConfig) -> GateDecision | None:
+    """Weak-side conditions only; ``None`` means "weak side passes, run the strong solver".
+
+    Args:
+        weak: weak-solver scores, each in [0, 1]; at least one.
+    """
+    avg, top = fmean(weak), max(weak)
+    reasons = []
+    if avg > cfg.weak_avg_max + EPS:
+        reasons.append(f"weak_avg {avg:.3f} > {cfg.weak_avg_max}")
+    if top > cfg.weak_max + EPS:
+        reasons.append(f"max weak {top:.3f} > {cfg.weak_max}")
+    if reasons:
+        return GateDecision(FailureMode.TOO_EASY, reasons)
+    if cfg.reject_weak_zero and min(weak) <= EPS:
+        return GateDecision(FailureMode.WEAK_ZERO, ["a weak score is 0"])
+    return None
+
+
+def check_rubric(weak: list[float], strong: list[float], *, qv_passed: bool, cfg: GateConfig) -> GateDecision:
+    """The full rubric-mode gate.
+
+    Args:
+        weak / strong: solver scores in [0, 1]; at least one each.
+        qv_passed: the quality verifier's verdict.
+    """
+    if not qv_passed:
+        return GateDecision(FailureMode.FAILED_QV, ["quality verifier rejected the challenge"])
+    weak_fail = check_weak(weak, cfg)
+    if weak_fail is not None:
+        return weak_fail
+    s_avg, w_avg = fmean(strong), fmean(weak)
+    if s_avg >= cfg.strong_avg_max - EPS:
+        return GateDecision(FailureMode.TOO_EASY, [f"strong_avg {s_avg:.3f} >= {cfg.strong_avg_max}"])
+    reasons = []
+    if s_avg < cfg.strong_avg_min - EPS:
+        reasons.append(f"strong_avg {s_avg:.3f} < {cfg.strong_avg_min}")
+    if cfg.reject_strong_zero and min(strong) <= EPS:
+        reasons.append("a strong score is 0")
+    if s_avg - w_avg < cfg.min_gap - EPS:
+        reasons.append(f"gap {s_avg - w_avg:.3f} < {cfg.min_gap}")
+    if reasons:
+        return GateDecision(FailureMode.FAILED_STRONG, reasons)
+    return GateDecision(FailureMode.ACCEPTED)
+
+
+def majority(answers: list[str | None]) -> str | None:
+    """The most common non-empty answer; ``None`` if there is none or the top count is tied."""
+    counts = Counter(a for a in answers if a)
+    if not counts:
+        return None
+    (top, n), *rest = counts.most_common()
+    if rest and rest[0][1] == n:
+        return None
+    return top
+
+
+def check_majority_weak(weak: list[str | None], reference: str) -> GateDecision | None:
+    """Verifiable mode, weak side: fails (TOO_EASY) when the weak majority equals the reference."""
+    if majority(weak) == reference:
+        return GateDecision(FailureMode.TOO_EASY, [f"weak majority answer equals the reference {reference!r}"])
+    return None
+
+
+def check_majority(
+    weak: list[str | None], strong: list[str | None], reference: str, *, qv_passed: bool
+) -> GateDecision:
+    """Verifiable-mode gate over normalized answers (see :func:`inner.evaluator.normalize_answer`)."""
+    if not qv_passed:
+        return GateDecision(FailureMode.FAILED_QV, ["quality verifier rejected the challenge"])
+    weak_fail = check_majority_weak(weak, reference)
+    if weak_fail is not None:
+        return weak_fail
+    got = majority(strong)
+    if got != reference:
+        return GateDecision(FailureMode.FAILED_STRONG, [f"strong majority answer {got!r} != reference {reference!r}"])
+    return GateDecision(FailureMode.ACCEPTED)

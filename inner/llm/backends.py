@@ -1,0 +1,212 @@
+"""Backends: the LLM servers the project starts itself.
+
+- ``local`` (default, offline): llama-cpp-python's OpenAI-compatible server with the embedded
+  Qwen2.5-Coder-0.5B-Instruct GGUF (:mod:`inner.llm.weights`), on a free loopback port.
+- ``vllm``: ``vllm serve MODEL`` on a free loopback port (GPU machines); waits for ``/health``.
+- ``openai``: starts nothing; endpoints must set ``base_url`` (and ``api_key_env``).
+
+:func:`start_backend` is a context manager that yields ``{endpoint name: base_url}`` for the
+endpoints whose ``base_url`` is unset, and stops the server on exit, Ctrl-C or error. The
+child gets ``PR_SET_PDEATHSIG`` on Linux so it also dies if this process is killed with
+SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from inner.config import LLMConfig
+from inner.errors import BackendError
+from inner.llm.weights import INSTALL_HINT, ensure_gguf
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (bound then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _served_endpoints(cfg: LLMConfig) -> list[str]:
+    return [name for name, ep in cfg.endpoints.items() if not ep.base_url]
+
+
+def _served_model(cfg: LLMConfig) -> str:
+    names = {cfg.endpoints[n].model for n in _served_endpoints(cfg)}
+    if len(names) > 1:
+        raise BackendError(
+            f"llm.backend.kind={cfg.backend.kind!r} serves one model, but the endpoints without base_url "
+            f"name several: {sorted(names)}; give the others a base_url"
+        )
+    return names.pop() if names else "model"
+
+
+def llama_cpp_command(cfg: LLMConfig, model_path: Path, port: int) -> list[str]:
+    """Command line of the embedded llama.cpp server (llama-cpp-python ``llama_cpp.server``)."""
+    b = cfg.backend
+    cmd = [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(model_path),
+        "--model_alias", _served_model(cfg),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--n_ctx", str(b.n_ctx),
+        "--n_threads", str(b.n_threads or os.cpu_count() or 1),
+    ]  # fmt: skip
+    return cmd + list(b.extra_args)
+
+
+def vllm_command(cfg: LLMConfig, port: int) -> list[str]:
+    """Command line of ``vllm serve`` for ``llm=vllm``; the served name is the endpoint's model."""
+    served = _served_model(cfg)
+    model = cfg.backend.vllm_model or served
+    cmd = ["vllm", "serve", model, "--host", "127.0.0.1", "--port", str(port), "--served-model-name", served]
+    return cmd + list(cfg.backend.extra_args)
+
+
+def _set_pdeathsig() -> None:  # runs in the child between fork and exec
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except OSError:
+        pass
+
+
+class ManagedServer:
+    """A child server process with a health check.
+
+    Args:
+        cmd: command line.
+        health_url: URL that answers 200 once the server is ready.
+        log_path: file that receives the server's stdout and stderr.
+        startup_timeout_s: seconds to wait for health before giving up.
+    """
+
+    def __init__(self, cmd: list[str], *, health_url: str, log_path: Path, startup_timeout_s: float) -> None:
+        self.cmd = cmd
+        self.health_url = health_url
+        self.log_path = log_path
+        self.startup_timeout_s = startup_timeout_s
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the process and block until healthy.
+
+        Raises:
+            BackendError: the process exits early or is not healthy within the timeout
+                (the message quotes the end of its log).
+        """
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        logf = self.log_path.open("ab")
+        log.info("starting LLM server: %s", " ".join(self.cmd))
+        try:
+            self.proc = subprocess.Popen(
+                self.cmd,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
+            )
+        except FileNotFoundError as exc:
+            raise BackendError(f"cannot start {self.cmd[0]!r}: {exc}") from exc
+        finally:
+            logf.close()
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BackendError(
+                    f"LLM server exited with code {self.proc.returncode} during startup; "
+                    f"log {self.log_path}:\n{self._tail()}"
+                )
+            try:
+                if httpx.get(self.health_url, timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise BackendError(
+            f"LLM server not healthy at {self.health_url} after {self.startup_timeout_s:.0f} s "
+            f"(llm.backend.startup_timeout_s); log {self.log_path}:\n{self._tail()}"
+        )
+
+    def _tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "<no log>"
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM the process group, then SIGKILL after ``grace_s`` seconds."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        log.info("LLM server stopped")
+
+
+@contextlib.contextmanager
+def start_backend(cfg: LLMConfig, *, log_dir: Path) -> Iterator[dict[str, str]]:
+    """Start the configured backend and yield base URLs for the endpoints it serves.
+
+    Args:
+        cfg: the LLM config (``cfg.backend.kind`` picks the backend).
+        log_dir: where ``llm_server.log`` goes.
+
+    Yields:
+        ``{endpoint name: base_url}`` for every endpoint whose ``base_url`` is unset
+        (empty for ``openai``, or when every endpoint already has a URL).
+
+    Raises:
+        BackendError / ModelWeightsError: the extra is not installed, weights are missing or
+            corrupt, or the server does not come up.
+    """
+    served = _served_endpoints(cfg)
+    kind = cfg.backend.kind
+    if kind == "openai" or not served:
+        yield {}
+        return
+    port = cfg.backend.port or free_port()
+    base = f"http://127.0.0.1:{port}"
+    if kind == "local":
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise BackendError(f"llm=local needs llama-cpp-python[server]: {INSTALL_HINT}")
+        model_path = ensure_gguf(Path(cfg.backend.model_cache_dir) if cfg.backend.model_cache_dir else None)
+        cmd = llama_cpp_command(cfg, model_path, port)
+        health = f"{base}/v1/models"
+    else:
+        if shutil.which("vllm") is None:
+            raise BackendError("llm=vllm needs the `vllm` command: pip install vllm (GPU machine)")
+        cmd = vllm_command(cfg, port)
+        health = f"{base}/health"
+    server = ManagedServer(
+        cmd, health_url=health, log_path=log_dir / "llm_server.log", startup_timeout_s=cfg.backend.startup_timeout_s
+    )
+    try:
+        server.start()
+        yield {name: f"{base}/v1" for name in served}
+    finally:
+        server.stop()

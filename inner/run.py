@@ -1,0 +1,142 @@
+"""``run_generate``: one generation run into one run directory (resumable)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from inner.config import GenerateConfig
+from inner.documents import load_documents
+from inner.errors import ConfigError
+from inner.harness import load_harness
+from inner.llm.backends import start_backend
+from inner.llm.cache import ResponseCache, atomic_write_text
+from inner.llm.client import LLMClient
+from inner.loop import Engine, LoopObserver, run_documents
+from inner.records import RunWriter
+from inner.stats import compute_stats
+
+log = logging.getLogger(__name__)
+
+#: Config sections that must not change when a run directory is resumed: mixing their values
+#: would mix incomparable records in one dataset.
+IDENTITY_KEYS = ("method", "harness_id", "gate", "inner")
+
+
+def _identity(cfg: GenerateConfig, harness_id: str) -> dict[str, Any]:
+    return {"method": cfg.method, "harness_id": harness_id, "gate": asdict(cfg.gate), "inner": asdict(cfg.inner)}
+
+
+def write_run_config(run_dir: Path, cfg: GenerateConfig, harness_id: str) -> None:
+    """Write ``config.yaml`` (resolved config + harness id); refuse to resume a run directory
+    that was made with a different method, harness, gate or inner-loop config.
+
+    Raises:
+        ConfigError: the run directory's earlier ``config.yaml`` disagrees (the message says
+            on what, and to choose a new ``hydra.run.dir``).
+    """
+    path = run_dir / "config.yaml"
+    ident = _identity(cfg, harness_id)
+    if path.exists():
+        old = yaml.safe_load(path.read_text()) or {}
+        old_ident = old.get("identity", {})
+        diff = [k for k in IDENTITY_KEYS if k in old_ident and old_ident[k] != ident[k]]
+        if diff:
+            raise ConfigError(
+                f"run directory {run_dir} was made with a different {', '.join(diff)} "
+                f"(e.g. {diff[0]}={old_ident[diff[0]]!r}); resume it with the same settings or "
+                "choose a new hydra.run.dir"
+            )
+    doc = {"identity": ident, "config": asdict(cfg)}
+    atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
+
+
+async def run_generate(
+    cfg: GenerateConfig, run_dir: Path, *, observer_factory: Any = None, base_urls: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Generate data for every document of ``cfg.task`` into ``run_dir``.
+
+    Documents finished in an earlier run into the same directory are skipped; unfinished ones
+    are redone, replaying cached LLM calls. Starts the configured backend unless
+    ``base_urls`` is given (tests pass the scripted server's URL).
+
+    Args:
+        cfg: the run config.
+        run_dir: the run directory (Hydra's output dir).
+        observer_factory: ``f(total=, done=, accepted=, usage=) -> LoopObserver`` context
+            manager for progress display; ``None`` for none.
+        base_urls: endpoint name -> base URL, bypassing the backend.
+
+    Returns:
+        The ``stats.json`` dictionary (also written to disk).
+
+    Raises:
+        ConfigError, DocumentError, HarnessError, BackendError: before any LLM call.
+    """
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    docs = load_documents(cfg.task)
+    harness = load_harness(cfg.harness)
+    write_run_config(run_dir, cfg, harness.harness_id)
+    writer = RunWriter(run_dir)
+    prior = [writer.load_trajectory(d.doc_id) for d in docs]
+    done = sum(1 for t in prior if t is not None and t.finished)
+    accepted = sum(1 for t in prior if t is not None and t.status == "accepted")
+    log.info(
+        "%s with harness %s on %d documents (%d finished earlier) -> %s",
+        cfg.method, harness.harness_id, len(docs), done, run_dir,
+    )  # fmt: skip
+    cache = ResponseCache(Path(cfg.llm.cache_dir) if cfg.llm.cache_dir else run_dir / "llm_cache")
+    if base_urls is not None:
+        backend: Any = contextlib.nullcontext(base_urls)
+    elif done == len(docs):  # nothing to do: do not start a server
+        backend = contextlib.nullcontext(_unused_urls(cfg))
+    else:
+        backend = start_backend(cfg.llm, log_dir=run_dir)
+    with backend as urls:
+        client = LLMClient(cfg.llm, base_urls=urls, cache=cache, call_log=run_dir / "calls.jsonl")
+        observer = (
+            observer_factory(total=len(docs), done=done, accepted=accepted, usage=client.usage)
+            if observer_factory
+            else contextlib.nullcontext(LoopObserver())
+        )
+        try:
+            with observer as obs:
+                eng = Engine(cfg, client, harness, writer, obs)
+                ticker = asyncio.create_task(_tick(obs))
+                try:
+                    trajectories = await run_documents(eng, docs)
+                finally:
+                    ticker.cancel()
+        finally:
+            await client.aclose()
+    stats = compute_stats(
+        trajectories,
+        method=cfg.method,
+        harness_id=harness.harness_id,
+        task=cfg.task.name,
+        this_invocation=client.usage.as_dict(),
+        wall_s=time.perf_counter() - t0,
+    )
+    writer.write_json("stats.json", stats)
+    return stats
+
+
+def _unused_urls(cfg: GenerateConfig) -> dict[str, str]:
+    """Placeholder URLs when every document is already finished: no request will be made."""
+    return {name: "http://127.0.0.1:9/v1" for name in cfg.llm.endpoints}
+
+
+async def _tick(obs: Any, period_s: float = 1.0) -> None:
+    refresh = getattr(obs, "refresh", None)
+    while refresh is not None:
+        refresh()
+        await asyncio.sleep(period_s)

@@ -1,0 +1,224 @@
+"""A scripted OpenAI-compatible server on loopback (test double; tests and benchmarks only).
+
+It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) for the ``openai`` client:
+``POST /v1/chat/completions`` and ``GET /v1/models``. Each completion is produced by a
+*script*: ``script(role, body) -> Reply | str | dict``, where ``role`` is the request's
+``X-Autodata-Role`` header and ``body`` the parsed JSON request. A ``dict`` is sent as JSON
+content, a ``str`` as is; a :class:`Reply` can also set an HTTP error status, a delay, or drop
+the connection without answering. Every request is recorded in ``server.requests``.
+
+Run in a thread (``with ScriptedServer(script) as url: ...``) for tests, or as a separate
+process for benchmarks: ``python -m tests.scripted_server --script MODULE:FUNC --latency 0.2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Reply:
+    """One scripted answer.
+
+    Attributes:
+        content: assistant message text (a dict is JSON-encoded).
+        status: HTTP status; non-200 sends an OpenAI-style error body.
+        delay_s: sleep before answering (to trigger client timeouts).
+        drop: close the connection without any response.
+        finish_reason: reported finish reason.
+    """
+
+    content: str | dict[str, Any] = ""
+    status: int = 200
+    delay_s: float = 0.0
+    drop: bool = False
+    finish_reason: str = "stop"
+
+
+Script = Callable[[str, dict[str, Any]], "Reply | str | dict[str, Any]"]
+
+
+class ScriptedServer:
+    """The server. ``latency_s`` is added to every completion (benchmarks).
+
+    Args:
+        script: produces each completion.
+        latency_s: fixed delay per completion, seconds.
+        port: 0 picks a free port.
+    """
+
+    def __init__(self, script: Script, *, latency_s: float = 0.0, port: int = 0) -> None:
+        self.script = script
+        self.latency_s = latency_s
+        self.port = port
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.base_events.Server | None = None
+
+    # -- inspection -------------------------------------------------------------------------
+    def count(self, role: str | None = None) -> int:
+        """Number of completion requests received (for ``role``, or all)."""
+        with self._lock:
+            return sum(1 for r, _ in self.requests if role is None or r == role)
+
+    def roles(self) -> list[str]:
+        with self._lock:
+            return [r for r, _ in self.requests]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # -- HTTP ---------------------------------------------------------------------------------
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        k, v = line.split(":", 1)
+                        headers[k.strip().lower()] = v.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+                if method == "GET" and path.rstrip("/").endswith("/models"):
+                    self._send(writer, 200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+                elif method == "POST" and path.rstrip("/").endswith("/chat/completions"):
+                    if not await self._complete(writer, headers, body):
+                        return
+                else:
+                    self._send(writer, 404, {"error": {"message": f"no route {method} {path}"}})
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def _complete(self, writer: asyncio.StreamWriter, headers: dict[str, str], raw: bytes) -> bool:
+        req = json.loads(raw)
+        role = headers.get("x-autodata-role", "unknown")
+        with self._lock:
+            self.requests.append((role, req))
+        out = self.script(role, req)
+        reply = out if isinstance(out, Reply) else Reply(content=out)
+        if self.latency_s or reply.delay_s:
+            await asyncio.sleep(self.latency_s + reply.delay_s)
+        if reply.drop:
+            writer.transport.abort()
+            return False
+        if reply.status != 200:
+            self._send(writer, reply.status, {"error": {"message": f"scripted error {reply.status}", "type": "server_error"}})
+            return True
+        content = reply.content if isinstance(reply.content, str) else json.dumps(reply.content)
+        prompt_tokens = sum(len(str(m.get("content", ""))) for m in req.get("messages", [])) // 4
+        self._send(
+            writer,
+            200,
+            {
+                "id": "chatcmpl-scripted",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": req.get("model", "scripted"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": reply.finish_reason,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": max(1, len(content) // 4),
+                    "total_tokens": prompt_tokens + max(1, len(content) // 4),
+                },
+            },
+        )
+        return True
+
+    @staticmethod
+    def _send(writer: asyncio.StreamWriter, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        head = (
+            f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n"
+            "connection: keep-alive\r\n\r\n"
+        )
+        writer.write(head.encode() + data)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def serve(self) -> asyncio.base_events.Server:
+        """Start listening on the current event loop (for the process mode)."""
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self._server
+
+    def start(self) -> str:
+        """Start in a daemon thread; returns the base URL (``.../v1``)."""
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self.serve())
+            ready.set()
+            self._loop.run_forever()
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=run, name="scripted-server", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self.base_url
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+
+        def shutdown() -> None:
+            assert self._server is not None
+            self._server.close()
+            assert self._loop is not None
+            self._loop.stop()
+
+        self._loop.call_soon_threadsafe(shutdown)
+        assert self._thread is not None
+        self._thread.join(10)
+        self._loop = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--script", required=True, help="MODULE:FUNC producing completions")
+    ap.add_argument("--latency", type=float, default=0.0, help="seconds added to every completion")
+    ap.add_argument("--port", type=int, default=0)
+    args = ap.parse_args()
+    mod, func = args.script.split(":")
+    server = ScriptedServer(getattr(importlib.import_module(mod), func), latency_s=args.latency, port=args.port)
+
+    async def run() -> None:
+        srv = await server.serve()
+        print(f"READY {server.port}", flush=True)
+        async with srv:
+            await srv.serve_forever()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
