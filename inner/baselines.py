@@ -27,8 +27,12 @@ async def cot_propose(ctx: HarnessContext, feedback: str | None) -> JSONResult[C
     Uses the challenger role (its endpoint, sampling and document budget).
     """
     messages = render(
-        INNER_PROMPTS / "cot_self_instruct.md", domain=ctx.domain, document=ctx.document("challenger")
+        INNER_PROMPTS / "cot_self_instruct.md",
+        domain=ctx.domain,
+        document=ctx.document("challenger"),
     )
     res = await ctx.llm.complete_json("challenger", messages, CoTChallenge)
-    value = Challenge.model_validate(res.value.model_dump(exclude={"reasoning"})) if res.value else None
+    value = (
+        Challenge.model_validate(res.value.model_dump(exclude={"reasoning"})) if res.value else None
+    )
     return JSONResult(value, res.raw, res.error)

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from inner.config import GenerateConfig, register_configs
 from inner.errors import AutodataError
+from inner.paths import PROJECT_ROOT
 
 log = logging.getLogger("autodata")
 
@@ -52,12 +53,21 @@ def summary_table(stats: dict[str, Any], run_dir: Path) -> Table:
         return "n/a" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
 
     rows = [
-        ("documents (finished / errored)", f"{stats['documents']} ({stats['finished']} / {stats['errored']})"),
+        (
+            "documents (finished / errored)",
+            f"{stats['documents']} ({stats['finished']} / {stats['errored']})",
+        ),
         ("accepted", f(stats["accepted"])),
         ("pass rate", f(stats["pass_rate"])),
         ("mean rounds to accept", f(stats["mean_rounds_to_accept"])),
-        ("final weak / strong / gap", f"{f(fin['weak_avg'])} / {f(fin['strong_avg'])} / {f(fin['gap'])}"),
-        ("accepted weak / strong / gap", f"{f(acc['weak_avg'])} / {f(acc['strong_avg'])} / {f(acc['gap'])}"),
+        (
+            "final weak / strong / gap",
+            f"{f(fin['weak_avg'])} / {f(fin['strong_avg'])} / {f(fin['gap'])}",
+        ),
+        (
+            "accepted weak / strong / gap",
+            f"{f(acc['weak_avg'])} / {f(acc['strong_avg'])} / {f(acc['gap'])}",
+        ),
         ("failure modes", ", ".join(f"{k} {v}" for k, v in stats["failure_modes"].items()) or "-"),
         ("wall time (s)", f(stats["wall_s"])),
     ]
@@ -73,12 +83,13 @@ def summary_table(stats: dict[str, Any], run_dir: Path) -> Table:
     return t
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="generate")
 def _main(dcfg: DictConfig) -> None:
     from inner.progress import RichProgress
     from inner.run import run_generate
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request is noise
     try:
         cfg = to_config(dcfg)
 
@@ -90,11 +101,15 @@ def _main(dcfg: DictConfig) -> None:
         log.error("%s", exc)
         sys.exit(1)
     except KeyboardInterrupt:
-        log.warning("interrupted: finished work is on disk in %s; rerun the same command to resume", run_dir)
+        log.warning(
+            "interrupted: finished work is on disk in %s; rerun the same command to resume", run_dir
+        )
         sys.exit(130)
     Console().print(summary_table(stats, run_dir))
     if stats["documents"] and stats["errored"] == stats["documents"]:
-        log.error("every document failed; see trajectories/*.json and %s", run_dir / "llm_server.log")
+        log.error(
+            "every document failed; see trajectories/*.json and %s", run_dir / "llm_server.log"
+        )
         sys.exit(1)
 
 

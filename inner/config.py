@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from inner.errors import ConfigError
 
 ROLES = ("challenger", "quality_verifier", "main_agent", "weak_solver", "strong_solver", "judge")
+META_ROLES = ("analyzer", "implementer")
 METHODS = ("agentic_self_instruct", "cot_self_instruct")
 BACKENDS = ("local", "vllm", "openai")
 JSON_MODES = ("json_schema", "llama_cpp", "none")
@@ -59,7 +60,9 @@ class EndpointConfig:
         _check(self.max_in_flight >= 1, "max_in_flight", self.max_in_flight, "must be >= 1")
         _check(self.timeout_s > 0, "timeout_s", self.timeout_s, "must be > 0 seconds")
         _check(self.max_retries >= 0, "max_retries", self.max_retries, "must be >= 0")
-        _check(self.json_mode in JSON_MODES, "json_mode", self.json_mode, f"use one of {JSON_MODES}")
+        _check(
+            self.json_mode in JSON_MODES, "json_mode", self.json_mode, f"use one of {JSON_MODES}"
+        )
 
 
 @dataclass
@@ -90,14 +93,29 @@ class RoleConfig:
 
 @dataclass
 class RolesConfig:
-    """The six roles of the inner loop (DESIGN.md "Roles")."""
+    """The six roles of the inner loop (DESIGN.md "Roles") and the two of the meta loop."""
 
-    challenger: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.8, max_tokens=700))
-    quality_verifier: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.0, max_tokens=200))
-    main_agent: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.3, max_tokens=300, doc_chars=0))
-    weak_solver: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.7, max_tokens=400, doc_chars=0))
-    strong_solver: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.7, max_tokens=400))
-    judge: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.0, max_tokens=300, doc_chars=0))
+    challenger: RoleConfig = field(
+        default_factory=lambda: RoleConfig(temperature=0.8, max_tokens=700)
+    )
+    quality_verifier: RoleConfig = field(
+        default_factory=lambda: RoleConfig(temperature=0.0, max_tokens=200)
+    )
+    main_agent: RoleConfig = field(
+        default_factory=lambda: RoleConfig(temperature=0.3, max_tokens=300, doc_chars=0)
+    )
+    weak_solver: RoleConfig = field(
+        default_factory=lambda: RoleConfig(temperature=0.7, max_tokens=400, doc_chars=0)
+    )
+    strong_solver: RoleConfig = field(
+        default_factory=lambda: RoleConfig(temperature=0.7, max_tokens=400)
+    )
+    judge: RoleConfig = field(
+        default_factory=lambda: RoleConfig(temperature=0.0, max_tokens=300, doc_chars=0)
+    )
+    #: meta-optimization roles; ``None`` = use the challenger's endpoint and sampling
+    analyzer: RoleConfig | None = None
+    implementer: RoleConfig | None = None
 
 
 @dataclass
@@ -128,7 +146,12 @@ class BackendConfig:
     def __post_init__(self) -> None:
         _check(self.kind in BACKENDS, "llm.backend.kind", self.kind, f"use one of {BACKENDS}")
         _check(self.n_ctx >= 512, "llm.backend.n_ctx", self.n_ctx, "must be >= 512 tokens")
-        _check(self.startup_timeout_s > 0, "llm.backend.startup_timeout_s", self.startup_timeout_s, "must be > 0")
+        _check(
+            self.startup_timeout_s > 0,
+            "llm.backend.startup_timeout_s",
+            self.startup_timeout_s,
+            "must be > 0",
+        )
 
 
 @dataclass
@@ -141,15 +164,21 @@ class LLMConfig:
     """
 
     backend: BackendConfig = field(default_factory=BackendConfig)
-    endpoints: dict[str, EndpointConfig] = field(default_factory=lambda: {"default": EndpointConfig()})
+    endpoints: dict[str, EndpointConfig] = field(
+        default_factory=lambda: {"default": EndpointConfig()}
+    )
     roles: RolesConfig = field(default_factory=RolesConfig)
     cache_dir: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(bool(self.endpoints), "llm.endpoints", self.endpoints, "define at least one endpoint")
+        _check(
+            bool(self.endpoints), "llm.endpoints", self.endpoints, "define at least one endpoint"
+        )
         for f in fields(self.roles):
-            role: RoleConfig = getattr(self.roles, f.name)
+            role: RoleConfig | None = getattr(self.roles, f.name)
+            if role is None:
+                continue
             _check(
                 role.endpoint in self.endpoints,
                 f"llm.roles.{f.name}.endpoint",
@@ -160,8 +189,8 @@ class LLMConfig:
     def role(self, name: str) -> RoleConfig:
         """The :class:`RoleConfig` of ``name``; raises ConfigError for an unknown role."""
         if not hasattr(self.roles, name):
-            raise ConfigError(f"role={name!r} is unknown: use one of {ROLES}")
-        return getattr(self.roles, name)
+            raise ConfigError(f"role={name!r} is unknown: use one of {ROLES + META_ROLES}")
+        return getattr(self.roles, name) or self.roles.challenger
 
 
 @dataclass
@@ -216,10 +245,17 @@ class TaskConfig:
     verifiable: str = "never"
 
     def __post_init__(self) -> None:
-        _check(self.limit is None or self.limit >= 1, "task.limit", self.limit, "must be >= 1 or null")
-        _check(self.order in ("name", "shortest"), "task.order", self.order, "use 'name' or 'shortest'")
         _check(
-            self.verifiable in VERIFIABLE_MODES, "task.verifiable", self.verifiable, f"use one of {VERIFIABLE_MODES}"
+            self.limit is None or self.limit >= 1, "task.limit", self.limit, "must be >= 1 or null"
+        )
+        _check(
+            self.order in ("name", "shortest"), "task.order", self.order, "use 'name' or 'shortest'"
+        )
+        _check(
+            self.verifiable in VERIFIABLE_MODES,
+            "task.verifiable",
+            self.verifiable,
+            f"use one of {VERIFIABLE_MODES}",
         )
 
 

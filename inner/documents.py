@@ -104,6 +104,29 @@ def _title(text: str, fallback: str) -> str:
     return fallback
 
 
+def list_document_paths(task: TaskConfig) -> list[Path]:
+    """The files ``task`` names (without reading them): ``task.files`` inside ``task.corpus``,
+    or every supported file there not in ``task.exclude``, sorted.
+
+    Raises:
+        DocumentError: the corpus path does not exist, or a file of ``task.files`` is missing.
+    """
+    root = resolve_path(task.corpus)
+    if not root.exists():
+        raise DocumentError(f"task.corpus={task.corpus!r} does not exist (resolved to {root})")
+    if root.is_file():
+        return [root]
+    if task.files:
+        paths = [root / f for f in task.files]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise DocumentError(f"task.files names files missing from {root}: {missing}")
+        return paths
+    return sorted(
+        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES and p.name not in task.exclude
+    )
+
+
 def load_documents(task: TaskConfig) -> list[Document]:
     """Load the documents of ``task``.
 
@@ -119,20 +142,7 @@ def load_documents(task: TaskConfig) -> list[Document]:
             missing, or no readable document is left.
     """
     root = resolve_path(task.corpus)
-    if not root.exists():
-        raise DocumentError(f"task.corpus={task.corpus!r} does not exist (resolved to {root})")
-    if root.is_file():
-        paths = [root]
-    elif task.files:
-        paths = [root / f for f in task.files]
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
-            raise DocumentError(f"task.files names files missing from {root}: {missing}")
-    else:
-        paths = sorted(
-            p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES and p.name not in task.exclude
-        )
-
+    paths = list_document_paths(task)
     docs: list[Document] = []
     skipped: list[str] = []
     for path in paths:
@@ -141,7 +151,9 @@ def load_documents(task: TaskConfig) -> list[Document]:
         except (OSError, ValueError) as exc:
             skipped.append(f"{path.name} ({exc})")
             continue
-        docs.append(Document(make_doc_id(path.stem, text), str(path), _title(text, path.stem), text))
+        docs.append(
+            Document(make_doc_id(path.stem, text), str(path), _title(text, path.stem), text)
+        )
     if skipped:
         log.warning("skipped %d unusable file(s): %s", len(skipped), "; ".join(skipped))
     if not docs:

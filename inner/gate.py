@@ -57,7 +57,9 @@ def check_weak(weak: list[float], cfg: GateConfig) -> GateDecision | None:
     return None
 
 
-def check_rubric(weak: list[float], strong: list[float], *, qv_passed: bool, cfg: GateConfig) -> GateDecision:
+def check_rubric(
+    weak: list[float], strong: list[float], *, qv_passed: bool, cfg: GateConfig
+) -> GateDecision:
     """The full rubric-mode gate.
 
     Args:
@@ -71,7 +73,9 @@ def check_rubric(weak: list[float], strong: list[float], *, qv_passed: bool, cfg
         return weak_fail
     s_avg, w_avg = fmean(strong), fmean(weak)
     if s_avg >= cfg.strong_avg_max - EPS:
-        return GateDecision(FailureMode.TOO_EASY, [f"strong_avg {s_avg:.3f} >= {cfg.strong_avg_max}"])
+        return GateDecision(
+            FailureMode.TOO_EASY, [f"strong_avg {s_avg:.3f} >= {cfg.strong_avg_max}"]
+        )
     reasons = []
     if s_avg < cfg.strong_avg_min - EPS:
         reasons.append(f"strong_avg {s_avg:.3f} < {cfg.strong_avg_min}")
@@ -98,7 +102,9 @@ def majority(answers: list[str | None]) -> str | None:
 def check_majority_weak(weak: list[str | None], reference: str) -> GateDecision | None:
     """Verifiable mode, weak side: fails (TOO_EASY) when the weak majority equals the reference."""
     if majority(weak) == reference:
-        return GateDecision(FailureMode.TOO_EASY, [f"weak majority answer equals the reference {reference!r}"])
+        return GateDecision(
+            FailureMode.TOO_EASY, [f"weak majority answer equals the reference {reference!r}"]
+        )
     return None
 
 
@@ -113,5 +119,8 @@ def check_majority(
         return weak_fail
     got = majority(strong)
     if got != reference:
-        return GateDecision(FailureMode.FAILED_STRONG, [f"strong majority answer {got!r} != reference {reference!r}"])
+        return GateDecision(
+            FailureMode.FAILED_STRONG,
+            [f"strong majority answer {got!r} != reference {reference!r}"],
+        )
     return GateDecision(FailureMode.ACCEPTED)

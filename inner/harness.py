@@ -35,7 +35,7 @@ from pydantic import BaseModel
 
 from inner.documents import Document
 from inner.errors import HarnessError
-from inner.llm.client import JSONResult, LLMClient
+from inner.llm.client import Completion, JSONResult, LLMClient
 from inner.paths import PROJECT_ROOT
 
 T = TypeVar("T", bound=BaseModel)
@@ -59,7 +59,9 @@ class HarnessLLM:
         if role not in HARNESS_ROLES:
             raise HarnessError(f"a harness may only call roles {HARNESS_ROLES}, not {role!r}")
 
-    async def complete(self, role: str, messages: list[dict[str, str]], *, sample_index: int = 0) -> str:
+    async def complete(
+        self, role: str, messages: list[dict[str, str]], *, sample_index: int = 0
+    ) -> str:
         """Text completion for a harness role."""
         self._check(role)
         return (await self._client.complete(role, messages, sample_index=sample_index)).text
@@ -70,6 +72,26 @@ class HarnessLLM:
         """Structured completion for a harness role (see :meth:`LLMClient.complete_json`)."""
         self._check(role)
         return await self._client.complete_json(role, messages, model, sample_index=sample_index)
+
+    async def complete_raw(
+        self,
+        role: str,
+        messages: list[dict[str, str]],
+        *,
+        sample_index: int = 0,
+        json_schema: dict[str, Any] | None = None,
+        schema_name: str = "output",
+    ) -> Completion:
+        """The full :class:`Completion` (text, finish reason, usage); used by the sandbox
+        proxy, which parses JSON on its side of the process boundary."""
+        self._check(role)
+        return await self._client.complete(
+            role,
+            messages,
+            sample_index=sample_index,
+            json_schema=json_schema,
+            schema_name=schema_name,
+        )
 
     def doc_chars(self, role: str) -> int:
         """The document budget (characters) of a harness role."""
@@ -101,9 +123,13 @@ class HarnessContext:
 
 
 def harness_id(path: Path) -> str:
-    """``<dir name>@<12 hex>`` over every file's relative path and bytes (caches excluded)."""
+    """``<dir name>@<12 hex>`` over every file's relative path and bytes (``__pycache__`` and
+    dot-files such as markers excluded)."""
     h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+    files = (p for p in path.rglob("*") if p.is_file())
+    for f in sorted(
+        p for p in files if not any(part == "__pycache__" or part.startswith(".") for part in p.relative_to(path).parts)
+    ):
         h.update(str(f.relative_to(path)).encode())
         h.update(b"\0")
         h.update(f.read_bytes())
@@ -123,8 +149,14 @@ def resolve_harness_dir(spec: str) -> Path:
             if not (c / "harness.py").is_file():
                 raise HarnessError(f"harness={spec!r}: {c} has no harness.py")
             return c.resolve()
-    known = sorted(p.name for p in HARNESSES_DIR.iterdir() if p.is_dir()) if HARNESSES_DIR.is_dir() else []
-    raise HarnessError(f"harness={spec!r} is neither a directory nor a harness under {HARNESSES_DIR} (known: {known})")
+    known = (
+        sorted(p.name for p in HARNESSES_DIR.iterdir() if p.is_dir())
+        if HARNESSES_DIR.is_dir()
+        else []
+    )
+    raise HarnessError(
+        f"harness={spec!r} is neither a directory nor a harness under {HARNESSES_DIR} (known: {known})"
+    )
 
 
 class Harness:
@@ -167,10 +199,14 @@ def load_harness(spec: str) -> Harness:
     try:
         file_spec.loader.exec_module(module)
     except Exception as exc:
-        raise HarnessError(f"{path / 'harness.py'} failed to import: {type(exc).__name__}: {exc}") from exc
+        raise HarnessError(
+            f"{path / 'harness.py'} failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
     for name in CONTRACT:
         fn = getattr(module, name, None)
         if fn is None or not inspect.iscoroutinefunction(fn):
-            raise HarnessError(f"{path / 'harness.py'} must define `async def {name}(...)` (the harness contract)")
+            raise HarnessError(
+                f"{path / 'harness.py'} must define `async def {name}(...)` (the harness contract)"
+            )
     sys.modules[mod_name] = module
     return Harness(path, module)

@@ -89,7 +89,9 @@ def _as_proposal(result: Any) -> tuple[Challenge | None, list[str], str | None]:
         return result, [], None
     if isinstance(result, JSONResult):
         return result.value, result.raw, result.error
-    raise TypeError(f"propose returned {type(result).__name__}; expected Challenge or JSONResult[Challenge]")
+    raise TypeError(
+        f"propose returned {type(result).__name__}; expected Challenge or JSONResult[Challenge]"
+    )
 
 
 async def _evaluate(eng: Engine, doc: Document, rec: RoundRecord) -> None:
@@ -97,7 +99,9 @@ async def _evaluate(eng: Engine, doc: Document, rec: RoundRecord) -> None:
     ch = rec.challenge
     assert ch is not None and rec.qv is not None
     task = eng.cfg.task
-    rec.verifiable = task.verifiable == "always" or (task.verifiable == "auto" and ch.answer_is_exact)
+    rec.verifiable = task.verifiable == "always" or (
+        task.verifiable == "auto" and ch.answer_is_exact
+    )
     if not rec.qv.passed and eng.cfg.inner.skip_solvers_on_qv_fail:
         rec.failure_mode, rec.reasons = FailureMode.FAILED_QV, [rec.qv.reason or "rejected"]
         return
@@ -105,7 +109,10 @@ async def _evaluate(eng: Engine, doc: Document, rec: RoundRecord) -> None:
     rec.weak = await ev.run_side("weak", doc, ch, verifiable=rec.verifiable)
     rec.weak_scores = [a.score for a in rec.weak if a.score is not None]
     if not rec.weak_scores:
-        rec.failure_mode, rec.reasons = FailureMode.JUDGE_ERROR, ["no usable judge grade for the weak solver"]
+        rec.failure_mode, rec.reasons = (
+            FailureMode.JUDGE_ERROR,
+            ["no usable judge grade for the weak solver"],
+        )
         return
     rec.weak_avg = fmean(rec.weak_scores)
     ref = normalize_answer(ch.reference_answer)
@@ -120,16 +127,24 @@ async def _evaluate(eng: Engine, doc: Document, rec: RoundRecord) -> None:
     rec.strong = await ev.run_side("strong", doc, ch, verifiable=rec.verifiable)
     rec.strong_scores = [a.score for a in rec.strong if a.score is not None]
     if not rec.strong_scores:
-        rec.failure_mode, rec.reasons = FailureMode.JUDGE_ERROR, ["no usable judge grade for the strong solver"]
+        rec.failure_mode, rec.reasons = (
+            FailureMode.JUDGE_ERROR,
+            ["no usable judge grade for the strong solver"],
+        )
         return
     rec.strong_avg = fmean(rec.strong_scores)
     rec.gap = rec.strong_avg - rec.weak_avg
     if rec.verifiable:
         decision = check_majority(
-            [a.extracted for a in rec.weak], [a.extracted for a in rec.strong], ref, qv_passed=rec.qv.passed
+            [a.extracted for a in rec.weak],
+            [a.extracted for a in rec.strong],
+            ref,
+            qv_passed=rec.qv.passed,
         )
     else:
-        decision = check_rubric(rec.weak_scores, rec.strong_scores, qv_passed=rec.qv.passed, cfg=eng.cfg.gate)
+        decision = check_rubric(
+            rec.weak_scores, rec.strong_scores, qv_passed=rec.qv.passed, cfg=eng.cfg.gate
+        )
     rec.failure_mode, rec.reasons = decision.mode, decision.reasons
 
 
@@ -141,7 +156,11 @@ async def _round_body(
     except Exception as exc:
         if _is_transport(exc):
             raise
-        return RoundRecord(round=round_no, failure_mode=FailureMode.HARNESS_ERROR, harness_error=_harness_error("propose"))
+        return RoundRecord(
+            round=round_no,
+            failure_mode=FailureMode.HARNESS_ERROR,
+            harness_error=_harness_error("propose"),
+        )
     rec = RoundRecord(
         round=round_no, challenge=challenge, challenger_raw=raw, challenger_error=error,
         failure_mode=FailureMode.INVALID_CHALLENGE,
@@ -209,7 +228,12 @@ async def play_round(
 def make_example(eng: Engine, doc: Document, rec: RoundRecord) -> Example:
     """The dataset line of an accepted round."""
     ch = rec.challenge
-    assert ch is not None and rec.weak_avg is not None and rec.strong_avg is not None and rec.gap is not None
+    assert (
+        ch is not None
+        and rec.weak_avg is not None
+        and rec.strong_avg is not None
+        and rec.gap is not None
+    )
     return Example(
         example_id=example_id(doc.doc_id, ch.question),
         doc_id=doc.doc_id,
@@ -241,15 +265,30 @@ async def run_document(eng: Engine, doc: Document) -> Trajectory:
     propose: ProposeFn = cot_propose if cot else eng.harness.propose
     max_rounds = 1 if cot else cfg.inner.max_rounds
     traj = Trajectory(
-        doc_id=doc.doc_id, doc_path=doc.path, title=doc.title, method=cfg.method, harness_id=eng.harness.harness_id
+        doc_id=doc.doc_id,
+        doc_path=doc.path,
+        title=doc.title,
+        method=cfg.method,
+        harness_id=eng.harness.harness_id,
     )
     feedback: str | None = None
     try:
         for r in range(1, max_rounds + 1):
             eng.observer.round_started(doc.doc_id, r)
-            ctx = HarnessContext(doc=doc, domain=cfg.task.domain, round=r, max_rounds=max_rounds, llm=HarnessLLM(eng.client))
+            ctx = HarnessContext(
+                doc=doc,
+                domain=cfg.task.domain,
+                round=r,
+                max_rounds=max_rounds,
+                llm=HarnessLLM(eng.client),
+            )
             rec = await play_round(
-                eng, ctx, propose=propose, feedback=feedback, history=traj.rounds, want_feedback=r < max_rounds
+                eng,
+                ctx,
+                propose=propose,
+                feedback=feedback,
+                history=traj.rounds,
+                want_feedback=r < max_rounds,
             )
             traj.rounds.append(rec)
             if rec.failure_mode is FailureMode.ACCEPTED:

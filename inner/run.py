@@ -13,14 +13,14 @@ from typing import Any
 import yaml
 
 from inner.config import GenerateConfig
-from inner.documents import load_documents
+from inner.documents import Document, load_documents
 from inner.errors import ConfigError
 from inner.harness import load_harness
 from inner.llm.backends import start_backend
 from inner.llm.cache import ResponseCache, atomic_write_text
-from inner.llm.client import LLMClient
+from inner.llm.client import LLMClient, UsageMeter, track_usage
 from inner.loop import Engine, LoopObserver, run_documents
-from inner.records import RunWriter
+from inner.records import RunWriter, Trajectory
 from inner.stats import compute_stats
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,12 @@ IDENTITY_KEYS = ("method", "harness_id", "gate", "inner")
 
 
 def _identity(cfg: GenerateConfig, harness_id: str) -> dict[str, Any]:
-    return {"method": cfg.method, "harness_id": harness_id, "gate": asdict(cfg.gate), "inner": asdict(cfg.inner)}
+    return {
+        "method": cfg.method,
+        "harness_id": harness_id,
+        "gate": asdict(cfg.gate),
+        "inner": asdict(cfg.inner),
+    }
 
 
 def write_run_config(run_dir: Path, cfg: GenerateConfig, harness_id: str) -> None:
@@ -59,7 +64,11 @@ def write_run_config(run_dir: Path, cfg: GenerateConfig, harness_id: str) -> Non
 
 
 async def run_generate(
-    cfg: GenerateConfig, run_dir: Path, *, observer_factory: Any = None, base_urls: dict[str, str] | None = None
+    cfg: GenerateConfig,
+    run_dir: Path,
+    *,
+    observer_factory: Any = None,
+    base_urls: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Generate data for every document of ``cfg.task`` into ``run_dir``.
 
@@ -110,24 +119,64 @@ async def run_generate(
         )
         try:
             with observer as obs:
-                eng = Engine(cfg, client, harness, writer, obs)
                 ticker = asyncio.create_task(_tick(obs))
                 try:
-                    trajectories = await run_documents(eng, docs)
+                    _, stats = await evaluate_harness(
+                        run_dir,
+                        cfg=cfg,
+                        docs=docs,
+                        harness=harness,
+                        client=client,
+                        observer=obs,
+                        t0=t0,
+                    )
                 finally:
                     ticker.cancel()
         finally:
             await client.aclose()
+    return stats
+
+
+async def evaluate_harness(
+    run_dir: Path,
+    *,
+    cfg: GenerateConfig,
+    docs: list[Document],
+    harness: Any,
+    client: LLMClient,
+    observer: LoopObserver | None = None,
+    t0: float | None = None,
+) -> tuple[list[Trajectory], dict[str, Any]]:
+    """Run ``harness`` on ``docs`` into ``run_dir`` with an existing client; write stats.json.
+
+    The building block of both ``autodata-generate`` and the meta loop's evaluations (which
+    share one client, so endpoints' in-flight limits hold across concurrent evaluations).
+    Resumable like :func:`run_generate`: finished documents in ``run_dir`` are not redone.
+
+    Args:
+        harness: a :class:`~inner.harness.Harness` or any object with the same ``propose``,
+            ``verify``, ``feedback`` coroutines and ``harness_id`` (e.g. the meta loop's
+            sandboxed harness).
+
+    Returns:
+        ``(trajectories of docs, stats)``; ``stats["this_invocation"]`` counts only the calls
+        made by this evaluation.
+    """
+    t0 = time.perf_counter() if t0 is None else t0
+    writer = RunWriter(run_dir)
+    eng = Engine(cfg, client, harness, writer, observer or LoopObserver())
+    with track_usage(UsageMeter()) as meter:
+        trajectories = await run_documents(eng, docs)
     stats = compute_stats(
         trajectories,
         method=cfg.method,
         harness_id=harness.harness_id,
         task=cfg.task.name,
-        this_invocation=client.usage.as_dict(),
+        this_invocation=meter.as_dict(),
         wall_s=time.perf_counter() - t0,
     )
     writer.write_json("stats.json", stats)
-    return stats
+    return trajectories, stats
 
 
 def _unused_urls(cfg: GenerateConfig) -> dict[str, str]:

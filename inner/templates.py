@@ -24,7 +24,9 @@ def _load(path: Path) -> tuple[Template, Template]:
     except OSError as exc:
         raise HarnessError(f"prompt file {path} cannot be read: {exc}") from exc
     if USER_MARK not in text:
-        raise HarnessError(f"prompt file {path} lacks the line {USER_MARK!r} between system and user parts")
+        raise HarnessError(
+            f"prompt file {path} lacks the line {USER_MARK!r} between system and user parts"
+        )
     system, user = text.split(USER_MARK, 1)
     return Template(system.strip()), Template(user.strip())
 
@@ -43,6 +45,10 @@ def render(path: Path, **values: object) -> list[dict[str, str]]:
             {"role": "user", "content": user.substitute(values)},
         ]
     except KeyError as exc:
-        raise HarnessError(f"prompt file {path} uses placeholder ${exc.args[0]} which was not provided") from exc
+        raise HarnessError(
+            f"prompt file {path} uses placeholder ${exc.args[0]} which was not provided"
+        ) from exc
     except ValueError as exc:
-        raise HarnessError(f"prompt file {path}: {exc} (write a literal dollar sign as $$)") from exc
+        raise HarnessError(
+            f"prompt file {path}: {exc} (write a literal dollar sign as $$)"
+        ) from exc

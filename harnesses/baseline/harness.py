@@ -42,9 +42,16 @@ class QVChecks(BaseModel):
 
 
 async def propose(ctx: HarnessContext, feedback: str | None) -> JSONResult[Challenge]:
-    block = f"## Feedback on your earlier attempts\n{feedback}\n" if feedback else "Write the example now."
+    block = (
+        f"## Feedback on your earlier attempts\n{feedback}\n"
+        if feedback
+        else "Write the example now."
+    )
     messages = render(
-        PROMPTS / "challenger.md", domain=ctx.domain, document=ctx.document("challenger"), feedback_block=block
+        PROMPTS / "challenger.md",
+        domain=ctx.domain,
+        document=ctx.document("challenger"),
+        feedback_block=block,
     )
     return await ctx.llm.complete_json("challenger", messages, Challenge)
 
@@ -79,7 +86,9 @@ async def verify(ctx: HarnessContext, challenge: Challenge) -> QVVerdict:
     ]
     if not problems:
         return QVVerdict(passed=True, reason=v.reason)
-    return QVVerdict(passed=False, reason="; ".join(problems) + (f". {v.reason}" if v.reason else ""))
+    return QVVerdict(
+        passed=False, reason="; ".join(problems) + (f". {v.reason}" if v.reason else "")
+    )
 
 
 def _fmt(x: float | None) -> str:
@@ -93,7 +102,11 @@ def summarize_failures(history: list[RoundRecord]) -> str:
         q = r.challenge.question if r.challenge else "(no valid question)"
         mode = r.failure_mode
         if mode in (FailureMode.TOO_EASY, FailureMode.WEAK_ZERO):
-            key = "TOO EASY" if mode is FailureMode.TOO_EASY else "WEAK SOLVER SCORED ZERO (question unclear or unanswerable)"
+            key = (
+                "TOO EASY"
+                if mode is FailureMode.TOO_EASY
+                else "WEAK SOLVER SCORED ZERO (question unclear or unanswerable)"
+            )
             line = f'round {r.round}: "{q}" (weak avg {_fmt(r.weak_avg)}'
             line += f", strong avg {_fmt(r.strong_avg)})" if r.strong_avg is not None else ")"
         elif mode is FailureMode.FAILED_STRONG:
@@ -106,14 +119,18 @@ def summarize_failures(history: list[RoundRecord]) -> str:
             key = "INVALID OUTPUT"
             line = f"round {r.round}: {r.challenger_error or r.harness_error or mode.value}"
         groups.setdefault(key, []).append(line)
-    return "\n".join(f"{key}:\n" + "\n".join(f"  - {ln}" for ln in lines) for key, lines in groups.items())
+    return "\n".join(
+        f"{key}:\n" + "\n".join(f"  - {ln}" for ln in lines) for key, lines in groups.items()
+    )
 
 
 async def feedback(ctx: HarnessContext, history: list[RoundRecord]) -> str:
     summary = summarize_failures(history)
     parts = [f"Your earlier examples for this document were rejected.\n{summary}"]
     if USE_MAIN_AGENT:
-        messages = render(PROMPTS / "main_agent.md", domain=ctx.domain, title=ctx.doc.title, failures=summary)
+        messages = render(
+            PROMPTS / "main_agent.md", domain=ctx.domain, title=ctx.doc.title, failures=summary
+        )
         advice = (await ctx.llm.complete("main_agent", messages)).strip()
         if advice:
             parts.append(f"Advice: {advice}")

@@ -75,7 +75,17 @@ def vllm_command(cfg: LLMConfig, port: int) -> list[str]:
     """Command line of ``vllm serve`` for ``llm=vllm``; the served name is the endpoint's model."""
     served = _served_model(cfg)
     model = cfg.backend.vllm_model or served
-    cmd = ["vllm", "serve", model, "--host", "127.0.0.1", "--port", str(port), "--served-model-name", served]
+    cmd = [
+        "vllm",
+        "serve",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        served,
+    ]
     return cmd + list(cfg.backend.extra_args)
 
 
@@ -98,7 +108,9 @@ class ManagedServer:
         startup_timeout_s: seconds to wait for health before giving up.
     """
 
-    def __init__(self, cmd: list[str], *, health_url: str, log_path: Path, startup_timeout_s: float) -> None:
+    def __init__(
+        self, cmd: list[str], *, health_url: str, log_path: Path, startup_timeout_s: float
+    ) -> None:
         self.cmd = cmd
         self.health_url = health_url
         self.log_path = log_path
@@ -194,7 +206,9 @@ def start_backend(cfg: LLMConfig, *, log_dir: Path) -> Iterator[dict[str, str]]:
     if kind == "local":
         if importlib.util.find_spec("llama_cpp") is None:
             raise BackendError(f"llm=local needs llama-cpp-python[server]: {INSTALL_HINT}")
-        model_path = ensure_gguf(Path(cfg.backend.model_cache_dir) if cfg.backend.model_cache_dir else None)
+        model_path = ensure_gguf(
+            Path(cfg.backend.model_cache_dir) if cfg.backend.model_cache_dir else None
+        )
         cmd = llama_cpp_command(cfg, model_path, port)
         health = f"{base}/v1/models"
     else:
@@ -203,7 +217,10 @@ def start_backend(cfg: LLMConfig, *, log_dir: Path) -> Iterator[dict[str, str]]:
         cmd = vllm_command(cfg, port)
         health = f"{base}/health"
     server = ManagedServer(
-        cmd, health_url=health, log_path=log_dir / "llm_server.log", startup_timeout_s=cfg.backend.startup_timeout_s
+        cmd,
+        health_url=health,
+        log_path=log_dir / "llm_server.log",
+        startup_timeout_s=cfg.backend.startup_timeout_s,
     )
     try:
         server.start()

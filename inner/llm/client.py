@@ -21,7 +21,7 @@ import os
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -130,7 +130,9 @@ class UsageMeter:
 
 #: Extra meters (e.g. the usage of one round) that every completion in this context also
 #: updates; set with :meth:`LLMClient.track`. Child asyncio tasks inherit the value.
-_TRACKERS: contextvars.ContextVar[tuple[UsageMeter, ...]] = contextvars.ContextVar("trackers", default=())
+_TRACKERS: contextvars.ContextVar[tuple[UsageMeter, ...]] = contextvars.ContextVar(
+    "trackers", default=()
+)
 
 
 @contextlib.contextmanager
@@ -169,8 +171,44 @@ def parse_json_output(text: str, model: type[T]) -> T:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors()
+        )
         raise ValueError(f"JSON does not match the schema: {problems}") from exc
+
+
+CompleteFn = Callable[[list[Message], dict[str, Any]], Awaitable[Completion]]
+
+
+async def json_with_repair(
+    send: CompleteFn, messages: list[Message], model: type[T]
+) -> JSONResult[T]:
+    """Ask for ``model`` as JSON through ``send(messages, schema)``; on a parse or schema error
+    ask once more with the error appended; return the value or a typed failure with the raw
+    texts. Shared by :meth:`LLMClient.complete_json` and the harness sandbox's proxy."""
+    schema = inline_schema(model.model_json_schema())
+    raws: list[str] = []
+    error = ""
+    convo = list(messages)
+    for attempt in range(2):
+        comp = await send(convo, schema)
+        raws.append(comp.text)
+        try:
+            return JSONResult(parse_json_output(comp.text, model), raws)
+        except ValueError as exc:
+            error = str(exc)
+            if comp.finish_reason == "length":
+                error += " (the reply was cut off at max_tokens: be more concise)"
+        if attempt == 0:
+            convo = convo + [
+                {"role": "assistant", "content": comp.text},
+                {
+                    "role": "user",
+                    "content": f"Your reply could not be used: {error}\n"
+                    "Reply again with only one JSON object that matches the required schema.",
+                },
+            ]
+    return JSONResult(None, raws, error)
 
 
 def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -190,7 +228,9 @@ def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return walk(schema)
 
 
-def response_format(json_mode: str, schema: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+def response_format(
+    json_mode: str, schema: dict[str, Any] | None, name: str
+) -> dict[str, Any] | None:
     """The ``response_format`` request field for an endpoint's ``json_mode``."""
     if schema is None or json_mode == "none":
         return None
@@ -243,11 +283,18 @@ class LLMClient:
                         f"export {ep.api_key_env}=..."
                     )
             http = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=ep.max_in_flight * 2, max_keepalive_connections=ep.max_in_flight * 2),
+                limits=httpx.Limits(
+                    max_connections=ep.max_in_flight * 2,
+                    max_keepalive_connections=ep.max_in_flight * 2,
+                ),
                 timeout=ep.timeout_s,
             )
             self._clients[name] = openai.AsyncOpenAI(
-                base_url=url, api_key=key, max_retries=ep.max_retries, timeout=ep.timeout_s, http_client=http
+                base_url=url,
+                api_key=key,
+                max_retries=ep.max_retries,
+                timeout=ep.timeout_s,
+                http_client=http,
             )
             self._sems[name] = asyncio.Semaphore(ep.max_in_flight)
         self._log = call_log.open("a", encoding="utf-8", buffering=1) if call_log else None
@@ -283,7 +330,14 @@ class LLMClient:
             "seed": self.cfg.seed + sample_index,
         }
         rf = response_format(ep.json_mode, json_schema, schema_name)
-        key = cache_key({"messages": messages, "params": params, "response_format": rf, "sample_index": sample_index})
+        key = cache_key(
+            {
+                "messages": messages,
+                "params": params,
+                "response_format": rf,
+                "sample_index": sample_index,
+            }
+        )
         hit = self.cache.get(key) if self.cache else None
         if hit is not None:
             comp = Completion(
@@ -314,7 +368,12 @@ class LLMClient:
         return comp
 
     async def _request(
-        self, role: str, endpoint: str, messages: list[Message], params: dict[str, Any], rf: dict[str, Any] | None
+        self,
+        role: str,
+        endpoint: str,
+        messages: list[Message],
+        params: dict[str, Any],
+        rf: dict[str, Any] | None,
     ) -> Completion:
         extra: dict[str, Any] = {"extra_headers": {ROLE_HEADER: role}}
         if rf is not None:
@@ -322,7 +381,9 @@ class LLMClient:
         async with self._sems[endpoint]:
             t0 = time.perf_counter()
             try:
-                resp = await self._clients[endpoint].chat.completions.create(messages=messages, **params, **extra)
+                resp = await self._clients[endpoint].chat.completions.create(
+                    messages=messages, **params, **extra
+                )
             except openai.APIStatusError as exc:
                 self._fail(role, endpoint, exc.status_code, exc)
             except (openai.APITimeoutError, openai.APIConnectionError) as exc:
@@ -364,36 +425,30 @@ class LLMClient:
         Raises:
             LLMCallError: a request failed after retries (a transport problem, not bad output).
         """
-        schema = inline_schema(model.model_json_schema())
-        raws: list[str] = []
-        error = ""
-        convo = list(messages)
-        for attempt in range(2):
-            comp = await self.complete(
-                role, convo, sample_index=sample_index, json_schema=schema, schema_name=model.__name__
-            )
-            raws.append(comp.text)
-            try:
-                return JSONResult(parse_json_output(comp.text, model), raws)
-            except ValueError as exc:
-                error = str(exc)
-                if comp.finish_reason == "length":
-                    error += " (the reply was cut off at max_tokens: be more concise)"
-            if attempt == 0:
-                convo = convo + [
-                    {"role": "assistant", "content": comp.text},
-                    {
-                        "role": "user",
-                        "content": f"Your reply could not be used: {error}\n"
-                        "Reply again with only one JSON object that matches the required schema.",
-                    },
-                ]
-        return JSONResult(None, raws, error)
 
-    def _write_log(self, role: str, endpoint: str, key: str | None, comp: Completion | None, error: str | None) -> None:
+        async def send(convo: list[Message], schema: dict[str, Any]) -> Completion:
+            return await self.complete(
+                role,
+                convo,
+                sample_index=sample_index,
+                json_schema=schema,
+                schema_name=model.__name__,
+            )
+
+        return await json_with_repair(send, messages, model)
+
+    def _write_log(
+        self, role: str, endpoint: str, key: str | None, comp: Completion | None, error: str | None
+    ) -> None:
         if self._log is None:
             return
-        line = {"t": round(time.time(), 3), "role": role, "endpoint": endpoint, "key": key, "error": error}
+        line = {
+            "t": round(time.time(), 3),
+            "role": role,
+            "endpoint": endpoint,
+            "key": key,
+            "error": error,
+        }
         if comp is not None:
             line |= {
                 "cached": comp.cached,

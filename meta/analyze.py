@@ -1,0 +1,146 @@
+"""The analyzer and the implementer: the two LLM roles of the meta loop.
+
+- :func:`analyze` reads the parent harness's full trajectories on a training minibatch
+  (questions, contexts, solver answers, per-criterion grades, failure modes) and a summary of
+  the history, and writes a root-cause analysis of systematic failure patterns
+  (``meta/prompts/analyzer.md``).
+- :func:`implement` turns the analysis, the history and the harness's current files into
+  SEARCH/REPLACE edits (``meta/prompts/implementer.md``; format in :mod:`meta.edit`).
+
+Both use the ``analyzer`` / ``implementer`` roles of ``llm.roles`` (default: the challenger's
+endpoint and sampling).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from inner.llm.client import LLMClient
+from inner.records import Trajectory
+from inner.templates import render
+
+PROMPTS = Path(__file__).parent / "prompts"
+
+
+def _cut(text: str | None, n: int) -> str:
+    text = (text or "").strip().replace("\n", " ")
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def render_trajectories(trajectories: list[Trajectory], *, max_chars: int) -> str:
+    """The trajectories as compact text for the analyzer, at most ``max_chars`` characters
+    (each document gets an equal share; long fields are cut)."""
+    if not trajectories:
+        return "(no trajectories)"
+    share = max(400, max_chars // len(trajectories))
+    parts = []
+    for t in trajectories:
+        lines = [f"### Document: {t.title} ({t.status}, {len(t.rounds)} rounds)"]
+        for r in t.rounds:
+            lines.append(f"- round {r.round}: {r.failure_mode.value} {'; '.join(r.reasons)}")
+            if r.challenge is None:
+                lines.append(
+                    f"  invalid challenger output: {_cut(r.challenger_error or r.harness_error, 200)}"
+                )
+                lines.append(
+                    f"  raw: {_cut(r.challenger_raw[-1] if r.challenger_raw else '', 200)}"
+                )
+                continue
+            ch = r.challenge
+            lines.append(f"  context: {_cut(ch.context, 240)}")
+            lines.append(f"  question ({ch.question_type}): {_cut(ch.question, 240)}")
+            lines.append(f"  reference: {_cut(ch.reference_answer, 200)}")
+            lines.append(
+                "  rubric: "
+                + "; ".join(f"{c.id} w{c.weight} {_cut(c.criterion, 80)}" for c in ch.rubric)
+            )
+            if r.qv is not None:
+                lines.append(
+                    f"  quality check: {'pass' if r.qv.passed else 'FAIL'} {_cut(r.qv.reason, 160)}"
+                )
+            for side, attempts, avg in (
+                ("weak", r.weak, r.weak_avg),
+                ("strong", r.strong, r.strong_avg),
+            ):
+                if not attempts:
+                    continue
+                lines.append(f"  {side} solver (avg {_fmt(avg)}):")
+                for a in attempts:
+                    grades = ", ".join(f"{g.id}={g.score:g}" for g in a.grades)
+                    lines.append(f"    [{_fmt(a.score)}] {grades} :: {_cut(a.answer, 160)}")
+        parts.append("\n".join(lines)[:share])
+    return "\n\n".join(parts)[:max_chars]
+
+
+def history_summary(history: list[dict[str, Any]], *, last: int = 20) -> str:
+    """One line per earlier iteration (the last ``last``), oldest first."""
+    if not history:
+        return "(no earlier iterations)"
+    lines = []
+    for h in history[-last:]:
+        cand = h.get("candidate_val")
+        lines.append(
+            f"iter {h['iteration']}: parent {str(h.get('parent'))[:8]} (val {_fmt(h.get('parent_val'))}) -> "
+            f"{h['status']}"
+            + (f" (candidate val {_fmt(cand)})" if cand is not None else "")
+            + f"; change: {h.get('diff_summary') or '-'}; analysis: {_cut(h.get('analysis'), 160)}"
+            + (f"; reason: {_cut(h.get('reason'), 120)}" if h.get("reason") else "")
+        )
+    return "\n".join(lines)
+
+
+def render_files(files: dict[str, str]) -> str:
+    """Harness files as ``=== path ===`` sections (code fences would clash with edits)."""
+    return "\n\n".join(f"=== {path} ===\n{text}" for path, text in sorted(files.items()))
+
+
+async def analyze(
+    client: LLMClient,
+    *,
+    harness_id: str,
+    val_pass_rate: float,
+    trajectories: list[Trajectory],
+    history: list[dict[str, Any]],
+    max_chars: int,
+    sample_index: int = 0,
+) -> str:
+    """The analyzer's root-cause analysis (plain text).
+
+    Raises:
+        LLMCallError: the request failed after retries.
+    """
+    messages = render(
+        PROMPTS / "analyzer.md",
+        harness_id=harness_id,
+        val_pass_rate=f"{val_pass_rate:.3f}",
+        history=history_summary(history),
+        trajectories=render_trajectories(trajectories, max_chars=max_chars),
+    )
+    return (await client.complete("analyzer", messages, sample_index=sample_index)).text.strip()
+
+
+async def implement(
+    client: LLMClient,
+    *,
+    analysis: str,
+    history: list[dict[str, Any]],
+    files: dict[str, str],
+    sample_index: int = 0,
+) -> str:
+    """The implementer's reply (edit blocks, parsed by :func:`meta.edit.parse_edits`).
+
+    Raises:
+        LLMCallError: the request failed after retries.
+    """
+    messages = render(
+        PROMPTS / "implementer.md",
+        analysis=analysis,
+        history=history_summary(history),
+        files=render_files(files),
+    )
+    return (await client.complete("implementer", messages, sample_index=sample_index)).text

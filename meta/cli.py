@@ -1,0 +1,85 @@
+"""``autodata-evolve``: the Hydra entry point of the meta-optimization loop.
+
+Examples::
+
+    autodata-evolve +experiment=demo                          # embedded model, 2 iterations
+    autodata-evolve meta.max_iterations=50 meta.in_flight=4 llm=vllm
+    autodata-evolve -m meta.temperature=0.05,0.1,0.2 hydra/launcher=joblib   # a sweep
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from inner.errors import AutodataError
+from inner.paths import PROJECT_ROOT
+from meta.config import EvolveConfig, register_configs
+
+log = logging.getLogger("autodata")
+register_configs()
+
+
+def summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
+    t = Table(title="Autodata — meta-optimization")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    rows = [
+        ("stop reason", str(summary["stop_reason"])),
+        ("iterations", str(summary["iterations"])),
+        ("statuses", ", ".join(f"{k} {v}" for k, v in summary["statuses"].items())),
+        ("baseline val pass rate", f"{summary['baseline_val_pass_rate']:.3f}"),
+        (
+            "best val pass rate",
+            f"{summary['best_val_pass_rate']:.3f} ({summary['best_commit'][:10]})",
+        ),
+        ("wall time (s)", str(summary["wall_s"])),
+    ]
+    for role, u in summary["this_invocation"].items():
+        rows.append(
+            (
+                f"calls: {role}",
+                f"{u['calls']} sent + {u['cached_calls']} cached, {u['prompt_tokens']}+{u['completion_tokens']} tok",
+            )
+        )
+    for name in ("history.jsonl", "archive.json", "curve.jsonl", "lineage", "evals"):
+        rows.append((f"output: {name}", str(run_dir / name)))
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="evolve")
+def _main(dcfg: DictConfig) -> None:
+    from meta.loop import run_evolve
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        cfg = OmegaConf.to_object(dcfg)
+        assert isinstance(cfg, EvolveConfig)
+        summary = asyncio.run(run_evolve(cfg, run_dir))
+    except AutodataError as exc:
+        log.error("%s", exc)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        log.warning(
+            "interrupted: finished iterations are in %s; rerun the same command to resume", run_dir
+        )
+        sys.exit(130)
+    Console().print(summary_table(summary, run_dir))
+    print(f"lineage: git -C {run_dir / 'lineage'} log --graph --all --oneline")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _main()

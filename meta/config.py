@@ -1,0 +1,128 @@
+"""Typed configuration of ``autodata-evolve`` (values in ``conf/evolve.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from inner.config import (
+    GateConfig,
+    GenerateConfig,
+    InnerConfig,
+    LLMConfig,
+    TaskConfig,
+    _check,
+)
+from meta.select import STRATEGIES
+
+
+@dataclass
+class SplitConfig:
+    """Document splits. Sizes apply to the task's corpus shuffled with ``seed``; explicit file
+    lists (names inside ``task.corpus``) override them. The test split is sealed: its files are
+    recorded in ``splits.json`` but never opened by the meta loop.
+
+    Attributes:
+        train / val / test: split sizes in documents.
+    """
+
+    train: int = 50
+    val: int = 25
+    test: int = 0
+    seed: int = 0
+    train_files: list[str] = field(default_factory=list)
+    val_files: list[str] = field(default_factory=list)
+    test_files: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check(self.train >= 1 or bool(self.train_files), "split.train", self.train, "must be >= 1")
+        _check(self.val >= 1 or bool(self.val_files), "split.val", self.val, "must be >= 1")
+        _check(self.test >= 0, "split.test", self.test, "must be >= 0")
+
+
+@dataclass
+class MetaConfig:
+    """The evolution loop.
+
+    Attributes:
+        start_harness: the root harness (name under ``harnesses/`` or a directory).
+        selection: ``boltzmann`` (default), ``greedy`` or ``uniform``.
+        temperature: Boltzmann T; 0.1 is the published Autodata setting.
+        minibatch: training documents the parent is evaluated on per iteration (default 4).
+        in_flight: iterations running concurrently (K, default 2).
+        max_iterations / max_tokens / max_wall_s: budgets; the run stops at the first reached.
+        seed: seeds parent selection and minibatch sampling.
+        harness_timeout_s: wall-clock limit of one harness call in the sandbox (LLM waits excluded).
+        harness_memory_mb: address-space limit of the sandbox worker, MiB.
+        analyzer_chars: characters of trajectories shown to the analyzer.
+        history_lines: iterations of history summarized for the analyzer and implementer.
+    """
+
+    start_harness: str = "baseline"
+    selection: str = "boltzmann"
+    temperature: float = 0.1
+    minibatch: int = 4
+    in_flight: int = 2
+    max_iterations: int = 10
+    max_tokens: int | None = None
+    max_wall_s: float | None = None
+    seed: int = 0
+    harness_timeout_s: float = 300.0
+    harness_memory_mb: int = 2048
+    analyzer_chars: int = 12000
+    history_lines: int = 20
+
+    def __post_init__(self) -> None:
+        _check(
+            self.selection in STRATEGIES,
+            "meta.selection",
+            self.selection,
+            f"use one of {STRATEGIES}",
+        )
+        _check(self.temperature > 0, "meta.temperature", self.temperature, "must be > 0")
+        _check(self.minibatch >= 1, "meta.minibatch", self.minibatch, "must be >= 1")
+        _check(self.in_flight >= 1, "meta.in_flight", self.in_flight, "must be >= 1")
+        _check(self.max_iterations >= 0, "meta.max_iterations", self.max_iterations, "must be >= 0")
+        _check(
+            self.harness_timeout_s > 0,
+            "meta.harness_timeout_s",
+            self.harness_timeout_s,
+            "must be > 0",
+        )
+        _check(
+            self.harness_memory_mb >= 256,
+            "meta.harness_memory_mb",
+            self.harness_memory_mb,
+            "must be >= 256",
+        )
+
+
+@dataclass
+class EvolveConfig:
+    """Root config of ``autodata-evolve``: the inner loop's sections plus ``split`` and ``meta``."""
+
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    inner: InnerConfig = field(default_factory=InnerConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    progress: bool = True
+
+    def generate_config(self) -> GenerateConfig:
+        """The config of one harness evaluation (Agentic Self-Instruct, same gate and solvers)."""
+        return GenerateConfig(
+            method="agentic_self_instruct",
+            harness=self.meta.start_harness,
+            llm=self.llm,
+            gate=self.gate,
+            task=self.task,
+            inner=self.inner,
+            progress=False,
+        )
+
+
+def register_configs() -> None:
+    """Register ``evolve_schema`` with Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="evolve_schema", node=EvolveConfig)

@@ -1,0 +1,162 @@
+"""Edits: the implementer's SEARCH/REPLACE blocks, parsed, checked and applied.
+
+Format (several blocks and several files allowed)::
+
+    FILE: prompts/challenger.md
+    <<<<<<< SEARCH
+    lines to find
+    =======
+    lines to put instead
+    >>>>>>> REPLACE
+
+and, as a fallback, a whole-file rewrite::
+
+    FILE: harness.py
+    <<<<<<< WHOLE
+    the complete new file
+    >>>>>>> WHOLE
+
+Paths are relative to the harness directory. A path that is absolute, contains ``..`` or
+otherwise resolves outside the harness directory rejects the whole edit before anything is
+evaluated. A SEARCH text is matched exactly first, then line by line ignoring surrounding
+whitespace, then by the most similar window of lines (difflib ratio >= 0.9); when none
+applies the edit fails with the best similarity found.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+FUZZY_MIN_RATIO = 0.9
+
+_BLOCK = re.compile(
+    r"FILE:\s*(?P<path>[^\n]+?)\s*\n(?:```[^\n]*\n)?"
+    r"<<<<<<< (?P<kind>SEARCH|WHOLE)\n(?P<body>.*?)\n?>>>>>>> (?:REPLACE|WHOLE)",
+    re.DOTALL,
+)
+
+
+class EditError(Exception):
+    """An edit cannot be applied; ``kind`` is ``outside`` (path outside the harness), ``parse``
+    or ``nomatch``."""
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class Edit:
+    """One block: ``search is None`` means a whole-file rewrite with ``replace``."""
+
+    path: str
+    search: str | None
+    replace: str
+
+
+def parse_edits(text: str) -> list[Edit]:
+    """All edit blocks in the implementer's reply.
+
+    Raises:
+        EditError(kind="parse"): no block found, or a SEARCH block without ``=======``.
+    """
+    edits = []
+    for m in _BLOCK.finditer(text):
+        path = m.group("path").strip().strip("`\"'")
+        body = m.group("body")
+        if m.group("kind") == "WHOLE":
+            edits.append(Edit(path, None, body + ("\n" if not body.endswith("\n") else "")))
+            continue
+        if "\n=======\n" not in f"\n{body}\n":
+            raise EditError(f"SEARCH block for {path} has no ======= separator", kind="parse")
+        search, _, replace = f"\n{body}\n".partition("\n=======\n")
+        edits.append(Edit(path, search[1:], replace[:-1] if replace.endswith("\n") else replace))
+    if not edits:
+        raise EditError(
+            "the implementer's reply contains no FILE: ... SEARCH/REPLACE or WHOLE block",
+            kind="parse",
+        )
+    return edits
+
+
+def check_paths(edits: list[Edit], root: Path) -> None:
+    """Reject any edit whose path leaves ``root``.
+
+    Raises:
+        EditError(kind="outside"): names the offending path.
+    """
+    root = root.resolve()
+    for e in edits:
+        p = PurePosixPath(e.path)
+        target = (root / e.path).resolve()
+        if p.is_absolute() or ".." in p.parts or not target.is_relative_to(root) or target == root:
+            raise EditError(
+                f"edit outside the harness directory rejected: {e.path!r}", kind="outside"
+            )
+        if any(part.startswith(".") for part in p.parts):
+            raise EditError(f"edit of a hidden path rejected: {e.path!r}", kind="outside")
+
+
+def _apply_one(text: str, search: str, replace: str, path: str) -> str:
+    if search and search in text:
+        return text.replace(search, replace, 1)
+    lines = text.splitlines(keepends=True)
+    s_lines = [ln.strip() for ln in search.strip("\n").splitlines()]
+    n = len(s_lines)
+    if n == 0:
+        raise EditError(f"empty SEARCH block for {path}", kind="nomatch")
+    stripped = [ln.strip() for ln in lines]
+    for i in range(len(lines) - n + 1):
+        if stripped[i : i + n] == s_lines:
+            return "".join(lines[:i]) + _with_newline(replace) + "".join(lines[i + n :])
+    best, best_i = 0.0, -1
+    target = "\n".join(s_lines)
+    for i in range(len(lines) - n + 1):
+        ratio = difflib.SequenceMatcher(
+            None, "\n".join(stripped[i : i + n]), target, autojunk=False
+        ).ratio()
+        if ratio > best:
+            best, best_i = ratio, i
+    if best >= FUZZY_MIN_RATIO:
+        return "".join(lines[:best_i]) + _with_newline(replace) + "".join(lines[best_i + n :])
+    raise EditError(
+        f"SEARCH block did not match {path} (best similarity {best:.2f} < {FUZZY_MIN_RATIO})",
+        kind="nomatch",
+    )
+
+
+def _with_newline(s: str) -> str:
+    return s if s.endswith("\n") or not s else s + "\n"
+
+
+def apply_edits(edits: list[Edit], root: Path) -> list[str]:
+    """Apply ``edits`` to the files under ``root`` in place; returns the changed paths.
+
+    A SEARCH block on a missing file fails; a WHOLE block creates or replaces the file.
+
+    Raises:
+        EditError: a path outside ``root`` (checked before any change) or a block that does not
+            apply (files may then be partly edited: apply to a scratch copy).
+    """
+    check_paths(edits, root)
+    changed = []
+    for e in edits:
+        target = root / e.path
+        if e.search is None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(e.replace, encoding="utf-8")
+        else:
+            if not target.is_file():
+                raise EditError(
+                    f"SEARCH block names a file that does not exist: {e.path!r}", kind="nomatch"
+                )
+            target.write_text(
+                _apply_one(target.read_text(encoding="utf-8"), e.search, e.replace, e.path),
+                encoding="utf-8",
+            )
+        if e.path not in changed:
+            changed.append(e.path)
+    return changed

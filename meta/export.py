@@ -1,0 +1,115 @@
+"""Export a harness from a meta run as a standalone directory for production generation.
+
+``autodata-export-harness RUN_DIR [--harness best|COMMIT] [--out DIR]`` writes the harness
+files of a lineage commit (default: the archive's best validation pass rate) plus
+``MANIFEST.json`` (lineage commit, harness id, validation pass rate, parent chain with scores,
+source run). ``autodata-generate harness=DIR`` then uses it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from inner.errors import AutodataError, ConfigError
+from inner.harness import harness_id
+from meta.lineage import Lineage
+from meta.select import Archive
+
+
+def export_harness(run_dir: Path, out: Path, *, harness: str = "best") -> dict[str, Any]:
+    """Write the chosen harness to ``out``; returns the manifest.
+
+    Args:
+        run_dir: a meta run directory (with ``lineage/`` and ``archive.json``).
+        out: target directory (must not exist or be empty).
+        harness: ``best`` or a commit sha (prefix) of the lineage.
+
+    Raises:
+        ConfigError: not a meta run, unknown commit, or a non-empty ``out``.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "lineage" / ".git").is_dir() or not (run_dir / "archive.json").is_file():
+        raise ConfigError(
+            f"run={run_dir} is not an autodata-evolve run directory (no lineage/ or archive.json)"
+        )
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"out={out} exists and is not empty: choose a new directory")
+    lineage, archive = Lineage(run_dir / "lineage"), Archive(run_dir / "archive.json")
+    if harness == "best":
+        entry = archive.best()
+        commit = entry.commit
+    else:
+        try:
+            commit = lineage.repo.commit(harness).hexsha
+        except Exception as exc:
+            raise ConfigError(
+                f"harness={harness!r} is not a commit of {run_dir / 'lineage'}"
+            ) from exc
+        entry = archive.get(commit)
+    history = {h.get("candidate"): h for h in _history(run_dir)}
+    scores = {e.commit: e.val_pass_rate for e in archive.entries}
+    chain = [
+        {"commit": c, "val_pass_rate": scores.get(c, (history.get(c) or {}).get("candidate_val"))}
+        for c in lineage.parent_chain(commit)
+    ]
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    lineage.materialize(commit, tmp)
+    (tmp / ".complete").unlink()
+    manifest = {
+        "lineage_commit": commit,
+        "harness_id": harness_id(tmp),
+        "admitted": entry is not None,
+        "val_pass_rate": entry.val_pass_rate
+        if entry
+        else (history.get(commit) or {}).get("candidate_val"),
+        "parent_chain": chain,
+        "source_run": str(run_dir.resolve()),
+        "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    return manifest
+
+
+def _history(run_dir: Path) -> list[dict[str, Any]]:
+    from meta.loop import read_jsonl
+
+    return read_jsonl(run_dir / "history.jsonl")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script ``autodata-export-harness``."""
+    ap = argparse.ArgumentParser(
+        prog="autodata-export-harness", description=__doc__.split("\n\n")[0]
+    )
+    ap.add_argument("run", type=Path, help="meta run directory (autodata-evolve output)")
+    ap.add_argument("--harness", default="best", help="'best' (default) or a lineage commit")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="target directory (default: RUN/export/<commit>)"
+    )
+    args = ap.parse_args(argv)
+    try:
+        out = args.out
+        if out is None:
+            commit = (
+                Archive(args.run / "archive.json").best().commit
+                if args.harness == "best"
+                else args.harness
+            )
+            out = args.run / "export" / commit[:12]
+        manifest = export_harness(args.run, out, harness=args.harness)
+    except (AutodataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps(manifest, indent=2))
+    print(f"exported to {out}\nuse it with: autodata-generate harness={out}")

@@ -1,0 +1,484 @@
+"""The evolution loop (Autodata meta-optimization).
+
+One iteration, top to bottom (:func:`run_iteration`)::
+
+    select a parent from the archive (Boltzmann over validation pass rates, T = 0.1)
+    evaluate the parent on a minibatch of training documents (the inner loop)
+    analyzer: root-cause analysis of the parent's trajectories + the history
+    implementer: SEARCH/REPLACE edits of the parent's files
+    apply the edits to a copy (paths outside the harness directory are rejected) and
+    validate the candidate in a sandbox (it imports, it honours the contract)
+    evaluate candidate and parent on the validation documents (harnesses sandboxed)
+    admit iff candidate pass rate > parent pass rate (strictly)
+    commit the candidate to the lineage (tag it if admitted), append history.jsonl + curve.jsonl
+
+Run state lives in the run directory: ``lineage/`` (git), ``archive.json``, ``history.jsonl``
+(the ledger: one line per finished iteration), ``curve.jsonl``, ``splits.json``, ``evals/``
+(one inner-loop run directory per harness and document set, resumable and shared across
+iterations), ``harnesses/`` (materialized harness versions) and ``llm_cache/``. Killing the
+process at any point loses nothing finished: a rerun reads the ledger, discards the refs of
+half-made iterations, and redoes them with their LLM calls replayed from the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inner.documents import Document, list_document_paths, load_documents
+from inner.errors import ConfigError
+from inner.harness import harness_id, resolve_harness_dir
+from inner.llm.client import LLMClient, UsageMeter, track_usage
+from inner.records import FailureMode, Trajectory
+from inner.run import evaluate_harness
+from meta.analyze import analyze, implement
+from meta.config import EvolveConfig
+from meta.edit import EditError, apply_edits, parse_edits
+from meta.lineage import Lineage
+from meta.sandbox import SandboxedHarness, validate_harness
+from meta.select import Archive, ArchiveEntry, select_parent
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("admitted", "rejected", "invalid-edit", "crashed")
+
+
+# -- the ledger --------------------------------------------------------------------------------
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Lines of a JSONL file; a torn last line (a kill during a write) is ignored."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line and fsync (a torn previous line is terminated first)."""
+    data = json.dumps(record, default=str) + "\n"
+    with path.open("a+b") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() > 0:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+        fh.write(data.encode("utf-8"))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+# -- splits --------------------------------------------------------------------------------------
+def make_splits(cfg: EvolveConfig, run_dir: Path) -> dict[str, list[str]]:
+    """File names of the train / val / test splits, fixed in ``splits.json`` at the first run.
+
+    Raises:
+        ConfigError: the corpus has fewer documents than the split sizes ask for, or a
+            resumed run's ``splits.json`` disagrees with the corpus.
+    """
+    path = run_dir / "splits.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    s = cfg.split
+    if s.train_files or s.val_files:
+        splits = {
+            "train": list(s.train_files),
+            "val": list(s.val_files),
+            "test": list(s.test_files),
+        }
+    else:
+        names = [p.name for p in list_document_paths(cfg.task)]
+        need = s.train + s.val + s.test
+        if len(names) < need:
+            raise ConfigError(
+                f"split.train+split.val+split.test={need} but {cfg.task.corpus} has {len(names)} documents: "
+                "lower the split sizes"
+            )
+        random.Random(s.seed).shuffle(names)
+        splits = {
+            "train": names[: s.train],
+            "val": names[s.train : s.train + s.val],
+            "test": names[s.train + s.val : need],
+        }
+    overlap = set(splits["test"]) & (set(splits["train"]) | set(splits["val"]))
+    if overlap:
+        raise ConfigError(f"split.test_files overlap train/val: {sorted(overlap)}")
+    path.write_text(json.dumps(splits, indent=2) + "\n")
+    return splits
+
+
+def load_split(cfg: EvolveConfig, names: list[str]) -> list[Document]:
+    """Read the documents of one split (never called for the sealed test split)."""
+    task = type(cfg.task)(**{**cfg.task.__dict__, "files": names, "limit": None, "order": "name"})
+    return load_documents(task)
+
+
+# -- state ----------------------------------------------------------------------------------------
+@dataclass
+class MetaRun:
+    """Everything the iterations share."""
+
+    cfg: EvolveConfig
+    run_dir: Path
+    client: LLMClient
+    lineage: Lineage
+    archive: Archive
+    train: list[Document]
+    val: list[Document]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    _eval_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    @property
+    def history_path(self) -> Path:
+        return self.run_dir / "history.jsonl"
+
+    def materialize(self, commit: str) -> Path:
+        """The files of a lineage commit as a directory under ``harnesses/``."""
+        return self.lineage.materialize(commit, self.run_dir / "harnesses" / commit[:12])
+
+    def minibatch(self, iteration: int) -> list[Document]:
+        """``meta.minibatch`` training documents, sampled with the iteration's seed."""
+        k = min(self.cfg.meta.minibatch, len(self.train))
+        return random.Random(f"{self.cfg.meta.seed}:mb:{iteration}").sample(self.train, k)
+
+    async def evaluate(
+        self, harness_dir: Path, docs: list[Document], split: str
+    ) -> tuple[list[Trajectory], dict[str, Any]]:
+        """Run the inner loop with the sandboxed harness on ``docs``.
+
+        Results live in ``evals/<harness id>/<split>-<doc set hash>/`` and are reused: a
+        second evaluation of the same harness on the same documents reads the records (zero
+        LLM calls). Concurrent requests for the same evaluation wait for the first.
+        """
+        hid = harness_id(harness_dir)
+        key = hashlib.sha256("\n".join(sorted(d.doc_id for d in docs)).encode()).hexdigest()[:8]
+        out = self.run_dir / "evals" / hid / f"{split}-{key}"
+        lock = self._eval_locks.setdefault(str(out), asyncio.Lock())
+        async with lock:
+            out.mkdir(parents=True, exist_ok=True)
+            harness = SandboxedHarness(
+                harness_dir,
+                timeout_s=self.cfg.meta.harness_timeout_s,
+                memory_mb=self.cfg.meta.harness_memory_mb,
+                log_path=out / "sandbox.log",
+            )
+            try:
+                return await evaluate_harness(
+                    out,
+                    cfg=self.cfg.generate_config(),
+                    docs=docs,
+                    harness=harness,
+                    client=self.client,
+                )
+            finally:
+                await harness.aclose()
+
+
+def pass_rate(stats: dict[str, Any], n_docs: int) -> float:
+    """Accepted documents / all documents of the evaluation, in [0, 1]."""
+    return stats["accepted"] / n_docs if n_docs else 0.0
+
+
+def _crash_reason(trajectories: list[Trajectory]) -> str | None:
+    """The harness error if *every* round of the evaluation was a HARNESS_ERROR, else None."""
+    rounds = [r for t in trajectories for r in t.rounds]
+    if rounds and all(r.failure_mode is FailureMode.HARNESS_ERROR for r in rounds):
+        return (rounds[0].harness_error or "harness error").strip().splitlines()[-1]
+    return None
+
+
+def _errored(trajectories: list[Trajectory]) -> str | None:
+    bad = [t for t in trajectories if t.status == "error"]
+    return f"{len(bad)} document(s) failed with LLM errors: {bad[0].error}" if bad else None
+
+
+# -- one iteration ------------------------------------------------------------------------------
+async def run_iteration(run: MetaRun, i: int) -> dict[str, Any]:
+    """One iteration; returns its history line (also appended to ``history.jsonl``)."""
+    t0 = time.perf_counter()
+    rec: dict[str, Any] = {
+        "iteration": i,
+        "candidate": None,
+        "candidate_val": None,
+        "admitted": False,
+    }
+    meter = UsageMeter()
+    with track_usage(meter):
+        try:
+            rec.update(await _iterate(run, i, rec))
+        except Exception as exc:  # an LLM outage or a bug: record it, keep the run going
+            log.exception("iteration %d crashed", i)
+            rec.update({"status": "crashed", "reason": f"{type(exc).__name__}: {exc}"})
+    rec["tokens"] = {
+        r: u["prompt_tokens"] + u["completion_tokens"] for r, u in meter.as_dict().items()
+    }
+    rec["calls"] = {r: u["calls"] for r, u in meter.as_dict().items()}
+    rec["wall_s"] = round(time.perf_counter() - t0, 2)
+    rec["best_so_far"] = run.archive.best().val_pass_rate
+    append_jsonl(run.history_path, rec)
+    append_jsonl(
+        run.run_dir / "curve.jsonl",
+        {
+            k: rec.get(k)
+            for k in (
+                "iteration",
+                "status",
+                "candidate_val",
+                "parent_val",
+                "best_so_far",
+                "admitted",
+            )
+        },
+    )
+    run.history.append(rec)
+    log.info(
+        "iteration %d: %s (candidate %s vs parent %s)%s",
+        i, rec["status"], rec.get("candidate_val"), rec.get("parent_val"),
+        f" - {rec['reason']}" if rec.get("reason") else "",
+    )  # fmt: skip
+    return rec
+
+
+async def _iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:
+    cfg = run.cfg.meta
+    # 1. select a parent
+    parent = select_parent(
+        run.archive, strategy=cfg.selection, temperature=cfg.temperature, seed=cfg.seed, iteration=i
+    )
+    parent_dir = run.materialize(parent.commit)
+    rec |= {
+        "parent": parent.commit,
+        "parent_harness_id": parent.harness_id,
+        "parent_val": parent.val_pass_rate,
+    }
+
+    # 2. evaluate the parent on a training minibatch
+    mb = run.minibatch(i)
+    train_trajs, train_stats = await run.evaluate(parent_dir, mb, "train")
+    rec["train_docs"] = [d.doc_id for d in mb]
+    rec["train_pass_rate"] = pass_rate(train_stats, len(mb))
+    if (err := _errored(train_trajs)) is not None:
+        return {"status": "crashed", "reason": f"parent evaluation: {err}"}
+
+    # 3. analyzer: root-cause analysis
+    analysis = await analyze(
+        run.client,
+        harness_id=parent.harness_id,
+        val_pass_rate=parent.val_pass_rate,
+        trajectories=train_trajs,
+        history=run.history,
+        max_chars=cfg.analyzer_chars,
+    )
+    rec["analysis"] = analysis
+
+    # 4. implementer: edits of the parent's files
+    files = run.lineage.files(parent.commit)
+    reply = await implement(
+        run.client, analysis=analysis, history=run.history[-cfg.history_lines :], files=files
+    )
+    rec["implementer_reply"] = reply
+
+    # 5. apply to a scratch copy; reject edits outside the harness directory; validate
+    scratch = run.run_dir / "scratch" / f"iter-{i:04d}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copytree(parent_dir, scratch, ignore=shutil.ignore_patterns(".complete", "__pycache__"))
+    try:
+        changed = apply_edits(parse_edits(reply), scratch)
+    except EditError as exc:
+        return {"status": "invalid-edit", "reason": str(exc), "edit_error": exc.kind}
+    if harness_id(scratch).split("@")[1] == parent.harness_id.split("@")[1]:
+        return {"status": "invalid-edit", "reason": "the edits leave the harness unchanged"}
+    problem = await validate_harness(scratch, memory_mb=cfg.harness_memory_mb)
+    if problem is not None:
+        return {"status": "invalid-edit", "reason": f"candidate fails validation: {problem}"}
+
+    # 6. evaluate candidate and parent on the validation documents
+    (cand_trajs, cand_stats), (par_trajs, par_stats) = await asyncio.gather(
+        run.evaluate(scratch, run.val, "val"), run.evaluate(parent_dir, run.val, "val")
+    )
+    cand_val, par_val = pass_rate(cand_stats, len(run.val)), pass_rate(par_stats, len(run.val))
+    rec |= {
+        "candidate_harness_id": harness_id(scratch),
+        "candidate_val": cand_val,
+        "parent_val": par_val,
+    }
+
+    # 7. admit iff strictly better; commit the candidate either way
+    admitted = cand_val > par_val
+    crash = _crash_reason(cand_trajs)
+    errored = _errored(cand_trajs) or _errored(par_trajs)
+    status = "admitted" if admitted else ("crashed" if crash or errored else "rejected")
+    if errored:
+        admitted, status = False, "crashed"
+    summary = analysis.strip().splitlines()[0][:120] if analysis.strip() else "(empty analysis)"
+    message = (
+        f"iter {i}: {status} (val {cand_val:.3f} vs parent {par_val:.3f})\n\n"
+        f"iteration: {i}\nparent: {parent.commit}\nval_pass_rate: {cand_val:.4f}\n"
+        f"parent_val_pass_rate: {par_val:.4f}\nstatus: {status}\nchanged: {', '.join(changed)}\nanalysis: {summary}\n"
+    )
+    commit = run.lineage.add_candidate(scratch, parent=parent.commit, iteration=i, message=message)
+    rec |= {
+        "candidate": commit,
+        "diff_summary": run.lineage.diff_stat(parent.commit, commit),
+        "admitted": admitted,
+    }
+    if admitted:
+        run.lineage.admit(commit, i)
+        run.archive.add(ArchiveEntry(commit, harness_id(scratch), i, parent.commit, cand_val))
+    reason = None
+    if status == "rejected":
+        reason = f"validation pass rate {cand_val:.3f} is not strictly greater than the parent's {par_val:.3f}"
+    elif status == "crashed":
+        reason = f"candidate crashed in the sandbox: {crash}" if crash else errored
+    return {"status": status, "reason": reason}
+
+
+# -- the run ---------------------------------------------------------------------------------------
+async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> MetaRun:
+    """Splits, lineage root, archive (evaluating the root on validation if new), history."""
+    splits = make_splits(cfg, run_dir)
+    lineage = Lineage(run_dir / "lineage")
+    archive = Archive(run_dir / "archive.json")
+    run = MetaRun(
+        cfg,
+        run_dir,
+        client,
+        lineage,
+        archive,
+        load_split(cfg, splits["train"]),
+        load_split(cfg, splits["val"]),
+    )
+    run.history = read_jsonl(run.history_path)
+    done = {h["iteration"] for h in run.history}
+    for it in lineage.iteration_refs():
+        if it not in done:  # half-made: discard and redo
+            lineage.discard_iteration(it)
+            run.archive.entries = [e for e in run.archive.entries if e.iteration != it]
+            run.archive.save()
+    if lineage.root is None:
+        start = resolve_harness_dir(cfg.meta.start_harness)
+        src = run_dir / "scratch" / "root"
+        shutil.rmtree(src, ignore_errors=True)
+        shutil.copytree(start, src, ignore=shutil.ignore_patterns("__pycache__", ".*"))
+        lineage.init_root(
+            src, message=f"root: starting harness {harness_id(start)}\n\nsource: {start}\n"
+        )
+    if not archive.entries:
+        root = lineage.root
+        assert root is not None
+        root_dir = run.materialize(root)
+        trajs, stats = await run.evaluate(root_dir, run.val, "val")
+        if (err := _errored(trajs)) is not None:
+            raise ConfigError(f"the starting harness could not be evaluated: {err}")
+        archive.add(
+            ArchiveEntry(root, harness_id(root_dir), 0, None, pass_rate(stats, len(run.val)))
+        )
+        append_jsonl(
+            run_dir / "curve.jsonl",
+            {"iteration": 0, "status": "root", "candidate_val": archive.entries[0].val_pass_rate,
+             "parent_val": None, "best_so_far": archive.entries[0].val_pass_rate, "admitted": True},
+        )  # fmt: skip
+    return run
+
+
+def budget_reached(run: MetaRun, *, t0: float, launched: int) -> str | None:
+    """Which budget stops the run, or ``None``: ``max_iterations``, ``max_tokens``, ``max_wall_s``."""
+    m = run.cfg.meta
+    if launched >= m.max_iterations:
+        return f"max_iterations={m.max_iterations} reached"
+    if m.max_tokens is not None:
+        used = sum(sum(h.get("tokens", {}).values()) for h in run.history)
+        if used >= m.max_tokens:
+            return f"max_tokens={m.max_tokens} reached ({used} tokens)"
+    if m.max_wall_s is not None and time.monotonic() - t0 >= m.max_wall_s:
+        return f"max_wall_s={m.max_wall_s:g} reached"
+    return None
+
+
+async def evolve(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> dict[str, Any]:
+    """Run iterations, ``meta.in_flight`` at a time, until a budget is reached.
+
+    Returns:
+        A summary: iterations, admitted, baseline and best validation pass rates, stop reason.
+    """
+    t0 = time.monotonic()
+    run = await prepare(cfg, run_dir, client)
+    done = {h["iteration"] for h in run.history}
+    todo = (i for i in range(1, 1 << 30) if i not in done)
+    running: set[asyncio.Task[dict[str, Any]]] = set()
+    stop: str | None = None
+    while True:
+        launched = len(done) + len(running)
+        stop = stop or budget_reached(run, t0=t0, launched=launched)
+        while stop is None and len(running) < cfg.meta.in_flight:
+            running.add(asyncio.create_task(run_iteration(run, next(todo))))
+            stop = budget_reached(run, t0=t0, launched=len(done) + len(running))
+        if not running:
+            break
+        timeout = None
+        if cfg.meta.max_wall_s is not None:
+            timeout = max(0.0, cfg.meta.max_wall_s - (time.monotonic() - t0))
+        finished, running = await asyncio.wait(
+            running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in finished:
+            done.add(task.result()["iteration"])
+        if not finished and timeout is not None:  # wall clock: cancel; redone on resume
+            stop = f"max_wall_s={cfg.meta.max_wall_s:g} reached"
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            running = set()
+    summary = {
+        "stop_reason": stop,
+        "iterations": len(run.history),
+        "admitted": sum(h["status"] == "admitted" for h in run.history),
+        "statuses": {s: sum(h["status"] == s for h in run.history) for s in STATUSES},
+        "baseline_val_pass_rate": run.archive.entries[0].val_pass_rate,
+        "best_val_pass_rate": run.archive.best().val_pass_rate,
+        "best_commit": run.archive.best().commit,
+        "best_harness_id": run.archive.best().harness_id,
+        "this_invocation": client.usage.as_dict(),
+        "wall_s": round(time.monotonic() - t0, 2),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("stopped: %s", stop)
+    return summary
+
+
+async def run_evolve(
+    cfg: EvolveConfig, run_dir: Path, *, base_urls: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """``autodata-evolve``: start the backend (unless ``base_urls`` is given), share one cached
+    client across all iterations, evolve, and return the summary (also ``summary.json``)."""
+    import contextlib
+
+    from inner.llm.backends import start_backend
+    from inner.llm.cache import ResponseCache
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cache = ResponseCache(Path(cfg.llm.cache_dir) if cfg.llm.cache_dir else run_dir / "llm_cache")
+    backend: Any = (
+        contextlib.nullcontext(base_urls)
+        if base_urls is not None
+        else start_backend(cfg.llm, log_dir=run_dir)
+    )
+    with backend as urls:
+        client = LLMClient(cfg.llm, base_urls=urls, cache=cache, call_log=run_dir / "calls.jsonl")
+        try:
+            return await evolve(cfg, run_dir, client)
+        finally:
+            await client.aclose()

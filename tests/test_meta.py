@@ -1,0 +1,303 @@
+"""The meta-optimization loop through the real client, the sandbox and git."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import git
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from inner.paths import PROJECT_ROOT
+from meta.config import EvolveConfig
+from meta.config import register_configs as register_meta
+from meta.export import export_harness
+from meta.loop import read_jsonl, run_evolve
+from meta.select import Archive, ArchiveEntry, select_parent, selection_probabilities
+from tests.conftest import CONF_DIR, compose_config, run, write_corpus
+from tests.scenario import RoundPlan, Scenario
+
+register_meta()
+
+ACCEPT = RoundPlan(weak=[0.5], strong=[0.9])
+TOO_EASY = RoundPlan(weak=[0.9])
+
+GOOD_EDIT = """FILE: prompts/challenger.md
+<<<<<<< SEARCH
+You are the challenger in Agentic Self-Instruct
+=======
+IMPROVED You are the challenger in Agentic Self-Instruct
+>>>>>>> REPLACE
+"""
+WORSE_EDIT = GOOD_EDIT.replace("IMPROVED", "WORSE")
+NEUTRAL_EDIT = """FILE: prompts/main_agent.md
+<<<<<<< SEARCH
+Do not write the question yourself.
+=======
+Do not write the question yourself. Be brief.
+>>>>>>> REPLACE
+"""
+OUTSIDE_EDIT = """FILE: ../../../inner/gate.py
+<<<<<<< WHOLE
+EPS = 1.0
+>>>>>>> WHOLE
+"""
+
+
+def whole_harness(body: str) -> str:
+    return (
+        "FILE: harness.py\n<<<<<<< WHOLE\n"
+        "import os, sys\n"
+        "from inner.records import QVVerdict\n"
+        f"async def propose(ctx, feedback):\n    {body}\n"
+        "async def verify(ctx, challenge):\n    return QVVerdict(passed=True)\n"
+        "async def feedback(ctx, history):\n    return 'x'\n"
+        ">>>>>>> WHOLE\n"
+    )
+
+
+class MetaScenario(Scenario):
+    """Validation docs MARK-V1 (accepted by the baseline) and MARK-V2 (too easy); a challenger
+    prompt containing IMPROVED makes every question accepted, WORSE makes every one too easy.
+    The implementer's reply for iteration k is ``edits[k-1]`` (the last repeats)."""
+
+    def __init__(self, edits: list[str]) -> None:
+        super().__init__({"*": [TOO_EASY], "MARK-V1": [ACCEPT]})
+        self.edits = edits
+        self.implementer_calls = 0
+
+    def plan(self, marker: str, rnd: int) -> RoundPlan:
+        if marker.endswith("GOOD"):
+            return ACCEPT
+        if marker.endswith("BAD"):
+            return TOO_EASY
+        return super().plan(marker, rnd)
+
+    def __call__(self, role: str, body: dict[str, Any]) -> Any:
+        if role == "analyzer":
+            return "Root cause: questions are answerable without the document. Make them more specific."
+        if role == "implementer":
+            with self._lock:
+                self.implementer_calls += 1
+                k = self.implementer_calls
+            return self.edits[min(k, len(self.edits)) - 1]
+        out = super().__call__(role, body)
+        if role == "challenger" and isinstance(out, dict):
+            system = body["messages"][0]["content"]
+            tag = "BAD" if "WORSE" in system else "GOOD" if "IMPROVED" in system else ""
+            if tag:
+                out = dict(out, question=out["question"].replace(" r", f"{tag} r", 1))
+        return out
+
+
+def evolve_config(corpus: Path, *overrides: str) -> EvolveConfig:
+    register_meta()
+    base = [
+        f"task.corpus={corpus}",
+        "progress=false",
+        "split.train_files=[doc-mark-t1.txt,doc-mark-t2.txt]",
+        "split.val_files=[doc-mark-v1.txt,doc-mark-v2.txt]",
+        "split.test_files=[doc-mark-s1.txt]",
+        "inner.max_rounds=1",
+        "inner.n_weak=1",
+        "inner.n_strong=1",
+        "meta.minibatch=1",
+        "meta.in_flight=1",
+        "meta.harness_timeout_s=5",
+        "llm.endpoints.default.max_retries=1",
+        "llm.endpoints.default.timeout_s=20",
+    ]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        dcfg = compose(config_name="evolve", overrides=[*base, *overrides])
+    cfg = OmegaConf.to_object(dcfg)
+    assert isinstance(cfg, EvolveConfig)
+    return cfg
+
+
+@pytest.fixture
+def meta_corpus(tmp_path: Path) -> Path:
+    return write_corpus(
+        tmp_path / "corpus", ["MARK-T1", "MARK-T2", "MARK-V1", "MARK-V2", "MARK-S1"]
+    )
+
+
+def evolve(cfg: EvolveConfig, run_dir: Path, srv: Any) -> dict[str, Any]:
+    return asyncio.run(run_evolve(cfg, run_dir, base_urls={"default": srv.base_url}))
+
+
+def test_better_edit_admitted_equal_and_worse_rejected(meta_corpus, server, tmp_path):
+    srv = server(MetaScenario([GOOD_EDIT, NEUTRAL_EDIT, WORSE_EDIT]))
+    # greedy selection: after iteration 1 the improved harness is always the parent
+    cfg = evolve_config(meta_corpus, "meta.max_iterations=3", "meta.selection=greedy")
+    summary = evolve(cfg, tmp_path / "run", srv)
+    hist = read_jsonl(tmp_path / "run" / "history.jsonl")
+    assert [h["status"] for h in hist] == ["admitted", "rejected", "rejected"]
+    assert hist[0]["candidate_val"] == 1.0 and hist[0]["parent_val"] == 0.5
+    assert (
+        hist[1]["candidate_val"] == hist[1]["parent_val"] == 1.0
+    )  # equal: strict admission rejects
+    assert hist[2]["candidate_val"] == 0.0 < hist[2]["parent_val"]
+    assert "not strictly greater" in hist[1]["reason"]
+    assert summary["baseline_val_pass_rate"] == 0.5 and summary["best_val_pass_rate"] == 1.0
+    assert summary["admitted"] == 1 and summary["stop_reason"].startswith("max_iterations")
+    archive = json.loads((tmp_path / "run" / "archive.json").read_text())["entries"]
+    assert [e["val_pass_rate"] for e in archive] == [0.5, 1.0]
+    curve = read_jsonl(tmp_path / "run" / "curve.jsonl")
+    assert [c["best_so_far"] for c in curve] == [0.5, 1.0, 1.0, 1.0]
+    # the sealed test document was never sent to any role
+    assert not any("MARK-S1" in json.dumps(b) for _, b in srv.requests)
+
+    # git log of the lineage agrees with history.jsonl
+    repo = git.Repo(tmp_path / "run" / "lineage")
+    for h in hist:
+        c = repo.commit(h["candidate"])
+        assert [p.hexsha for p in c.parents] == [h["parent"]]
+        assert f"iteration: {h['iteration']}" in c.message and f"status: {h['status']}" in c.message
+        assert f"val_pass_rate: {h['candidate_val']:.4f}" in c.message
+    assert sorted(t.name for t in repo.tags) == ["admitted/iter-0001"]
+    assert "IMPROVED" in repo.git.diff(hist[0]["parent"], hist[0]["candidate"])
+    assert hist[1]["parent"] == hist[0]["candidate"]  # greedy picked the admitted one
+    graph = repo.git.log("--graph", "--all", "--oneline")
+    assert graph.count("iter ") == 3
+
+
+def test_edit_outside_harness_rejected_before_evaluation(meta_corpus, server, tmp_path):
+    gate_src = (PROJECT_ROOT / "inner" / "gate.py").read_text()
+    srv = server(MetaScenario([OUTSIDE_EDIT]))
+    evolve(evolve_config(meta_corpus, "meta.max_iterations=1"), tmp_path / "run", srv)
+    (h,) = read_jsonl(tmp_path / "run" / "history.jsonl")
+    assert h["status"] == "invalid-edit" and "outside the harness directory" in h["reason"]
+    assert h["candidate"] is None
+    assert (PROJECT_ROOT / "inner" / "gate.py").read_text() == gate_src
+    # no candidate was evaluated: only the root's validation and the parent's training runs
+    assert {p.name for p in (tmp_path / "run" / "evals").iterdir()} == {
+        read_jsonl(tmp_path / "run" / "history.jsonl")[0]["parent_harness_id"]
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ("raise RuntimeError('boom in propose')", "boom in propose"),
+        ("os._exit(3)", "exited with code 3"),
+        ("sys.exit(0)", "exited with code 0"),
+        ("while True: pass", "wall-clock limit"),
+    ],
+)
+def test_crashing_or_hanging_harness_is_contained(meta_corpus, server, tmp_path, body, needle):
+    srv = server(MetaScenario([whole_harness(body)]))
+    summary = evolve(
+        evolve_config(meta_corpus, "meta.max_iterations=1", "meta.harness_timeout_s=2"),
+        tmp_path / "run",
+        srv,
+    )
+    (h,) = read_jsonl(tmp_path / "run" / "history.jsonl")
+    assert h["status"] == "crashed" and h["candidate_val"] == 0.0
+    assert summary["iterations"] == 1
+    cand_eval = next((tmp_path / "run" / "evals" / h["candidate_harness_id"]).iterdir())
+    traj = json.loads(next((cand_eval / "trajectories").glob("*.json")).read_text())
+    assert traj["status"] == "exhausted" and traj["rounds"][0]["failure_mode"] == "HARNESS_ERROR"
+    assert needle in traj["rounds"][0]["harness_error"]
+
+
+def test_export_then_generate(meta_corpus, server, tmp_path):
+    srv = server(MetaScenario([GOOD_EDIT]))
+    evolve(evolve_config(meta_corpus, "meta.max_iterations=1"), tmp_path / "run", srv)
+    out = tmp_path / "exported"
+    manifest = export_harness(tmp_path / "run", out)
+    hist = read_jsonl(tmp_path / "run" / "history.jsonl")
+    assert manifest["lineage_commit"] == hist[0]["candidate"] and manifest["val_pass_rate"] == 1.0
+    assert [c["commit"] for c in manifest["parent_chain"]] == [
+        hist[0]["candidate"],
+        hist[0]["parent"],
+    ]
+    assert "IMPROVED" in (out / "prompts" / "challenger.md").read_text()
+    cfg = compose_config(
+        f"task.corpus={meta_corpus}",
+        "progress=false",
+        f"harness={out}",
+        "inner.max_rounds=1",
+        "inner.n_weak=1",
+        "inner.n_strong=1",
+    )
+    stats = run(cfg, tmp_path / "gen", srv)
+    assert stats["accepted"] == 5 and stats["harness_id"].startswith("exported@")
+
+
+def test_selection_frequencies_match_boltzmann():
+    archive = Archive(Path("/nonexistent/archive.json"))
+    scores = [0.1, 0.2, 0.35]
+    archive.entries = [ArchiveEntry(f"c{i}", f"h{i}", i, None, s) for i, s in enumerate(scores)]
+    n = 20000
+    counts = Counter(
+        select_parent(archive, strategy="boltzmann", temperature=0.1, seed=7, iteration=i).commit
+        for i in range(n)
+    )
+    expected = selection_probabilities(scores, strategy="boltzmann", temperature=0.1)
+    import math
+
+    z = sum(math.exp(s / 0.1) for s in scores)
+    assert expected == pytest.approx([math.exp(s / 0.1) / z for s in scores])
+    for i, p in enumerate(expected):
+        assert counts[f"c{i}"] / n == pytest.approx(p, abs=0.012)
+    # seeded: the same iteration picks the same parent
+    picks = [
+        select_parent(archive, strategy="boltzmann", temperature=0.1, seed=7, iteration=5).commit
+        for _ in range(3)
+    ]
+    assert len(set(picks)) == 1
+    assert selection_probabilities(scores, strategy="greedy", temperature=0.1) == [0.0, 0.0, 1.0]
+    assert selection_probabilities(scores, strategy="uniform", temperature=0.1) == pytest.approx(
+        [1 / 3] * 3
+    )
+
+
+def test_resume_after_kill_mid_iteration(meta_corpus, server, tmp_path):
+    scen = MetaScenario([GOOD_EDIT, NEUTRAL_EDIT])
+    srv = server(scen, latency_s=0.15)
+    run_dir = tmp_path / "run"
+    cmd = [
+        str(Path(sys.executable).parent / "autodata-evolve"),
+        f"task.corpus={meta_corpus}", "progress=false", "llm=openai",
+        f"llm.endpoints.default.base_url={srv.base_url}", "llm.endpoints.default.api_key_env=null",
+        "split.train_files=[doc-mark-t1.txt,doc-mark-t2.txt]", "split.val_files=[doc-mark-v1.txt,doc-mark-v2.txt]",
+        "inner.max_rounds=1", "inner.n_weak=1", "inner.n_strong=1", "meta.minibatch=1", "meta.in_flight=1",
+        "meta.max_iterations=2", f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    deadline = time.monotonic() + 60
+    # kill once iteration 1 is finished and iteration 2 has started evaluating
+    while time.monotonic() < deadline and proc.poll() is None:
+        hist = read_jsonl(run_dir / "history.jsonl")
+        if hist and scen.implementer_calls >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = srv.count()
+    first_hist = read_jsonl(run_dir / "history.jsonl")
+    assert len(first_hist) == 1
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    hist = read_jsonl(run_dir / "history.jsonl")
+    assert [h["iteration"] for h in hist] == [1, 2] and hist[0] == first_hist[0]
+    # the finished iteration and the root evaluation were not redone: few new requests
+    assert srv.count() - before < before
+    repo = git.Repo(run_dir / "lineage")
+    branches = sorted(h.name for h in repo.heads if h.name.startswith("candidates/"))
+    assert branches == [f"candidates/iter-{h['iteration']:04d}" for h in hist if h["candidate"]]
+    assert json.loads((run_dir / "summary.json").read_text())["iterations"] == 2
