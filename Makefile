@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo demo-cot test test-fast check format bench clean
+.PHONY: install browser demo demo-cot test test-fast check format bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,12 @@ demo: install
 demo-cot: install
 	$(VENV)/bin/autodata-generate +experiment=generate_demo method=cot_self_instruct hydra.run.dir=$(DEMO_DIR)-cot
 
-# The whole suite, the slow embedded-model test included.
-test: install
+# Debian's Chromium for the lineage-page browser test (root, as on CI machines).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+# The whole suite, the slow embedded-model test and the browser test included.
+test: install browser
 	$(PY) -m pytest
 
 test-fast: install

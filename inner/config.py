@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from inner.errors import ConfigError
 
 ROLES = ("challenger", "quality_verifier", "main_agent", "weak_solver", "strong_solver", "judge")
-META_ROLES = ("analyzer", "implementer")
+META_ROLES = ("analyzer", "implementer", "taxonomist")
 METHODS = ("agentic_self_instruct", "cot_self_instruct")
 BACKENDS = ("local", "vllm", "openai")
 JSON_MODES = ("json_schema", "llama_cpp", "none")
@@ -116,6 +116,8 @@ class RolesConfig:
     #: meta-optimization roles; ``None`` = use the challenger's endpoint and sampling
     analyzer: RoleConfig | None = None
     implementer: RoleConfig | None = None
+    #: the report's question-type taxonomy classifier; ``None`` = the challenger's
+    taxonomist: RoleConfig | None = None
 
 
 @dataclass

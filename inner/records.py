@@ -192,14 +192,17 @@ class RunWriter:
 
     Args:
         run_dir: the Hydra run directory (created if missing).
+        readonly: only read (no directory is created and a torn dataset line is not repaired);
+            for reports.
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, readonly: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.traj_dir = self.run_dir / "trajectories"
-        self.traj_dir.mkdir(parents=True, exist_ok=True)
         self.dataset_path = self.run_dir / "dataset.jsonl"
-        self._example_ids = {e.example_id for e in self.load_examples(repair=True)}
+        if not readonly:
+            self.traj_dir.mkdir(parents=True, exist_ok=True)
+        self._example_ids = {e.example_id for e in self.load_examples(repair=not readonly)}
 
     def load_examples(self, *, repair: bool = False) -> list[Example]:
         """Examples in ``dataset.jsonl``. With ``repair``, a torn last line (a kill during a

@@ -1,0 +1,112 @@
+"""Read run directories from disk (generation runs and meta runs).
+
+A *generation run* has ``trajectories/``, ``dataset.jsonl``, ``stats.json`` (written by
+``autodata-generate``); a *meta run* has ``history.jsonl``, ``archive.json``, ``curve.jsonl``
+and ``lineage/`` (``autodata-evolve``). Both are parsed with the project's own record schemas.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inner.errors import ConfigError
+from inner.records import Example, RunWriter, Trajectory
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Lines of a JSONL file (a torn last line is ignored)."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+@dataclass
+class GenerationRun:
+    """One ``autodata-generate`` run (or one evaluation directory of a meta run)."""
+
+    path: Path
+    trajectories: list[Trajectory]
+    examples: list[Example]
+    stats: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def method_label(self) -> str:
+        """``CoT Self-Instruct`` or ``Agentic Self-Instruct (<harness id>)``."""
+        method = self.stats.get("method") or (
+            self.trajectories[0].method if self.trajectories else "?"
+        )
+        if method == "cot_self_instruct":
+            return "CoT Self-Instruct"
+        return f"Agentic Self-Instruct ({self.stats.get('harness_id', '?')})"
+
+
+@dataclass
+class MetaRunRecords:
+    """One ``autodata-evolve`` run."""
+
+    path: Path
+    history: list[dict[str, Any]]
+    archive: list[dict[str, Any]]
+    curve: list[dict[str, Any]]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def baseline(self) -> float | None:
+        root = [c for c in self.curve if c.get("iteration") == 0]
+        if root:
+            return root[0]["candidate_val"]
+        return self.archive[0]["val_pass_rate"] if self.archive else None
+
+
+def is_generation_run(path: Path) -> bool:
+    return (path / "trajectories").is_dir()
+
+
+def is_meta_run(path: Path) -> bool:
+    return (path / "history.jsonl").exists() or (path / "archive.json").exists()
+
+
+def load_generation_run(path: Path) -> GenerationRun:
+    """Parse a generation run directory.
+
+    Raises:
+        ConfigError: ``path`` has no ``trajectories/``.
+    """
+    path = Path(path)
+    if not is_generation_run(path):
+        raise ConfigError(f"run={path} is not a generation run directory (no trajectories/)")
+    writer = RunWriter(path, readonly=True)
+    stats_path = path / "stats.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    return GenerationRun(path, writer.load_trajectories(), writer.load_examples(), stats)
+
+
+def load_meta_run(path: Path) -> MetaRunRecords:
+    """Parse a meta run directory.
+
+    Raises:
+        ConfigError: ``path`` has neither ``history.jsonl`` nor ``archive.json``.
+    """
+    path = Path(path)
+    if not is_meta_run(path):
+        raise ConfigError(f"run={path} is not an autodata-evolve run directory (no history.jsonl)")
+    archive_path = path / "archive.json"
+    archive = json.loads(archive_path.read_text())["entries"] if archive_path.exists() else []
+    summary_path = path / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return MetaRunRecords(
+        path, read_jsonl(path / "history.jsonl"), archive, read_jsonl(path / "curve.jsonl"), summary
+    )
