@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from inner.errors import ConfigError
+from inner.tracking import LoggerConfig
 
 ROLES = ("challenger", "quality_verifier", "main_agent", "weak_solver", "strong_solver", "judge")
 META_ROLES = ("analyzer", "implementer", "taxonomist")
@@ -305,6 +306,7 @@ class GenerateConfig:
             chain-of-thought pass per document, no feedback; same evaluator and gate).
         harness: a harness name under ``harnesses/`` or a path to a harness directory.
         progress: show the live progress bar.
+        logger: optional experiment tracking (``logger=wandb``; off by default).
     """
 
     method: str = "agentic_self_instruct"
@@ -314,6 +316,7 @@ class GenerateConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     inner: InnerConfig = field(default_factory=InnerConfig)
     progress: bool = True
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
     def __post_init__(self) -> None:
         _check(self.method in METHODS, "method", self.method, f"use one of {METHODS}")

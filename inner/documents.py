@@ -123,7 +123,9 @@ def list_document_paths(task: TaskConfig) -> list[Path]:
             raise DocumentError(f"task.files names files missing from {root}: {missing}")
         return paths
     return sorted(
-        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES and p.name not in task.exclude
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in SUFFIXES and p.name not in task.exclude
     )
 
 

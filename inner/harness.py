@@ -128,7 +128,11 @@ def harness_id(path: Path) -> str:
     h = hashlib.sha256()
     files = (p for p in path.rglob("*") if p.is_file())
     for f in sorted(
-        p for p in files if not any(part == "__pycache__" or part.startswith(".") for part in p.relative_to(path).parts)
+        p
+        for p in files
+        if not any(
+            part == "__pycache__" or part.startswith(".") for part in p.relative_to(path).parts
+        )
     ):
         h.update(str(f.relative_to(path)).encode())
         h.update(b"\0")

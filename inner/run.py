@@ -22,6 +22,7 @@ from inner.llm.client import LLMClient, UsageMeter, track_usage
 from inner.loop import Engine, LoopObserver, run_documents
 from inner.records import RunWriter, Trajectory
 from inner.stats import compute_stats
+from inner.tracking import Tracker, build_tracker
 
 log = logging.getLogger(__name__)
 
@@ -117,24 +118,46 @@ async def run_generate(
             if observer_factory
             else contextlib.nullcontext(LoopObserver())
         )
+        tracker = build_tracker(cfg.logger, run_dir=run_dir, config=asdict(cfg), job="generate")
         try:
             with observer as obs:
                 ticker = asyncio.create_task(_tick(obs))
                 try:
                     _, stats = await evaluate_harness(
-                        run_dir,
-                        cfg=cfg,
-                        docs=docs,
-                        harness=harness,
-                        client=client,
-                        observer=obs,
-                        t0=t0,
-                    )
+                        run_dir, cfg=cfg, docs=docs, harness=harness, client=client, t0=t0,
+                        observer=TrackingObserver(obs, tracker, total=len(docs), done=done, accepted=accepted),
+                    )  # fmt: skip
                 finally:
                     ticker.cancel()
+            tracker.summary(stats)
         finally:
+            tracker.finish()
             await client.aclose()
     return stats
+
+
+class TrackingObserver(LoopObserver):
+    """Forwards loop events to ``inner`` (the progress bar) and logs documents done, accepted
+    and pass rate to the experiment tracker after each document."""
+
+    def __init__(
+        self, inner: LoopObserver, tracker: Tracker, *, total: int, done: int, accepted: int
+    ) -> None:
+        self.inner, self.tracker = inner, tracker
+        self.total, self.done, self.accepted = total, done, accepted
+
+    def round_started(self, doc_id: str, round_no: int) -> None:
+        self.inner.round_started(doc_id, round_no)
+
+    def document_finished(self, traj: Trajectory) -> None:
+        self.inner.document_finished(traj)
+        self.done += 1
+        self.accepted += traj.status == "accepted"
+        self.tracker.log(
+            {"documents_done": self.done, "accepted": self.accepted, "pass_rate": self.accepted / self.done,
+             "rounds": len(traj.rounds)},
+            step=self.done,
+        )  # fmt: skip
 
 
 async def evaluate_harness(

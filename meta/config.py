@@ -12,6 +12,7 @@ from inner.config import (
     TaskConfig,
     _check,
 )
+from inner.tracking import LoggerConfig
 from meta.select import STRATEGIES
 
 
@@ -107,6 +108,7 @@ class EvolveConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     progress: bool = True
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
     def generate_config(self) -> GenerateConfig:
         """The config of one harness evaluation (Agentic Self-Instruct, same gate and solvers)."""

@@ -30,7 +30,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from inner.harness import harness_id, resolve_harness_dir
 from inner.llm.client import LLMClient, UsageMeter, track_usage
 from inner.records import FailureMode, Trajectory
 from inner.run import evaluate_harness
+from inner.tracking import NullTracker, Tracker, build_tracker
 from meta.analyze import analyze, implement
 from meta.config import EvolveConfig
 from meta.edit import EditError, apply_edits, parse_edits
@@ -138,6 +139,7 @@ class MetaRun:
     train: list[Document]
     val: list[Document]
     history: list[dict[str, Any]] = field(default_factory=list)
+    tracker: Tracker = field(default_factory=NullTracker)
     _eval_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     @property
@@ -243,6 +245,11 @@ async def run_iteration(run: MetaRun, i: int) -> dict[str, Any]:
         },
     )
     run.history.append(rec)
+    run.tracker.log(
+        {"candidate_val": rec.get("candidate_val"), "parent_val": rec.get("parent_val"),
+         "best_so_far": rec["best_so_far"], "admitted": rec["admitted"], "tokens": sum(rec["tokens"].values())},
+        step=i,
+    )  # fmt: skip
     log.info(
         "iteration %d: %s (candidate %s vs parent %s)%s",
         i, rec["status"], rec.get("candidate_val"), rec.get("parent_val"),
@@ -407,7 +414,9 @@ def budget_reached(run: MetaRun, *, t0: float, launched: int) -> str | None:
     return None
 
 
-async def evolve(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> dict[str, Any]:
+async def evolve(
+    cfg: EvolveConfig, run_dir: Path, client: LLMClient, *, tracker: Tracker | None = None
+) -> dict[str, Any]:
     """Run iterations, ``meta.in_flight`` at a time, until a budget is reached.
 
     Returns:
@@ -415,6 +424,7 @@ async def evolve(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> dict[st
     """
     t0 = time.monotonic()
     run = await prepare(cfg, run_dir, client)
+    run.tracker = tracker or NullTracker()
     done = {h["iteration"] for h in run.history}
     todo = (i for i in range(1, 1 << 30) if i not in done)
     running: set[asyncio.Task[dict[str, Any]]] = set()
@@ -454,6 +464,7 @@ async def evolve(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> dict[st
         "wall_s": round(time.monotonic() - t0, 2),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    run.tracker.summary(summary)
     log.info("stopped: %s", stop)
     return summary
 
@@ -478,7 +489,9 @@ async def run_evolve(
     )
     with backend as urls:
         client = LLMClient(cfg.llm, base_urls=urls, cache=cache, call_log=run_dir / "calls.jsonl")
+        tracker = build_tracker(cfg.logger, run_dir=run_dir, config=asdict(cfg), job="evolve")
         try:
-            return await evolve(cfg, run_dir, client)
+            return await evolve(cfg, run_dir, client, tracker=tracker)
         finally:
+            tracker.finish()
             await client.aclose()
