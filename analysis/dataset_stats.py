@@ -51,10 +51,7 @@ def rounds_to_acceptance(run: GenerationRun) -> list[int]:
 def tokens_total(run: GenerationRun) -> int:
     """Prompt + completion tokens of every round in the records (cached or not)."""
     return sum(
-        u.prompt_tokens + u.completion_tokens
-        for t in run.trajectories
-        for r in t.rounds
-        for u in r.usage.values()
+        u.prompt_tokens + u.completion_tokens for t in run.trajectories for r in t.rounds for u in r.usage.values()
     )
 
 
@@ -108,9 +105,7 @@ def plot_dataset_stats(run: GenerationRun, out_dir: Path) -> list[Path]:
     s = score_samples(run)
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=110)
     bins = [i / 10 for i in range(11)]
-    for ax, key, color in zip(
-        axes, ("weak", "strong", "gap"), ("tab:red", "tab:green", "tab:blue"), strict=True
-    ):
+    for ax, key, color in zip(axes, ("weak", "strong", "gap"), ("tab:red", "tab:green", "tab:blue"), strict=True):
         gap_bins = [-1 + i / 10 for i in range(21)] if key == "gap" else bins
         ax.hist(
             s[key],

@@ -45,9 +45,7 @@ class GenerationRun:
     @property
     def method_label(self) -> str:
         """``CoT Self-Instruct`` or ``Agentic Self-Instruct (<harness id>)``."""
-        method = self.stats.get("method") or (
-            self.trajectories[0].method if self.trajectories else "?"
-        )
+        method = self.stats.get("method") or (self.trajectories[0].method if self.trajectories else "?")
         if method == "cot_self_instruct":
             return "CoT Self-Instruct"
         return f"Agentic Self-Instruct ({self.stats.get('harness_id', '?')})"
@@ -107,6 +105,4 @@ def load_meta_run(path: Path) -> MetaRunRecords:
     archive = json.loads(archive_path.read_text())["entries"] if archive_path.exists() else []
     summary_path = path / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    return MetaRunRecords(
-        path, read_jsonl(path / "history.jsonl"), archive, read_jsonl(path / "curve.jsonl"), summary
-    )
+    return MetaRunRecords(path, read_jsonl(path / "history.jsonl"), archive, read_jsonl(path / "curve.jsonl"), summary)

@@ -39,9 +39,7 @@ def methods_rows(runs: list[GenerationRun]) -> tuple[list[dict[str, Any]], bool]
     return [summary_row(r) for r in runs], same
 
 
-def write_methods(
-    runs: list[GenerationRun], out_dir: Path
-) -> tuple[Path, Path, list[dict[str, Any]]]:
+def write_methods(runs: list[GenerationRun], out_dir: Path) -> tuple[Path, Path, list[dict[str, Any]]]:
     """``methods.md`` and ``methods.png``; returns their paths and the rows."""
     rows, same = methods_rows(runs)
     md = markdown_table(rows, METHOD_COLUMNS)

@@ -104,20 +104,13 @@ def taxonomy_items(runs: list[GenerationRun], population: str) -> list[TaxonomyI
     items = []
     for i, run in enumerate(runs):
         if population == "accepted":
-            items += [
-                TaxonomyItem(f"{i}/{e.example_id}", e.question, e.context, e.question_type)
-                for e in run.examples
-            ]
+            items += [TaxonomyItem(f"{i}/{e.example_id}", e.question, e.context, e.question_type) for e in run.examples]
             continue
         for t in run.trajectories:
             for r in t.rounds:
                 if r.challenge is not None:
                     ch = r.challenge
-                    items.append(
-                        TaxonomyItem(
-                            f"{i}/{t.doc_id}/r{r.round}", ch.question, ch.context, ch.question_type
-                        )
-                    )
+                    items.append(TaxonomyItem(f"{i}/{t.doc_id}/r{r.round}", ch.question, ch.context, ch.question_type))
     return items
 
 
@@ -131,11 +124,7 @@ async def _taxonomy(
         return [], f"No {cfg.taxonomy.population} examples to classify: taxonomy skipped."
     from inner.llm.backends import start_backend
 
-    backend: Any = (
-        contextlib.nullcontext(base_urls)
-        if base_urls is not None
-        else start_backend(cfg.llm, log_dir=out)
-    )
+    backend: Any = contextlib.nullcontext(base_urls) if base_urls is not None else start_backend(cfg.llm, log_dir=out)
     with backend as urls:
         client = LLMClient(
             cfg.llm,
@@ -179,14 +168,10 @@ def build_report(cfg: ReportConfig, *, base_urls: dict[str, str] | None = None) 
         ]
         md += [
             "Final scores per member:\n",
-            markdown_table(
-                final_scores(members), ["member", "iterations", "admitted", "baseline", "best"]
-            ),
+            markdown_table(final_scores(members), ["member", "iterations", "admitted", "baseline", "best"]),
         ]
         (out / "final_scores.md").write_text(
-            markdown_table(
-                final_scores(members), ["member", "iterations", "admitted", "baseline", "best"]
-            )
+            markdown_table(final_scores(members), ["member", "iterations", "admitted", "baseline", "best"])
         )
     elif is_meta_run(run):
         meta = load_meta_run(run)
@@ -204,9 +189,7 @@ def build_report(cfg: ReportConfig, *, base_urls: dict[str, str] | None = None) 
     elif is_generation_run(run):
         gen_runs = [load_generation_run(run)]
     else:
-        raise ConfigError(
-            f"run={cfg.run!r} is neither a generation run, a meta run nor a multirun directory"
-        )
+        raise ConfigError(f"run={cfg.run!r} is neither a generation run, a meta run nor a multirun directory")
 
     extra = [load_generation_run(resolve_path(p)) for p in cfg.runs]
     if gen_runs:

@@ -51,9 +51,7 @@ class TaxonomyItem:
 class Taxonomy:
     types: list[QType]
     assignments: dict[str, str]
-    parse_failures: dict[str, int] = field(
-        default_factory=lambda: {"propose": 0, "consolidate": 0, "assign": 0}
-    )
+    parse_failures: dict[str, int] = field(default_factory=lambda: {"propose": 0, "consolidate": 0, "assign": 0})
 
     @property
     def counts(self) -> dict[str, int]:

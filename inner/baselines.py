@@ -32,7 +32,5 @@ async def cot_propose(ctx: HarnessContext, feedback: str | None) -> JSONResult[C
         document=ctx.document("challenger"),
     )
     res = await ctx.llm.complete_json("challenger", messages, CoTChallenge)
-    value = (
-        Challenge.model_validate(res.value.model_dump(exclude={"reasoning"})) if res.value else None
-    )
+    value = Challenge.model_validate(res.value.model_dump(exclude={"reasoning"})) if res.value else None
     return JSONResult(value, res.raw, res.error)

@@ -101,15 +101,11 @@ def _main(dcfg: DictConfig) -> None:
         log.error("%s", exc)
         sys.exit(1)
     except KeyboardInterrupt:
-        log.warning(
-            "interrupted: finished work is on disk in %s; rerun the same command to resume", run_dir
-        )
+        log.warning("interrupted: finished work is on disk in %s; rerun the same command to resume", run_dir)
         sys.exit(130)
     Console().print(summary_table(stats, run_dir))
     if stats["documents"] and stats["errored"] == stats["documents"]:
-        log.error(
-            "every document failed; see trajectories/*.json and %s", run_dir / "llm_server.log"
-        )
+        log.error("every document failed; see trajectories/*.json and %s", run_dir / "llm_server.log")
         sys.exit(1)
 
 

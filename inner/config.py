@@ -57,13 +57,13 @@ class EndpointConfig:
     max_retries: int = 4
     json_mode: str = "json_schema"
 
-    def __post_init__(self) -> None:
-        _check(self.max_in_flight >= 1, "max_in_flight", self.max_in_flight, "must be >= 1")
-        _check(self.timeout_s > 0, "timeout_s", self.timeout_s, "must be > 0 seconds")
-        _check(self.max_retries >= 0, "max_retries", self.max_retries, "must be >= 0")
-        _check(
-            self.json_mode in JSON_MODES, "json_mode", self.json_mode, f"use one of {JSON_MODES}"
-        )
+    def validate(self, prefix: str) -> None:
+        """Raise ConfigError for a bad value; ``prefix`` is e.g. ``llm.endpoints.default``
+        (called by :class:`LLMConfig`, so messages name the full key)."""
+        _check(self.max_in_flight >= 1, f"{prefix}.max_in_flight", self.max_in_flight, "must be >= 1")
+        _check(self.timeout_s > 0, f"{prefix}.timeout_s", self.timeout_s, "must be > 0 seconds")
+        _check(self.max_retries >= 0, f"{prefix}.max_retries", self.max_retries, "must be >= 0")
+        _check(self.json_mode in JSON_MODES, f"{prefix}.json_mode", self.json_mode, f"use one of {JSON_MODES}")
 
 
 @dataclass
@@ -85,35 +85,24 @@ class RoleConfig:
     max_tokens: int = 512
     doc_chars: int = 6000
 
-    def __post_init__(self) -> None:
-        _check(0.0 <= self.temperature <= 2.0, "temperature", self.temperature, "must be in [0, 2]")
-        _check(0.0 < self.top_p <= 1.0, "top_p", self.top_p, "must be in (0, 1]")
-        _check(self.max_tokens >= 1, "max_tokens", self.max_tokens, "must be >= 1")
-        _check(self.doc_chars >= 0, "doc_chars", self.doc_chars, "must be >= 0")
+    def validate(self, prefix: str) -> None:
+        """Raise ConfigError for a bad value; ``prefix`` is e.g. ``llm.roles.judge``."""
+        _check(0.0 <= self.temperature <= 2.0, f"{prefix}.temperature", self.temperature, "must be in [0, 2]")
+        _check(0.0 < self.top_p <= 1.0, f"{prefix}.top_p", self.top_p, "must be in (0, 1]")
+        _check(self.max_tokens >= 1, f"{prefix}.max_tokens", self.max_tokens, "must be >= 1")
+        _check(self.doc_chars >= 0, f"{prefix}.doc_chars", self.doc_chars, "must be >= 0")
 
 
 @dataclass
 class RolesConfig:
     """The six roles of the inner loop (DESIGN.md "Roles") and the two of the meta loop."""
 
-    challenger: RoleConfig = field(
-        default_factory=lambda: RoleConfig(temperature=0.8, max_tokens=700)
-    )
-    quality_verifier: RoleConfig = field(
-        default_factory=lambda: RoleConfig(temperature=0.0, max_tokens=200)
-    )
-    main_agent: RoleConfig = field(
-        default_factory=lambda: RoleConfig(temperature=0.3, max_tokens=300, doc_chars=0)
-    )
-    weak_solver: RoleConfig = field(
-        default_factory=lambda: RoleConfig(temperature=0.7, max_tokens=400, doc_chars=0)
-    )
-    strong_solver: RoleConfig = field(
-        default_factory=lambda: RoleConfig(temperature=0.7, max_tokens=400)
-    )
-    judge: RoleConfig = field(
-        default_factory=lambda: RoleConfig(temperature=0.0, max_tokens=300, doc_chars=0)
-    )
+    challenger: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.8, max_tokens=700))
+    quality_verifier: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.0, max_tokens=200))
+    main_agent: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.3, max_tokens=300, doc_chars=0))
+    weak_solver: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.7, max_tokens=400, doc_chars=0))
+    strong_solver: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.7, max_tokens=400))
+    judge: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.0, max_tokens=300, doc_chars=0))
     #: meta-optimization roles; ``None`` = use the challenger's endpoint and sampling
     analyzer: RoleConfig | None = None
     implementer: RoleConfig | None = None
@@ -167,21 +156,20 @@ class LLMConfig:
     """
 
     backend: BackendConfig = field(default_factory=BackendConfig)
-    endpoints: dict[str, EndpointConfig] = field(
-        default_factory=lambda: {"default": EndpointConfig()}
-    )
+    endpoints: dict[str, EndpointConfig] = field(default_factory=lambda: {"default": EndpointConfig()})
     roles: RolesConfig = field(default_factory=RolesConfig)
     cache_dir: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(
-            bool(self.endpoints), "llm.endpoints", self.endpoints, "define at least one endpoint"
-        )
+        _check(bool(self.endpoints), "llm.endpoints", self.endpoints, "define at least one endpoint")
+        for name, ep in self.endpoints.items():
+            ep.validate(f"llm.endpoints.{name}")
         for f in fields(self.roles):
             role: RoleConfig | None = getattr(self.roles, f.name)
             if role is None:
                 continue
+            role.validate(f"llm.roles.{f.name}")
             _check(
                 role.endpoint in self.endpoints,
                 f"llm.roles.{f.name}.endpoint",
@@ -248,12 +236,8 @@ class TaskConfig:
     verifiable: str = "never"
 
     def __post_init__(self) -> None:
-        _check(
-            self.limit is None or self.limit >= 1, "task.limit", self.limit, "must be >= 1 or null"
-        )
-        _check(
-            self.order in ("name", "shortest"), "task.order", self.order, "use 'name' or 'shortest'"
-        )
+        _check(self.limit is None or self.limit >= 1, "task.limit", self.limit, "must be >= 1 or null")
+        _check(self.order in ("name", "shortest"), "task.order", self.order, "use 'name' or 'shortest'")
         _check(
             self.verifiable in VERIFIABLE_MODES,
             "task.verifiable",

@@ -51,6 +51,10 @@ class Document:
             return ""
         if len(self.text) <= max_chars:
             return self.text
+        if max_chars <= 2 * len(TRUNCATION_MARK):  # too small for the marker: cut at whitespace
+            head = self.text[:max_chars]
+            cut = head.rfind(" ")
+            return (head[:cut] if cut > 0 else head).rstrip()
         budget = max(0, max_chars - len(TRUNCATION_MARK))
         head = self.text[:budget]
         for sep in ("\n\n", ". ", "\n", " "):
@@ -123,9 +127,7 @@ def list_document_paths(task: TaskConfig) -> list[Path]:
             raise DocumentError(f"task.files names files missing from {root}: {missing}")
         return paths
     return sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in SUFFIXES and p.name not in task.exclude
+        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES and p.name not in task.exclude
     )
 
 
@@ -153,9 +155,7 @@ def load_documents(task: TaskConfig) -> list[Document]:
         except (OSError, ValueError) as exc:
             skipped.append(f"{path.name} ({exc})")
             continue
-        docs.append(
-            Document(make_doc_id(path.stem, text), str(path), _title(text, path.stem), text)
-        )
+        docs.append(Document(make_doc_id(path.stem, text), str(path), _title(text, path.stem), text))
     if skipped:
         log.warning("skipped %d unusable file(s): %s", len(skipped), "; ".join(skipped))
     if not docs:

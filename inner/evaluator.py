@@ -53,14 +53,10 @@ def normalize_answer(text: str) -> str:
     if boxed:
         t = boxed.group(1)
     t = _TEXT.sub(r"\1", t)
-    t = (
-        t.replace("$", "")
-        .replace("\\(", "")
-        .replace("\\)", "")
-        .replace("\\[", "")
-        .replace("\\]", "")
-    )
+    t = t.replace("$", "").replace("\\(", "").replace("\\)", "").replace("\\[", "").replace("\\]", "")
     t = t.lower().strip().strip("\"'`*").rstrip(".;,!").strip()
+    while len(t) >= 2 and (t[0], t[-1]) in (("(", ")"), ("[", "]"), ("{", "}")):
+        t = t[1:-1].strip()
     t = re.sub(r"\s+", " ", t)
     num = t.replace(",", "") if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?", t) else t
     try:
@@ -91,9 +87,7 @@ class Evaluator:
         self.inner = inner
         self.llm = llm
 
-    def solver_messages(
-        self, side: str, doc: Document, challenge: Challenge
-    ) -> list[dict[str, str]]:
+    def solver_messages(self, side: str, doc: Document, challenge: Challenge) -> list[dict[str, str]]:
         """Prompt of the ``weak`` or ``strong`` solver (document only if that side is open-book)."""
         open_book = self.inner.strong_open_book if side == "strong" else self.inner.weak_open_book
         block = ""
@@ -134,12 +128,8 @@ class Evaluator:
         if verifiable:
             extracted = normalize_answer(extract_final_answer(answer))
             ok = extracted == normalize_answer(challenge.reference_answer)
-            return SolverAttempt(
-                index=index, answer=answer, extracted=extracted, score=1.0 if ok else 0.0
-            )
-        res = await self.client.complete_json(
-            "judge", self.judge_messages(challenge, answer), JudgeOutput
-        )
+            return SolverAttempt(index=index, answer=answer, extracted=extracted, score=1.0 if ok else 0.0)
+        res = await self.client.complete_json("judge", self.judge_messages(challenge, answer), JudgeOutput)
         if res.value is None:
             return SolverAttempt(
                 index=index,
@@ -162,7 +152,5 @@ class Evaluator:
         """All attempts of one side (``n_weak`` or ``n_strong``), concurrently."""
         n = self.inner.n_strong if side == "strong" else self.inner.n_weak
         return list(
-            await asyncio.gather(
-                *(self.attempt(side, doc, challenge, i, verifiable=verifiable) for i in range(n))
-            )
+            await asyncio.gather(*(self.attempt(side, doc, challenge, i, verifiable=verifiable) for i in range(n)))
         )

@@ -57,9 +57,7 @@ def check_weak(weak: list[float], cfg: GateConfig) -> GateDecision | None:
     return None
 
 
-def check_rubric(
-    weak: list[float], strong: list[float], *, qv_passed: bool, cfg: GateConfig
-) -> GateDecision:
+def check_rubric(weak: list[float], strong: list[float], *, qv_passed: bool, cfg: GateConfig) -> GateDecision:
     """The full rubric-mode gate.
 
     Args:
@@ -73,9 +71,7 @@ def check_rubric(
         return weak_fail
     s_avg, w_avg = fmean(strong), fmean(weak)
     if s_avg >= cfg.strong_avg_max - EPS:
-        return GateDecision(
-            FailureMode.TOO_EASY, [f"strong_avg {s_avg:.3f} >= {cfg.strong_avg_max}"]
-        )
+        return GateDecision(FailureMode.TOO_EASY, [f"strong_avg {s_avg:.3f} >= {cfg.strong_avg_max}"])
     reasons = []
     if s_avg < cfg.strong_avg_min - EPS:
         reasons.append(f"strong_avg {s_avg:.3f} < {cfg.strong_avg_min}")
@@ -102,9 +98,7 @@ def majority(answers: list[str | None]) -> str | None:
 def check_majority_weak(weak: list[str | None], reference: str) -> GateDecision | None:
     """Verifiable mode, weak side: fails (TOO_EASY) when the weak majority equals the reference."""
     if majority(weak) == reference:
-        return GateDecision(
-            FailureMode.TOO_EASY, [f"weak majority answer equals the reference {reference!r}"]
-        )
+        return GateDecision(FailureMode.TOO_EASY, [f"weak majority answer equals the reference {reference!r}"])
     return None
 
 

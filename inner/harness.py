@@ -59,9 +59,7 @@ class HarnessLLM:
         if role not in HARNESS_ROLES:
             raise HarnessError(f"a harness may only call roles {HARNESS_ROLES}, not {role!r}")
 
-    async def complete(
-        self, role: str, messages: list[dict[str, str]], *, sample_index: int = 0
-    ) -> str:
+    async def complete(self, role: str, messages: list[dict[str, str]], *, sample_index: int = 0) -> str:
         """Text completion for a harness role."""
         self._check(role)
         return (await self._client.complete(role, messages, sample_index=sample_index)).text
@@ -128,11 +126,7 @@ def harness_id(path: Path) -> str:
     h = hashlib.sha256()
     files = (p for p in path.rglob("*") if p.is_file())
     for f in sorted(
-        p
-        for p in files
-        if not any(
-            part == "__pycache__" or part.startswith(".") for part in p.relative_to(path).parts
-        )
+        p for p in files if not any(part == "__pycache__" or part.startswith(".") for part in p.relative_to(path).parts)
     ):
         h.update(str(f.relative_to(path)).encode())
         h.update(b"\0")
@@ -153,14 +147,8 @@ def resolve_harness_dir(spec: str) -> Path:
             if not (c / "harness.py").is_file():
                 raise HarnessError(f"harness={spec!r}: {c} has no harness.py")
             return c.resolve()
-    known = (
-        sorted(p.name for p in HARNESSES_DIR.iterdir() if p.is_dir())
-        if HARNESSES_DIR.is_dir()
-        else []
-    )
-    raise HarnessError(
-        f"harness={spec!r} is neither a directory nor a harness under {HARNESSES_DIR} (known: {known})"
-    )
+    known = sorted(p.name for p in HARNESSES_DIR.iterdir() if p.is_dir()) if HARNESSES_DIR.is_dir() else []
+    raise HarnessError(f"harness={spec!r} is neither a directory nor a harness under {HARNESSES_DIR} (known: {known})")
 
 
 class Harness:
@@ -193,7 +181,9 @@ def load_harness(spec: str) -> Harness:
     """
     path = resolve_harness_dir(spec)
     hid = harness_id(path)
-    mod_name = f"autodata_harness_{hid.replace('@', '_').replace('-', '_').replace('.', '_')}"
+    # the module is cached per (directory, content): a copy elsewhere runs its own files
+    where = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+    mod_name = f"autodata_harness_{where}_{hid.split('@')[1]}"
     if mod_name in sys.modules:
         return Harness(path, sys.modules[mod_name])
     file_spec = importlib.util.spec_from_file_location(mod_name, path / "harness.py")
@@ -203,14 +193,10 @@ def load_harness(spec: str) -> Harness:
     try:
         file_spec.loader.exec_module(module)
     except Exception as exc:
-        raise HarnessError(
-            f"{path / 'harness.py'} failed to import: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise HarnessError(f"{path / 'harness.py'} failed to import: {type(exc).__name__}: {exc}") from exc
     for name in CONTRACT:
         fn = getattr(module, name, None)
         if fn is None or not inspect.iscoroutinefunction(fn):
-            raise HarnessError(
-                f"{path / 'harness.py'} must define `async def {name}(...)` (the harness contract)"
-            )
+            raise HarnessError(f"{path / 'harness.py'} must define `async def {name}(...)` (the harness contract)")
     sys.modules[mod_name] = module
     return Harness(path, module)

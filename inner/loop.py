@@ -89,9 +89,7 @@ def _as_proposal(result: Any) -> tuple[Challenge | None, list[str], str | None]:
         return result, [], None
     if isinstance(result, JSONResult):
         return result.value, result.raw, result.error
-    raise TypeError(
-        f"propose returned {type(result).__name__}; expected Challenge or JSONResult[Challenge]"
-    )
+    raise TypeError(f"propose returned {type(result).__name__}; expected Challenge or JSONResult[Challenge]")
 
 
 async def _evaluate(eng: Engine, doc: Document, rec: RoundRecord) -> None:
@@ -99,9 +97,7 @@ async def _evaluate(eng: Engine, doc: Document, rec: RoundRecord) -> None:
     ch = rec.challenge
     assert ch is not None and rec.qv is not None
     task = eng.cfg.task
-    rec.verifiable = task.verifiable == "always" or (
-        task.verifiable == "auto" and ch.answer_is_exact
-    )
+    rec.verifiable = task.verifiable == "always" or (task.verifiable == "auto" and ch.answer_is_exact)
     if not rec.qv.passed and eng.cfg.inner.skip_solvers_on_qv_fail:
         rec.failure_mode, rec.reasons = FailureMode.FAILED_QV, [rec.qv.reason or "rejected"]
         return
@@ -142,9 +138,7 @@ async def _evaluate(eng: Engine, doc: Document, rec: RoundRecord) -> None:
             qv_passed=rec.qv.passed,
         )
     else:
-        decision = check_rubric(
-            rec.weak_scores, rec.strong_scores, qv_passed=rec.qv.passed, cfg=eng.cfg.gate
-        )
+        decision = check_rubric(rec.weak_scores, rec.strong_scores, qv_passed=rec.qv.passed, cfg=eng.cfg.gate)
     rec.failure_mode, rec.reasons = decision.mode, decision.reasons
 
 
@@ -228,12 +222,7 @@ async def play_round(
 def make_example(eng: Engine, doc: Document, rec: RoundRecord) -> Example:
     """The dataset line of an accepted round."""
     ch = rec.challenge
-    assert (
-        ch is not None
-        and rec.weak_avg is not None
-        and rec.strong_avg is not None
-        and rec.gap is not None
-    )
+    assert ch is not None and rec.weak_avg is not None and rec.strong_avg is not None and rec.gap is not None
     return Example(
         example_id=example_id(doc.doc_id, ch.question),
         doc_id=doc.doc_id,

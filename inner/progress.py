@@ -27,9 +27,7 @@ class RichProgress(LoopObserver):
         enabled: draw the bar at all.
     """
 
-    def __init__(
-        self, *, total: int, done: int, accepted: int, usage: UsageMeter, enabled: bool = True
-    ) -> None:
+    def __init__(self, *, total: int, done: int, accepted: int, usage: UsageMeter, enabled: bool = True) -> None:
         self.usage = usage
         self.accepted = accepted
         self.rounds: dict[str, int] = {}

@@ -227,9 +227,7 @@ class RunWriter:
     def load_trajectory(self, doc_id: str) -> Trajectory | None:
         """The stored trajectory, or ``None`` if absent or unreadable."""
         try:
-            return Trajectory.model_validate_json(
-                self.trajectory_path(doc_id).read_text(encoding="utf-8")
-            )
+            return Trajectory.model_validate_json(self.trajectory_path(doc_id).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
 

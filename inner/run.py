@@ -26,23 +26,31 @@ from inner.tracking import Tracker, build_tracker
 
 log = logging.getLogger(__name__)
 
-#: Config sections that must not change when a run directory is resumed: mixing their values
-#: would mix incomparable records in one dataset.
-IDENTITY_KEYS = ("method", "harness_id", "gate", "inner")
+#: What must not change when a run directory is resumed: mixing records made with other
+#: values in one dataset would make them incomparable. Concurrency, backend and endpoint URLs
+#: may change (they do not change what is generated).
+IDENTITY_KEYS = ("method", "harness_id", "gate", "inner", "task_verifiable", "models", "roles", "seed")
 
 
 def _identity(cfg: GenerateConfig, harness_id: str) -> dict[str, Any]:
+    inner = asdict(cfg.inner)
+    inner.pop("max_concurrent_documents")
     return {
         "method": cfg.method,
         "harness_id": harness_id,
         "gate": asdict(cfg.gate),
-        "inner": asdict(cfg.inner),
+        "inner": inner,
+        "task_verifiable": cfg.task.verifiable,
+        "models": {name: ep.model for name, ep in cfg.llm.endpoints.items()},
+        "roles": asdict(cfg.llm.roles),
+        "seed": cfg.llm.seed,
     }
 
 
 def write_run_config(run_dir: Path, cfg: GenerateConfig, harness_id: str) -> None:
     """Write ``config.yaml`` (resolved config + harness id); refuse to resume a run directory
-    that was made with a different method, harness, gate or inner-loop config.
+    that was made with a different method, harness, gate, inner-loop config, models, role
+    sampling or seed (:data:`IDENTITY_KEYS`).
 
     Raises:
         ConfigError: the run directory's earlier ``config.yaml`` disagrees (the message says
@@ -140,9 +148,7 @@ class TrackingObserver(LoopObserver):
     """Forwards loop events to ``inner`` (the progress bar) and logs documents done, accepted
     and pass rate to the experiment tracker after each document."""
 
-    def __init__(
-        self, inner: LoopObserver, tracker: Tracker, *, total: int, done: int, accepted: int
-    ) -> None:
+    def __init__(self, inner: LoopObserver, tracker: Tracker, *, total: int, done: int, accepted: int) -> None:
         self.inner, self.tracker = inner, tracker
         self.total, self.done, self.accepted = total, done, accepted
 

@@ -76,9 +76,7 @@ def compute_stats(
         "mean_rounds_to_accept": _mean([float(len(t.rounds)) for t in accepted]),
         "final": _avgs(final_rounds),
         "accepted_examples": _avgs(accepted_rounds),
-        "failure_modes": {
-            m.value: modes.get(m.value, 0) for m in FailureMode if modes.get(m.value)
-        },
+        "failure_modes": {m.value: modes.get(m.value, 0) for m in FailureMode if modes.get(m.value)},
         "usage_per_role": {k: v.model_dump() for k, v in sorted(usage.items())},
         "tokens_total": tokens,
         "tokens_per_accepted_example": round(tokens / len(accepted), 1) if accepted else None,

@@ -17,16 +17,23 @@ USER_MARK = "=== USER ==="
 INNER_PROMPTS = Path(__file__).parent / "prompts"
 
 
-@lru_cache(maxsize=256)
 def _load(path: Path) -> tuple[Template, Template]:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise HarnessError(f"prompt file {path} cannot be read: {exc}") from exc
+    return _parse(path, st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=256)
+def _parse(path: Path, mtime_ns: int, size: int) -> tuple[Template, Template]:
+    """Parsed prompt, cached per (path, mtime, size) so an edited file is read again."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise HarnessError(f"prompt file {path} cannot be read: {exc}") from exc
     if USER_MARK not in text:
-        raise HarnessError(
-            f"prompt file {path} lacks the line {USER_MARK!r} between system and user parts"
-        )
+        raise HarnessError(f"prompt file {path} lacks the line {USER_MARK!r} between system and user parts")
     system, user = text.split(USER_MARK, 1)
     return Template(system.strip()), Template(user.strip())
 
@@ -45,10 +52,6 @@ def render(path: Path, **values: object) -> list[dict[str, str]]:
             {"role": "user", "content": user.substitute(values)},
         ]
     except KeyError as exc:
-        raise HarnessError(
-            f"prompt file {path} uses placeholder ${exc.args[0]} which was not provided"
-        ) from exc
+        raise HarnessError(f"prompt file {path} uses placeholder ${exc.args[0]} which was not provided") from exc
     except ValueError as exc:
-        raise HarnessError(
-            f"prompt file {path}: {exc} (write a literal dollar sign as $$)"
-        ) from exc
+        raise HarnessError(f"prompt file {path}: {exc} (write a literal dollar sign as $$)") from exc

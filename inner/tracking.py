@@ -37,9 +37,7 @@ class LoggerConfig:
         if self.kind not in ("none", "wandb"):
             raise ConfigError(f"logger.kind={self.kind!r} is invalid: use 'none' or 'wandb'")
         if self.mode not in ("offline", "online", "disabled"):
-            raise ConfigError(
-                f"logger.mode={self.mode!r} is invalid: use offline, online or disabled"
-            )
+            raise ConfigError(f"logger.mode={self.mode!r} is invalid: use offline, online or disabled")
 
 
 class Tracker(Protocol):
@@ -66,9 +64,7 @@ class NullTracker:
 class WandbTracker:
     """A W&B run in ``<run_dir>/wandb``."""
 
-    def __init__(
-        self, cfg: LoggerConfig, *, run_dir: Path, config: dict[str, Any], job: str
-    ) -> None:
+    def __init__(self, cfg: LoggerConfig, *, run_dir: Path, config: dict[str, Any], job: str) -> None:
         try:
             import wandb
         except ImportError as exc:

@@ -44,25 +44,16 @@ def render_trajectories(trajectories: list[Trajectory], *, max_chars: int) -> st
         for r in t.rounds:
             lines.append(f"- round {r.round}: {r.failure_mode.value} {'; '.join(r.reasons)}")
             if r.challenge is None:
-                lines.append(
-                    f"  invalid challenger output: {_cut(r.challenger_error or r.harness_error, 200)}"
-                )
-                lines.append(
-                    f"  raw: {_cut(r.challenger_raw[-1] if r.challenger_raw else '', 200)}"
-                )
+                lines.append(f"  invalid challenger output: {_cut(r.challenger_error or r.harness_error, 200)}")
+                lines.append(f"  raw: {_cut(r.challenger_raw[-1] if r.challenger_raw else '', 200)}")
                 continue
             ch = r.challenge
             lines.append(f"  context: {_cut(ch.context, 240)}")
             lines.append(f"  question ({ch.question_type}): {_cut(ch.question, 240)}")
             lines.append(f"  reference: {_cut(ch.reference_answer, 200)}")
-            lines.append(
-                "  rubric: "
-                + "; ".join(f"{c.id} w{c.weight} {_cut(c.criterion, 80)}" for c in ch.rubric)
-            )
+            lines.append("  rubric: " + "; ".join(f"{c.id} w{c.weight} {_cut(c.criterion, 80)}" for c in ch.rubric))
             if r.qv is not None:
-                lines.append(
-                    f"  quality check: {'pass' if r.qv.passed else 'FAIL'} {_cut(r.qv.reason, 160)}"
-                )
+                lines.append(f"  quality check: {'pass' if r.qv.passed else 'FAIL'} {_cut(r.qv.reason, 160)}")
             for side, attempts, avg in (
                 ("weak", r.weak, r.weak_avg),
                 ("strong", r.strong, r.strong_avg),

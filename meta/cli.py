@@ -72,9 +72,7 @@ def _main(dcfg: DictConfig) -> None:
         log.error("%s", exc)
         sys.exit(1)
     except KeyboardInterrupt:
-        log.warning(
-            "interrupted: finished iterations are in %s; rerun the same command to resume", run_dir
-        )
+        log.warning("interrupted: finished iterations are in %s; rerun the same command to resume", run_dir)
         sys.exit(130)
     Console().print(summary_table(summary, run_dir))
     print(f"lineage: git -C {run_dir / 'lineage'} log --graph --all --oneline")

@@ -93,9 +93,7 @@ def check_paths(edits: list[Edit], root: Path) -> None:
         p = PurePosixPath(e.path)
         target = (root / e.path).resolve()
         if p.is_absolute() or ".." in p.parts or not target.is_relative_to(root) or target == root:
-            raise EditError(
-                f"edit outside the harness directory rejected: {e.path!r}", kind="outside"
-            )
+            raise EditError(f"edit outside the harness directory rejected: {e.path!r}", kind="outside")
         if any(part.startswith(".") for part in p.parts):
             raise EditError(f"edit of a hidden path rejected: {e.path!r}", kind="outside")
 
@@ -115,9 +113,7 @@ def _apply_one(text: str, search: str, replace: str, path: str) -> str:
     best, best_i = 0.0, -1
     target = "\n".join(s_lines)
     for i in range(len(lines) - n + 1):
-        ratio = difflib.SequenceMatcher(
-            None, "\n".join(stripped[i : i + n]), target, autojunk=False
-        ).ratio()
+        ratio = difflib.SequenceMatcher(None, "\n".join(stripped[i : i + n]), target, autojunk=False).ratio()
         if ratio > best:
             best, best_i = ratio, i
     if best >= FUZZY_MIN_RATIO:
@@ -150,9 +146,7 @@ def apply_edits(edits: list[Edit], root: Path) -> list[str]:
             target.write_text(e.replace, encoding="utf-8")
         else:
             if not target.is_file():
-                raise EditError(
-                    f"SEARCH block names a file that does not exist: {e.path!r}", kind="nomatch"
-                )
+                raise EditError(f"SEARCH block names a file that does not exist: {e.path!r}", kind="nomatch")
             target.write_text(
                 _apply_one(target.read_text(encoding="utf-8"), e.search, e.replace, e.path),
                 encoding="utf-8",

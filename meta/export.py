@@ -35,9 +35,7 @@ def export_harness(run_dir: Path, out: Path, *, harness: str = "best") -> dict[s
     """
     run_dir = Path(run_dir)
     if not (run_dir / "lineage" / ".git").is_dir() or not (run_dir / "archive.json").is_file():
-        raise ConfigError(
-            f"run={run_dir} is not an autodata-evolve run directory (no lineage/ or archive.json)"
-        )
+        raise ConfigError(f"run={run_dir} is not an autodata-evolve run directory (no lineage/ or archive.json)")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"out={out} exists and is not empty: choose a new directory")
@@ -49,9 +47,7 @@ def export_harness(run_dir: Path, out: Path, *, harness: str = "best") -> dict[s
         try:
             commit = lineage.repo.commit(harness).hexsha
         except Exception as exc:
-            raise ConfigError(
-                f"harness={harness!r} is not a commit of {run_dir / 'lineage'}"
-            ) from exc
+            raise ConfigError(f"harness={harness!r} is not a commit of {run_dir / 'lineage'}") from exc
         entry = archive.get(commit)
     history = {h.get("candidate"): h for h in _history(run_dir)}
     scores = {e.commit: e.val_pass_rate for e in archive.entries}
@@ -67,9 +63,7 @@ def export_harness(run_dir: Path, out: Path, *, harness: str = "best") -> dict[s
         "lineage_commit": commit,
         "harness_id": harness_id(tmp),
         "admitted": entry is not None,
-        "val_pass_rate": entry.val_pass_rate
-        if entry
-        else (history.get(commit) or {}).get("candidate_val"),
+        "val_pass_rate": entry.val_pass_rate if entry else (history.get(commit) or {}).get("candidate_val"),
         "parent_chain": chain,
         "source_run": str(run_dir.resolve()),
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -89,23 +83,15 @@ def _history(run_dir: Path) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console script ``autodata-export-harness``."""
-    ap = argparse.ArgumentParser(
-        prog="autodata-export-harness", description=__doc__.split("\n\n")[0]
-    )
+    ap = argparse.ArgumentParser(prog="autodata-export-harness", description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="meta run directory (autodata-evolve output)")
     ap.add_argument("--harness", default="best", help="'best' (default) or a lineage commit")
-    ap.add_argument(
-        "--out", type=Path, default=None, help="target directory (default: RUN/export/<commit>)"
-    )
+    ap.add_argument("--out", type=Path, default=None, help="target directory (default: RUN/export/<commit>)")
     args = ap.parse_args(argv)
     try:
         out = args.out
         if out is None:
-            commit = (
-                Archive(args.run / "archive.json").best().commit
-                if args.harness == "best"
-                else args.harness
-            )
+            commit = Archive(args.run / "archive.json").best().commit if args.harness == "best" else args.harness
             out = args.run / "export" / commit[:12]
         manifest = export_harness(args.run, out, harness=args.harness)
     except (AutodataError, FileNotFoundError) as exc:

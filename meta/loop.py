@@ -223,9 +223,7 @@ async def run_iteration(run: MetaRun, i: int) -> dict[str, Any]:
         except Exception as exc:  # an LLM outage or a bug: record it, keep the run going
             log.exception("iteration %d crashed", i)
             rec.update({"status": "crashed", "reason": f"{type(exc).__name__}: {exc}"})
-    rec["tokens"] = {
-        r: u["prompt_tokens"] + u["completion_tokens"] for r, u in meter.as_dict().items()
-    }
+    rec["tokens"] = {r: u["prompt_tokens"] + u["completion_tokens"] for r, u in meter.as_dict().items()}
     rec["calls"] = {r: u["calls"] for r, u in meter.as_dict().items()}
     rec["wall_s"] = round(time.perf_counter() - t0, 2)
     rec["best_so_far"] = run.archive.best().val_pass_rate
@@ -261,9 +259,7 @@ async def run_iteration(run: MetaRun, i: int) -> dict[str, Any]:
 async def _iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:
     cfg = run.cfg.meta
     # 1. select a parent
-    parent = select_parent(
-        run.archive, strategy=cfg.selection, temperature=cfg.temperature, seed=cfg.seed, iteration=i
-    )
+    parent = select_parent(run.archive, strategy=cfg.selection, temperature=cfg.temperature, seed=cfg.seed, iteration=i)
     parent_dir = run.materialize(parent.commit)
     rec |= {
         "parent": parent.commit,
@@ -292,9 +288,7 @@ async def _iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:
 
     # 4. implementer: edits of the parent's files
     files = run.lineage.files(parent.commit)
-    reply = await implement(
-        run.client, analysis=analysis, history=run.history[-cfg.history_lines :], files=files
-    )
+    reply = await implement(run.client, analysis=analysis, history=run.history[-cfg.history_lines :], files=files)
     rec["implementer_reply"] = reply
 
     # 5. apply to a scratch copy; reject edits outside the harness directory; validate
@@ -379,9 +373,7 @@ async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> MetaRu
         src = run_dir / "scratch" / "root"
         shutil.rmtree(src, ignore_errors=True)
         shutil.copytree(start, src, ignore=shutil.ignore_patterns("__pycache__", ".*"))
-        lineage.init_root(
-            src, message=f"root: starting harness {harness_id(start)}\n\nsource: {start}\n"
-        )
+        lineage.init_root(src, message=f"root: starting harness {harness_id(start)}\n\nsource: {start}\n")
     if not archive.entries:
         root = lineage.root
         assert root is not None
@@ -389,9 +381,7 @@ async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> MetaRu
         trajs, stats = await run.evaluate(root_dir, run.val, "val")
         if (err := _errored(trajs)) is not None:
             raise ConfigError(f"the starting harness could not be evaluated: {err}")
-        archive.add(
-            ArchiveEntry(root, harness_id(root_dir), 0, None, pass_rate(stats, len(run.val)))
-        )
+        archive.add(ArchiveEntry(root, harness_id(root_dir), 0, None, pass_rate(stats, len(run.val))))
         append_jsonl(
             run_dir / "curve.jsonl",
             {"iteration": 0, "status": "root", "candidate_val": archive.entries[0].val_pass_rate,
@@ -440,9 +430,7 @@ async def evolve(
         timeout = None
         if cfg.meta.max_wall_s is not None:
             timeout = max(0.0, cfg.meta.max_wall_s - (time.monotonic() - t0))
-        finished, running = await asyncio.wait(
-            running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
+        finished, running = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         for task in finished:
             done.add(task.result()["iteration"])
         if not finished and timeout is not None:  # wall clock: cancel; redone on resume
@@ -469,9 +457,7 @@ async def evolve(
     return summary
 
 
-async def run_evolve(
-    cfg: EvolveConfig, run_dir: Path, *, base_urls: dict[str, str] | None = None
-) -> dict[str, Any]:
+async def run_evolve(cfg: EvolveConfig, run_dir: Path, *, base_urls: dict[str, str] | None = None) -> dict[str, Any]:
     """``autodata-evolve``: start the backend (unless ``base_urls`` is given), share one cached
     client across all iterations, evolve, and return the summary (also ``summary.json``)."""
     import contextlib
@@ -483,9 +469,7 @@ async def run_evolve(
     run_dir.mkdir(parents=True, exist_ok=True)
     cache = ResponseCache(Path(cfg.llm.cache_dir) if cfg.llm.cache_dir else run_dir / "llm_cache")
     backend: Any = (
-        contextlib.nullcontext(base_urls)
-        if base_urls is not None
-        else start_backend(cfg.llm, log_dir=run_dir)
+        contextlib.nullcontext(base_urls) if base_urls is not None else start_backend(cfg.llm, log_dir=run_dir)
     )
     with backend as urls:
         client = LLMClient(cfg.llm, base_urls=urls, cache=cache, call_log=run_dir / "calls.jsonl")

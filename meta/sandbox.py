@@ -61,16 +61,12 @@ def _limits(memory_mb: int) -> Any:
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), env.get("PYTHONPATH", "")]).rstrip(
-        os.pathsep
-    )
+    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
 
-async def validate_harness(
-    path: Path, *, timeout_s: float = 60.0, memory_mb: int = 2048
-) -> str | None:
+async def validate_harness(path: Path, *, timeout_s: float = 60.0, memory_mb: int = 2048) -> str | None:
     """Check in a child process that ``path`` imports and honours the harness contract.
 
     Returns:
@@ -162,20 +158,12 @@ class SandboxedHarness:
             assert proc.stdout is not None
             try:
                 line = await asyncio.wait_for(proc.stdout.readline(), 120)
-                ready = (
-                    json.loads(line)
-                    if line
-                    else {"ok": False, "error": f"exited with code {await proc.wait()}"}
-                )
+                ready = json.loads(line) if line else {"ok": False, "error": f"exited with code {await proc.wait()}"}
             except (TimeoutError, ValueError) as exc:
                 proc.kill()
-                raise HarnessError(
-                    f"harness worker for {self.path} did not start: {exc!r}"
-                ) from exc
+                raise HarnessError(f"harness worker for {self.path} did not start: {exc!r}") from exc
             if not ready.get("ok"):
-                raise HarnessError(
-                    f"harness {self.path} failed to load in the sandbox: {ready.get('error')}"
-                )
+                raise HarnessError(f"harness {self.path} failed to load in the sandbox: {ready.get('error')}")
             self._proc = proc
             self._reader = asyncio.create_task(self._read(proc))
             return proc
@@ -199,9 +187,7 @@ class SandboxedHarness:
             if msg["t"] == "result" and not entry.future.done():
                 entry.future.set_result(msg)
             elif msg["t"] == "llm":
-                task = asyncio.get_running_loop().create_task(
-                    self._serve_llm(proc, entry, msg), context=entry.context
-                )
+                task = asyncio.get_running_loop().create_task(self._serve_llm(proc, entry, msg), context=entry.context)
                 entry.tasks.add(task)
                 task.add_done_callback(entry.tasks.discard)
         code = await proc.wait()
@@ -214,9 +200,7 @@ class SandboxedHarness:
                     )
                 )
 
-    async def _serve_llm(
-        self, proc: asyncio.subprocess.Process, entry: _Pending, msg: dict[str, Any]
-    ) -> None:
+    async def _serve_llm(self, proc: asyncio.subprocess.Process, entry: _Pending, msg: dict[str, Any]) -> None:
         if entry.active_llm == 0:
             entry.pause_start = time.monotonic()
         entry.active_llm += 1
@@ -260,9 +244,7 @@ class SandboxedHarness:
     async def _call(self, fn: str, ctx: HarnessContext, arg: Any) -> Any:
         proc = await self._ensure_started()
         cid = next(self._ids)
-        entry = _Pending(
-            asyncio.get_running_loop().create_future(), ctx.llm, contextvars.copy_context()
-        )
+        entry = _Pending(asyncio.get_running_loop().create_future(), ctx.llm, contextvars.copy_context())
         self._pending[cid] = entry
         payload = {
             "doc": asdict(ctx.doc),
@@ -278,9 +260,7 @@ class SandboxedHarness:
                 done, _ = await asyncio.wait({entry.future}, timeout=0.5)
                 if done:
                     break
-                paused = entry.paused_s + (
-                    time.monotonic() - entry.pause_start if entry.active_llm else 0.0
-                )
+                paused = entry.paused_s + (time.monotonic() - entry.pause_start if entry.active_llm else 0.0)
                 if time.monotonic() - t0 - paused > self.timeout_s:
                     self._kill()
                     raise HarnessError(

@@ -67,9 +67,7 @@ class ProxyLLM:
             raise HarnessError(msg["error"])
         return Completion(text=msg["text"], finish_reason=msg.get("finish_reason"))
 
-    async def complete(
-        self, role: str, messages: list[dict[str, str]], *, sample_index: int = 0
-    ) -> str:
+    async def complete(self, role: str, messages: list[dict[str, str]], *, sample_index: int = 0) -> str:
         return (await self.complete_raw(role, messages, sample_index=sample_index)).text
 
     async def complete_json(
@@ -93,9 +91,7 @@ class ProxyLLM:
 
     def doc_chars(self, role: str) -> int:
         if role not in self._doc_chars:
-            raise HarnessError(
-                f"a harness may only call roles {sorted(self._doc_chars)}, not {role!r}"
-            )
+            raise HarnessError(f"a harness may only call roles {sorted(self._doc_chars)}, not {role!r}")
         return self._doc_chars[role]
 
 
@@ -106,9 +102,7 @@ def _encode(fn: str, result: Any) -> Any:
         if isinstance(result, JSONResult):
             value = result.value.model_dump() if result.value is not None else None
             return {"challenge": value, "raw": result.raw, "error": result.error}
-        raise TypeError(
-            f"propose returned {type(result).__name__}; expected Challenge or JSONResult[Challenge]"
-        )
+        raise TypeError(f"propose returned {type(result).__name__}; expected Challenge or JSONResult[Challenge]")
     if fn == "verify":
         if not isinstance(result, QVVerdict):
             raise TypeError(f"verify returned {type(result).__name__}; expected QVVerdict")
@@ -144,9 +138,7 @@ class Worker:
             elif fn == "verify":
                 result = await self.harness.verify(ctx, Challenge.model_validate(msg["arg"]))
             else:
-                result = await self.harness.feedback(
-                    ctx, [RoundRecord.model_validate(h) for h in msg["arg"]]
-                )
+                result = await self.harness.feedback(ctx, [RoundRecord.model_validate(h) for h in msg["arg"]])
             self.send({"t": "result", "id": msg["id"], "ok": True, "value": _encode(fn, result)})
         except Exception:
             self.send(

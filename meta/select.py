@@ -60,23 +60,17 @@ class Archive:
         self.save()
 
     def save(self) -> None:
-        atomic_write_text(
-            self.path, json.dumps({"entries": [asdict(e) for e in self.entries]}, indent=2) + "\n"
-        )
+        atomic_write_text(self.path, json.dumps({"entries": [asdict(e) for e in self.entries]}, indent=2) + "\n")
 
     def best(self) -> ArchiveEntry:
         """The entry with the highest validation pass rate (ties: the earliest)."""
         return max(self.entries, key=lambda e: (e.val_pass_rate, -e.iteration))
 
     def get(self, commit: str) -> ArchiveEntry | None:
-        return next(
-            (e for e in self.entries if e.commit == commit or e.commit.startswith(commit)), None
-        )
+        return next((e for e in self.entries if e.commit == commit or e.commit.startswith(commit)), None)
 
 
-def selection_probabilities(
-    scores: list[float], *, strategy: str, temperature: float
-) -> list[float]:
+def selection_probabilities(scores: list[float], *, strategy: str, temperature: float) -> list[float]:
     """Selection probability of each entry.
 
     Args:
@@ -103,9 +97,7 @@ def selection_probabilities(
     return [w / total for w in weights]
 
 
-def select_parent(
-    archive: Archive, *, strategy: str, temperature: float, seed: int, iteration: int
-) -> ArchiveEntry:
+def select_parent(archive: Archive, *, strategy: str, temperature: float, seed: int, iteration: int) -> ArchiveEntry:
     """Pick the parent of ``iteration`` from the archive (see the module docstring)."""
     probs = selection_probabilities(
         [e.val_pass_rate for e in archive.entries], strategy=strategy, temperature=temperature

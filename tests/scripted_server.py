@@ -119,7 +119,9 @@ class ScriptedServer:
             writer.transport.abort()
             return False
         if reply.status != 200:
-            self._send(writer, reply.status, {"error": {"message": f"scripted error {reply.status}", "type": "server_error"}})
+            self._send(
+                writer, reply.status, {"error": {"message": f"scripted error {reply.status}", "type": "server_error"}}
+            )
             return True
         content = reply.content if isinstance(reply.content, str) else json.dumps(reply.content)
         prompt_tokens = sum(len(str(m.get("content", ""))) for m in req.get("messages", [])) // 4

@@ -126,9 +126,7 @@ def evolve_config(corpus: Path, *overrides: str) -> EvolveConfig:
 
 @pytest.fixture
 def meta_corpus(tmp_path: Path) -> Path:
-    return write_corpus(
-        tmp_path / "corpus", ["MARK-T1", "MARK-T2", "MARK-V1", "MARK-V2", "MARK-S1"]
-    )
+    return write_corpus(tmp_path / "corpus", ["MARK-T1", "MARK-T2", "MARK-V1", "MARK-V2", "MARK-S1"])
 
 
 def evolve(cfg: EvolveConfig, run_dir: Path, srv: Any) -> dict[str, Any]:
@@ -143,9 +141,7 @@ def test_better_edit_admitted_equal_and_worse_rejected(meta_corpus, server, tmp_
     hist = read_jsonl(tmp_path / "run" / "history.jsonl")
     assert [h["status"] for h in hist] == ["admitted", "rejected", "rejected"]
     assert hist[0]["candidate_val"] == 1.0 and hist[0]["parent_val"] == 0.5
-    assert (
-        hist[1]["candidate_val"] == hist[1]["parent_val"] == 1.0
-    )  # equal: strict admission rejects
+    assert hist[1]["candidate_val"] == hist[1]["parent_val"] == 1.0  # equal: strict admission rejects
     assert hist[2]["candidate_val"] == 0.0 < hist[2]["parent_val"]
     assert "not strictly greater" in hist[1]["reason"]
     assert summary["baseline_val_pass_rate"] == 0.5 and summary["best_val_pass_rate"] == 1.0
@@ -240,8 +236,7 @@ def test_selection_frequencies_match_boltzmann():
     archive.entries = [ArchiveEntry(f"c{i}", f"h{i}", i, None, s) for i, s in enumerate(scores)]
     n = 20000
     counts = Counter(
-        select_parent(archive, strategy="boltzmann", temperature=0.1, seed=7, iteration=i).commit
-        for i in range(n)
+        select_parent(archive, strategy="boltzmann", temperature=0.1, seed=7, iteration=i).commit for i in range(n)
     )
     expected = selection_probabilities(scores, strategy="boltzmann", temperature=0.1)
     import math
@@ -252,14 +247,11 @@ def test_selection_frequencies_match_boltzmann():
         assert counts[f"c{i}"] / n == pytest.approx(p, abs=0.012)
     # seeded: the same iteration picks the same parent
     picks = [
-        select_parent(archive, strategy="boltzmann", temperature=0.1, seed=7, iteration=5).commit
-        for _ in range(3)
+        select_parent(archive, strategy="boltzmann", temperature=0.1, seed=7, iteration=5).commit for _ in range(3)
     ]
     assert len(set(picks)) == 1
     assert selection_probabilities(scores, strategy="greedy", temperature=0.1) == [0.0, 0.0, 1.0]
-    assert selection_probabilities(scores, strategy="uniform", temperature=0.1) == pytest.approx(
-        [1 / 3] * 3
-    )
+    assert selection_probabilities(scores, strategy="uniform", temperature=0.1) == pytest.approx([1 / 3] * 3)
 
 
 def test_resume_after_kill_mid_iteration(meta_corpus, server, tmp_path):
@@ -274,9 +266,7 @@ def test_resume_after_kill_mid_iteration(meta_corpus, server, tmp_path):
         "inner.max_rounds=1", "inner.n_weak=1", "inner.n_strong=1", "meta.minibatch=1", "meta.in_flight=1",
         "meta.max_iterations=2", f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 60
     # kill once iteration 1 is finished and iteration 2 has started evaluating
     while time.monotonic() < deadline and proc.poll() is None:

@@ -60,9 +60,7 @@ class TaxonomyScript:
 def meta_run(tmp_path, server) -> tuple[Path, Any]:
     from tests.test_meta import write_corpus
 
-    corpus = write_corpus(
-        tmp_path / "corpus", ["MARK-T1", "MARK-T2", "MARK-V1", "MARK-V2", "MARK-S1"]
-    )
+    corpus = write_corpus(tmp_path / "corpus", ["MARK-T1", "MARK-T2", "MARK-V1", "MARK-V2", "MARK-S1"])
     srv = server(TaxonomyScript(MetaScenario([GOOD_EDIT, OUTSIDE_EDIT, NEUTRAL_EDIT])))
     evolve(
         evolve_config(corpus, "meta.max_iterations=3", "meta.selection=greedy"),
@@ -120,22 +118,14 @@ def test_generation_stats_and_methods_table(make_cfg, server, tmp_path):
     run(make_cfg("method=cot_self_instruct"), tmp_path / "cot", srv2)
     agentic, cot = load_generation_run(tmp_path / "agentic"), load_generation_run(tmp_path / "cot")
     s = score_samples(agentic)
-    assert s["weak"] == pytest.approx([0.8, 0.5] * 3) or sorted(s["weak"]) == pytest.approx(
-        [0.5] * 3 + [0.8] * 3
-    )
-    assert s["strong_accepted"] == pytest.approx([0.8] * 3) and s["gap_accepted"] == pytest.approx(
-        [0.3] * 3
-    )
+    assert s["weak"] == pytest.approx([0.8, 0.5] * 3) or sorted(s["weak"]) == pytest.approx([0.5] * 3 + [0.8] * 3)
+    assert s["strong_accepted"] == pytest.approx([0.8] * 3) and s["gap_accepted"] == pytest.approx([0.3] * 3)
     assert failure_modes_per_round(agentic) == {1: {"TOO_EASY": 3}, 2: {"ACCEPTED": 3}}
     row = summary_row(agentic)
     assert row["pass_rate"] == 1.0 and row["mean_rounds_to_accept"] == 2.0
     assert row["tokens_per_accepted"] == pytest.approx(row["tokens"] / 3) and row["tokens"] > 0
     crow = summary_row(cot)
-    assert (
-        crow["pass_rate"] == 0.0
-        and crow["weak_avg"] == pytest.approx(0.8)
-        and crow["method"] == "CoT Self-Instruct"
-    )
+    assert crow["pass_rate"] == 0.0 and crow["weak_avg"] == pytest.approx(0.8) and crow["method"] == "CoT Self-Instruct"
 
     cfg = ReportConfig(
         run=str(tmp_path / "agentic"),
@@ -150,9 +140,7 @@ def test_generation_stats_and_methods_table(make_cfg, server, tmp_path):
 def test_multirun_aggregation(tmp_path, server):
     from tests.test_meta import write_corpus
 
-    corpus = write_corpus(
-        tmp_path / "corpus", ["MARK-T1", "MARK-T2", "MARK-V1", "MARK-V2", "MARK-S1"]
-    )
+    corpus = write_corpus(tmp_path / "corpus", ["MARK-T1", "MARK-T2", "MARK-V1", "MARK-V2", "MARK-S1"])
     sweep = tmp_path / "sweep"
     srv_a = server(MetaScenario([GOOD_EDIT]))
     evolve(evolve_config(corpus, "meta.max_iterations=2"), sweep / "0", srv_a)

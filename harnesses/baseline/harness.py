@@ -42,11 +42,7 @@ class QVChecks(BaseModel):
 
 
 async def propose(ctx: HarnessContext, feedback: str | None) -> JSONResult[Challenge]:
-    block = (
-        f"## Feedback on your earlier attempts\n{feedback}\n"
-        if feedback
-        else "Write the example now."
-    )
+    block = f"## Feedback on your earlier attempts\n{feedback}\n" if feedback else "Write the example now."
     messages = render(
         PROMPTS / "challenger.md",
         domain=ctx.domain,
@@ -86,9 +82,7 @@ async def verify(ctx: HarnessContext, challenge: Challenge) -> QVVerdict:
     ]
     if not problems:
         return QVVerdict(passed=True, reason=v.reason)
-    return QVVerdict(
-        passed=False, reason="; ".join(problems) + (f". {v.reason}" if v.reason else "")
-    )
+    return QVVerdict(passed=False, reason="; ".join(problems) + (f". {v.reason}" if v.reason else ""))
 
 
 def _fmt(x: float | None) -> str:
@@ -119,18 +113,14 @@ def summarize_failures(history: list[RoundRecord]) -> str:
             key = "INVALID OUTPUT"
             line = f"round {r.round}: {r.challenger_error or r.harness_error or mode.value}"
         groups.setdefault(key, []).append(line)
-    return "\n".join(
-        f"{key}:\n" + "\n".join(f"  - {ln}" for ln in lines) for key, lines in groups.items()
-    )
+    return "\n".join(f"{key}:\n" + "\n".join(f"  - {ln}" for ln in lines) for key, lines in groups.items())
 
 
 async def feedback(ctx: HarnessContext, history: list[RoundRecord]) -> str:
     summary = summarize_failures(history)
     parts = [f"Your earlier examples for this document were rejected.\n{summary}"]
     if USE_MAIN_AGENT:
-        messages = render(
-            PROMPTS / "main_agent.md", domain=ctx.domain, title=ctx.doc.title, failures=summary
-        )
+        messages = render(PROMPTS / "main_agent.md", domain=ctx.domain, title=ctx.doc.title, failures=summary)
         advice = (await ctx.llm.complete("main_agent", messages)).strip()
         if advice:
             parts.append(f"Advice: {advice}")

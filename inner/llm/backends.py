@@ -108,9 +108,7 @@ class ManagedServer:
         startup_timeout_s: seconds to wait for health before giving up.
     """
 
-    def __init__(
-        self, cmd: list[str], *, health_url: str, log_path: Path, startup_timeout_s: float
-    ) -> None:
+    def __init__(self, cmd: list[str], *, health_url: str, log_path: Path, startup_timeout_s: float) -> None:
         self.cmd = cmd
         self.health_url = health_url
         self.log_path = log_path
@@ -206,9 +204,7 @@ def start_backend(cfg: LLMConfig, *, log_dir: Path) -> Iterator[dict[str, str]]:
     if kind == "local":
         if importlib.util.find_spec("llama_cpp") is None:
             raise BackendError(f"llm=local needs llama-cpp-python[server]: {INSTALL_HINT}")
-        model_path = ensure_gguf(
-            Path(cfg.backend.model_cache_dir) if cfg.backend.model_cache_dir else None
-        )
+        model_path = ensure_gguf(Path(cfg.backend.model_cache_dir) if cfg.backend.model_cache_dir else None)
         cmd = llama_cpp_command(cfg, model_path, port)
         health = f"{base}/v1/models"
     else:

