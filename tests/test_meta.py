@@ -291,3 +291,25 @@ def test_resume_after_kill_mid_iteration(meta_corpus, server, tmp_path):
     branches = sorted(h.name for h in repo.heads if h.name.startswith("candidates/"))
     assert branches == [f"candidates/iter-{h['iteration']:04d}" for h in hist if h["candidate"]]
     assert json.loads((run_dir / "summary.json").read_text())["iterations"] == 2
+
+
+def test_hydra_sweep_with_joblib_launcher_then_multirun_report(meta_corpus, server, tmp_path):
+    from analysis.report import ReportConfig, TaxonomyConfig, build_report
+
+    srv = server(MetaScenario([GOOD_EDIT]))
+    sweep = tmp_path / "sweep"
+    cmd = [
+        str(Path(sys.executable).parent / "autodata-evolve"), "-m", "meta.seed=0,1", "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2", f"task.corpus={meta_corpus}", "progress=false", "llm=openai",
+        f"llm.endpoints.default.base_url={srv.base_url}", "llm.endpoints.default.api_key_env=null",
+        "split.train_files=[doc-mark-t1.txt,doc-mark-t2.txt]", "split.val_files=[doc-mark-v1.txt,doc-mark-v2.txt]",
+        "inner.max_rounds=1", "inner.n_weak=1", "inner.n_strong=1", "meta.minibatch=1", "meta.max_iterations=1",
+        f"hydra.sweep.dir={sweep}",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for member in ("0", "1"):
+        hist = read_jsonl(sweep / member / "history.jsonl")
+        assert [h["status"] for h in hist] == ["admitted"]
+    report = build_report(ReportConfig(run=str(sweep), taxonomy=TaxonomyConfig(enabled=False)))
+    assert "| 0 | 1 | 1 | 0.500 | 1.000 |" in (report.parent / "final_scores.md").read_text()
