@@ -39,7 +39,7 @@ from inner.errors import ConfigError
 from inner.harness import harness_id, resolve_harness_dir
 from inner.llm.client import LLMClient, UsageMeter, track_usage
 from inner.records import FailureMode, Trajectory
-from inner.run import evaluate_harness
+from inner.run import evaluate_harness, throughput_gc
 from inner.tracking import NullTracker, Tracker, build_tracker
 from meta.analyze import analyze, implement
 from meta.config import EvolveConfig
@@ -475,7 +475,8 @@ async def run_evolve(cfg: EvolveConfig, run_dir: Path, *, base_urls: dict[str, s
         client = LLMClient(cfg.llm, base_urls=urls, cache=cache, call_log=run_dir / "calls.jsonl")
         tracker = build_tracker(cfg.logger, run_dir=run_dir, config=asdict(cfg), job="evolve")
         try:
-            return await evolve(cfg, run_dir, client, tracker=tracker)
+            with throughput_gc():
+                return await evolve(cfg, run_dir, client, tracker=tracker)
         finally:
             tracker.finish()
             await client.aclose()

@@ -120,14 +120,15 @@ def test_torn_dataset_line_and_unfinished_trajectories_are_repaired_from_cache(m
         assert len(json.loads(_traj_path(run_dir, marker).read_text())["rounds"]) == 2
 
 
-def test_unreadable_cache_entry_is_a_miss(make_cfg, server, tmp_path):
+def test_torn_cache_line_is_a_miss(make_cfg, server, tmp_path):
     srv = server(scenario(ACCEPT))
     cfg = make_cfg("inner.max_rounds=1", "task.limit=1", f"llm.cache_dir={tmp_path / 'cache'}")
     run(cfg, tmp_path / "run1", srv)
     n = srv.count()
-    entries = sorted((tmp_path / "cache").rglob("*.json"))
-    assert len(entries) == n == 14
-    entries[0].write_text('{"text": "tor')  # a torn entry
+    (segment,) = sorted((tmp_path / "cache").glob("segment-*.jsonl"))
+    lines = segment.read_bytes().splitlines(keepends=True)
+    assert len(lines) == n == 14
+    segment.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # killed mid-write
     stats = run(cfg, tmp_path / "run2", srv)
     assert srv.count() == n + 1  # only that one call is sent again
     assert stats["accepted"] == 1

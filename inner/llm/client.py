@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import json
 import os
 import re
@@ -26,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import httpx
+import httpx2
 import openai
 from pydantic import BaseModel, ValidationError
 
@@ -180,7 +181,7 @@ async def json_with_repair(send: CompleteFn, messages: list[Message], model: typ
     """Ask for ``model`` as JSON through ``send(messages, schema)``; on a parse or schema error
     ask once more with the error appended; return the value or a typed failure with the raw
     texts. Shared by :meth:`LLMClient.complete_json` and the harness sandbox's proxy."""
-    schema = inline_schema(model.model_json_schema())
+    schema = model_schema(model)
     raws: list[str] = []
     error = ""
     convo = list(messages)
@@ -203,6 +204,13 @@ async def json_with_repair(send: CompleteFn, messages: list[Message], model: typ
                 },
             ]
     return JSONResult(None, raws, error)
+
+
+@functools.lru_cache(maxsize=128)
+def model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The flat JSON schema of a pydantic model, computed once per model class (it is on the
+    hot path: one per structured call)."""
+    return inline_schema(model.model_json_schema())
 
 
 def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -274,19 +282,16 @@ class LLMClient:
                         f"llm.endpoints.{name}.api_key_env={ep.api_key_env!r}: that environment variable is empty; "
                         f"export {ep.api_key_env}=..."
                     )
-            http = httpx.AsyncClient(
-                limits=httpx.Limits(
-                    max_connections=ep.max_in_flight * 2,
-                    max_keepalive_connections=ep.max_in_flight * 2,
-                ),
+            # openai's own httpx2-based client: the legacy httpx/httpcore 1.x pool does work
+            # quadratic in its connections and cost ~18 ms CPU per call at 64 in flight
+            # (experiments/bench/README.md). The semaphore caps requests at max_in_flight, so
+            # the pool needs no more connections than that.
+            http = openai.DefaultAsyncHttpxClient(
+                limits=httpx2.Limits(max_connections=ep.max_in_flight, max_keepalive_connections=ep.max_in_flight),
                 timeout=ep.timeout_s,
             )
             self._clients[name] = openai.AsyncOpenAI(
-                base_url=url,
-                api_key=key,
-                max_retries=ep.max_retries,
-                timeout=ep.timeout_s,
-                http_client=http,
+                base_url=url, api_key=key, max_retries=ep.max_retries, timeout=ep.timeout_s, http_client=http
             )
             self._sems[name] = asyncio.Semaphore(ep.max_in_flight)
         self._log = call_log.open("a", encoding="utf-8", buffering=1) if call_log else None
@@ -330,7 +335,7 @@ class LLMClient:
                 "sample_index": sample_index,
             }
         )
-        hit = self.cache.get(key) if self.cache else None
+        hit = self.cache.get(key) if self.cache is not None else None
         if hit is not None:
             comp = Completion(
                 text=hit["text"],
@@ -341,7 +346,7 @@ class LLMClient:
             )
         else:
             comp = await self._request(role, rc.endpoint, messages, params, rf)
-            if self.cache:
+            if self.cache is not None:
                 self.cache.put(
                     key,
                     {
@@ -367,28 +372,34 @@ class LLMClient:
         params: dict[str, Any],
         rf: dict[str, Any] | None,
     ) -> Completion:
-        extra: dict[str, Any] = {"extra_headers": {ROLE_HEADER: role}}
+        body: dict[str, Any] = {"messages": messages, **params}
         if rf is not None:
-            extra["response_format"] = rf
+            body["response_format"] = rf
         async with self._sems[endpoint]:
             t0 = time.perf_counter()
             try:
-                resp = await self._clients[endpoint].chat.completions.create(messages=messages, **params, **extra)
+                # client.post with cast_to=dict (openai's documented way to call any route) keeps
+                # openai's retries, backoff and timeouts but skips building a pydantic
+                # ChatCompletion and re-walking the messages: a third of the per-call CPU.
+                resp = await self._clients[endpoint].post(
+                    "/chat/completions", body=body, cast_to=dict, options={"headers": {ROLE_HEADER: role}}
+                )
             except openai.APIStatusError as exc:
                 self._fail(role, endpoint, exc.status_code, exc)
             except (openai.APITimeoutError, openai.APIConnectionError) as exc:
                 self._fail(role, endpoint, None, exc)
             latency = time.perf_counter() - t0
-        if not resp.choices:
-            self._fail(role, endpoint, None, ValueError("response has no choices"))
-        choice = resp.choices[0]
-        usage = resp.usage
+        choices = resp.get("choices") if isinstance(resp, dict) else None
+        if not choices:
+            self._fail(role, endpoint, None, ValueError(f"response has no choices: {str(resp)[:200]}"))
+        choice = choices[0]
+        usage = resp.get("usage") or {}
         return Completion(
-            text=choice.message.content or "",
-            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+            text=(choice.get("message") or {}).get("content") or "",
+            prompt_tokens=usage.get("prompt_tokens") or 0,
+            completion_tokens=usage.get("completion_tokens") or 0,
             latency_s=latency,
-            finish_reason=choice.finish_reason,
+            finish_reason=choice.get("finish_reason"),
         )
 
     def _fail(self, role: str, endpoint: str, status: int | None, exc: Exception) -> None:
