@@ -26,7 +26,8 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="report")
 def _main(dcfg: DictConfig) -> None:
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for noisy in ("httpx", "httpx2"):  # one INFO line per request is noise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         cfg = OmegaConf.to_object(dcfg)
         assert isinstance(cfg, ReportConfig)

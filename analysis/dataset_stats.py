@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from statistics import fmean
 from typing import Any
 
 import matplotlib
@@ -15,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from analysis.loaders import GenerationRun  # noqa: E402
 from inner.records import FailureMode  # noqa: E402
+from inner.stats import compute_stats  # noqa: E402
 
 
 def score_samples(run: GenerationRun) -> dict[str, list[float]]:
@@ -48,39 +48,24 @@ def rounds_to_acceptance(run: GenerationRun) -> list[int]:
     return [t.rounds[-1].round for t in run.trajectories if t.status == "accepted" and t.rounds]
 
 
-def tokens_total(run: GenerationRun) -> int:
-    """Prompt + completion tokens of every round in the records (cached or not)."""
-    return sum(
-        u.prompt_tokens + u.completion_tokens for t in run.trajectories for r in t.rounds for u in r.usage.values()
-    )
-
-
 def summary_row(run: GenerationRun) -> dict[str, Any]:
-    """The numbers of one run, for the tables (fractions in [0, 1], tokens as counts)."""
-    finished = [t for t in run.trajectories if t.finished]
-    accepted = [t for t in finished if t.status == "accepted"]
-    finals = []
-    for t in finished:
-        ev = [r for r in t.rounds if r.weak_avg is not None]
-        if ev:
-            finals.append(ev[-1])
-    tokens = tokens_total(run)
-
-    def mean(xs: list[float]) -> float | None:
-        return fmean(xs) if xs else None
-
+    """The numbers of one run for the tables (fractions in [0, 1], tokens as counts), from
+    :func:`inner.stats.compute_stats` so reports and ``stats.json`` agree by construction."""
+    st = compute_stats(
+        run.trajectories, method=run.method_label, harness_id="", task="", this_invocation={}, wall_s=0.0
+    )
     return {
         "run": run.name,
         "method": run.method_label,
-        "documents": len(run.trajectories),
-        "accepted": len(accepted),
-        "pass_rate": len(accepted) / len(finished) if finished else None,
-        "weak_avg": mean([r.weak_avg for r in finals if r.weak_avg is not None]),
-        "strong_avg": mean([r.strong_avg for r in finals if r.strong_avg is not None]),
-        "gap": mean([r.gap for r in finals if r.gap is not None]),
-        "mean_rounds_to_accept": mean([float(x) for x in rounds_to_acceptance(run)]),
-        "tokens": tokens,
-        "tokens_per_accepted": tokens / len(accepted) if accepted else None,
+        "documents": st["documents"],
+        "accepted": st["accepted"],
+        "pass_rate": st["pass_rate"],
+        "weak_avg": st["final"]["weak_avg"],
+        "strong_avg": st["final"]["strong_avg"],
+        "gap": st["final"]["gap"],
+        "mean_rounds_to_accept": st["mean_rounds_to_accept"],
+        "tokens": st["tokens_total"],
+        "tokens_per_accepted": st["tokens_total"] / st["accepted"] if st["accepted"] else None,
     }
 
 

@@ -13,20 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from inner.errors import ConfigError
-from inner.records import Example, RunWriter, Trajectory
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Lines of a JSONL file (a torn last line is ignored)."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+from inner.records import Example, RunWriter, Trajectory, read_jsonl
 
 
 @dataclass

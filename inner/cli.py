@@ -70,6 +70,11 @@ def summary_table(stats: dict[str, Any], run_dir: Path) -> Table:
         ),
         ("failure modes", ", ".join(f"{k} {v}" for k, v in stats["failure_modes"].items()) or "-"),
         ("wall time (s)", f(stats["wall_s"])),
+        (
+            "LLM calls this run",
+            f"{sum(u['calls'] for u in stats['this_invocation'].values())} sent, "
+            f"{sum(u['cached_calls'] for u in stats['this_invocation'].values())} from the cache",
+        ),
     ]
     for k, v in rows:
         t.add_row(k, v)
@@ -89,7 +94,8 @@ def _main(dcfg: DictConfig) -> None:
     from inner.run import run_generate
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request is noise
+    for noisy in ("httpx", "httpx2"):  # one INFO line per request is noise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         cfg = to_config(dcfg)
 

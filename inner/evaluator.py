@@ -15,7 +15,11 @@ original Autodata system; DESIGN.md, "Evaluator integrity").
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
+from typing import Literal
+
+from pydantic import conlist, create_model
 
 from inner.config import InnerConfig, LLMConfig
 from inner.documents import Document
@@ -71,6 +75,23 @@ def weighted_score(challenge: Challenge, grades: list[CriterionGrade]) -> float:
     by_id = {g.id: g.score for g in grades}
     total = sum(c.weight for c in challenge.rubric)
     return sum(c.weight * by_id.get(c.id, 0.0) for c in challenge.rubric) / total
+
+
+@functools.lru_cache(maxsize=256)
+def judge_output_model(ids: tuple[str, ...]) -> type[JudgeOutput]:
+    """A :class:`JudgeOutput` whose schema demands exactly one grade per rubric id (ids as an
+    enum, ``minItems = maxItems = len(ids)``), so a grammar-constrained judge cannot skip a
+    criterion; cached per id tuple."""
+    grade = create_model(
+        "Grade",
+        __base__=CriterionGrade,
+        id=(Literal[ids], ...),  # type: ignore[valid-type]
+    )
+    return create_model(
+        "JudgeOutput",
+        __base__=JudgeOutput,
+        grades=(conlist(grade, min_length=len(ids), max_length=len(ids)), ...),
+    )
 
 
 class Evaluator:
@@ -129,7 +150,8 @@ class Evaluator:
             extracted = normalize_answer(extract_final_answer(answer))
             ok = extracted == normalize_answer(challenge.reference_answer)
             return SolverAttempt(index=index, answer=answer, extracted=extracted, score=1.0 if ok else 0.0)
-        res = await self.client.complete_json("judge", self.judge_messages(challenge, answer), JudgeOutput)
+        schema_model = judge_output_model(tuple(c.id for c in challenge.rubric))
+        res = await self.client.complete_json("judge", self.judge_messages(challenge, answer), schema_model)
         if res.value is None:
             return SolverAttempt(
                 index=index,

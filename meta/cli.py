@@ -63,7 +63,8 @@ def _main(dcfg: DictConfig) -> None:
     from meta.loop import run_evolve
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for noisy in ("httpx", "httpx2"):  # one INFO line per request is noise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         cfg = OmegaConf.to_object(dcfg)
         assert isinstance(cfg, EvolveConfig)

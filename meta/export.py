@@ -18,6 +18,7 @@ from typing import Any
 
 from inner.errors import AutodataError, ConfigError
 from inner.harness import harness_id
+from inner.records import read_jsonl
 from meta.lineage import Lineage
 from meta.select import Archive
 
@@ -76,8 +77,6 @@ def export_harness(run_dir: Path, out: Path, *, harness: str = "best") -> dict[s
 
 
 def _history(run_dir: Path) -> list[dict[str, Any]]:
-    from meta.loop import read_jsonl
-
     return read_jsonl(run_dir / "history.jsonl")
 
 

@@ -26,7 +26,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import random
 import shutil
 import time
@@ -38,7 +37,7 @@ from inner.documents import Document, list_document_paths, load_documents
 from inner.errors import ConfigError
 from inner.harness import harness_id, resolve_harness_dir
 from inner.llm.client import LLMClient, UsageMeter, track_usage
-from inner.records import FailureMode, Trajectory
+from inner.records import FailureMode, Trajectory, append_jsonl, read_jsonl
 from inner.run import evaluate_harness, throughput_gc
 from inner.tracking import NullTracker, Tracker, build_tracker
 from meta.analyze import analyze, implement
@@ -51,34 +50,6 @@ from meta.select import Archive, ArchiveEntry, select_parent
 log = logging.getLogger(__name__)
 
 STATUSES = ("admitted", "rejected", "invalid-edit", "crashed")
-
-
-# -- the ledger --------------------------------------------------------------------------------
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Lines of a JSONL file; a torn last line (a kill during a write) is ignored."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
-
-
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and fsync (a torn previous line is terminated first)."""
-    data = json.dumps(record, default=str) + "\n"
-    with path.open("a+b") as fh:
-        fh.seek(0, os.SEEK_END)
-        if fh.tell() > 0:
-            fh.seek(-1, os.SEEK_END)
-            if fh.read(1) != b"\n":
-                fh.write(b"\n")
-        fh.write(data.encode("utf-8"))
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 # -- splits --------------------------------------------------------------------------------------

@@ -19,10 +19,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from inner.paths import PROJECT_ROOT
+from inner.records import read_jsonl
 from meta.config import EvolveConfig
 from meta.config import register_configs as register_meta
 from meta.export import export_harness
-from meta.loop import read_jsonl, run_evolve
+from meta.loop import run_evolve
 from meta.select import Archive, ArchiveEntry, select_parent, selection_probabilities
 from tests.conftest import CONF_DIR, compose_config, run, write_corpus
 from tests.scenario import RoundPlan, Scenario
