@@ -19,6 +19,7 @@ from typing import Any
 from inner.llm.client import LLMClient
 from inner.records import Trajectory
 from inner.templates import render
+from meta.edit import Edit, edit_plan_model, edits_to_blocks
 
 PROMPTS = Path(__file__).parent / "prompts"
 
@@ -121,17 +122,28 @@ async def implement(
     analysis: str,
     history: list[dict[str, Any]],
     files: dict[str, str],
+    structured: bool = False,
     sample_index: int = 0,
 ) -> str:
-    """The implementer's reply (edit blocks, parsed by :func:`meta.edit.parse_edits`).
+    """The implementer's reply as edit blocks (parsed by :func:`meta.edit.parse_edits`).
+
+    Args:
+        structured: ask for the edits as schema-constrained JSON (``{"edits": [{"file",
+            "search", "replace"}]}``, file names as an enum) and render them as blocks. For
+            small grammar-constrained models, which rarely write the block format unaided.
+            A reply that does not validate is returned raw (and then fails to parse).
 
     Raises:
         LLMCallError: the request failed after retries.
     """
-    messages = render(
-        PROMPTS / "implementer.md",
-        analysis=analysis,
-        history=history_summary(history),
-        files=render_files(files),
+    values = {"analysis": analysis, "history": history_summary(history), "files": render_files(files)}
+    if not structured:
+        messages = render(PROMPTS / "implementer.md", **values)
+        return (await client.complete("implementer", messages, sample_index=sample_index)).text
+    messages = render(PROMPTS / "implementer_json.md", **values)
+    res = await client.complete_json(
+        "implementer", messages, edit_plan_model(tuple(sorted(files))), sample_index=sample_index
     )
-    return (await client.complete("implementer", messages, sample_index=sample_index)).text
+    if res.value is None:
+        return res.raw[-1] if res.raw else ""
+    return edits_to_blocks([Edit(e.file, e.search or None, e.replace) for e in res.value.edits])

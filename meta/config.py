@@ -56,6 +56,9 @@ class MetaConfig:
         harness_memory_mb: address-space limit of the sandbox worker, MiB.
         analyzer_chars: characters of trajectories shown to the analyzer.
         history_lines: iterations of history summarized for the analyzer and implementer.
+        edit_format: ``blocks`` (SEARCH/REPLACE text), ``json`` (schema-constrained edits,
+            rendered as blocks) or ``auto`` (``json`` when the implementer's endpoint uses
+            llama.cpp grammars, i.e. the small embedded model; ``blocks`` otherwise).
     """
 
     start_harness: str = "baseline"
@@ -71,6 +74,7 @@ class MetaConfig:
     harness_memory_mb: int = 2048
     analyzer_chars: int = 12000
     history_lines: int = 20
+    edit_format: str = "auto"
 
     def __post_init__(self) -> None:
         _check(

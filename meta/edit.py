@@ -26,9 +26,13 @@ applies the edit fails with the best similarity found.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from pydantic import BaseModel, conlist, create_model
 
 FUZZY_MIN_RATIO = 0.9
 
@@ -55,6 +59,31 @@ class Edit:
     path: str
     search: str | None
     replace: str
+
+
+def edits_to_blocks(edits: list[Edit]) -> str:
+    """The block format of ``edits`` (inverse of :func:`parse_edits`)."""
+    out = []
+    for e in edits:
+        if e.search is None:
+            out.append(f"FILE: {e.path}\n<<<<<<< WHOLE\n{e.replace.rstrip(chr(10))}\n>>>>>>> WHOLE\n")
+        else:
+            out.append(f"FILE: {e.path}\n<<<<<<< SEARCH\n{e.search}\n=======\n{e.replace}\n>>>>>>> REPLACE\n")
+    return "\n".join(out)
+
+
+@functools.lru_cache(maxsize=64)
+def edit_plan_model(files: tuple[str, ...]) -> type[BaseModel]:
+    """Pydantic model of structured edits over ``files``: ``{"edits": [{"file", "search",
+    "replace"}]}`` with 1-4 edits and ``file`` restricted to the harness's files (an empty
+    ``search`` means a whole-file rewrite)."""
+    item = create_model(
+        "FileEdit",
+        file=(Literal[files], ...),  # type: ignore[valid-type]
+        search=(str, ""),
+        replace=(str, ...),
+    )
+    return create_model("EditPlan", edits=(conlist(item, min_length=1, max_length=4), ...))
 
 
 def parse_edits(text: str) -> list[Edit]:

@@ -259,7 +259,13 @@ async def _iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:
 
     # 4. implementer: edits of the parent's files
     files = run.lineage.files(parent.commit)
-    reply = await implement(run.client, analysis=analysis, history=run.history[-cfg.history_lines :], files=files)
+    structured = cfg.edit_format == "json" or (
+        cfg.edit_format == "auto"
+        and run.cfg.llm.endpoints[run.cfg.llm.role("implementer").endpoint].json_mode == "llama_cpp"
+    )
+    reply = await implement(
+        run.client, analysis=analysis, history=run.history[-cfg.history_lines :], files=files, structured=structured
+    )
     rec["implementer_reply"] = reply
 
     # 5. apply to a scratch copy; reject edits outside the harness directory; validate

@@ -115,6 +115,7 @@ def evolve_config(corpus: Path, *overrides: str) -> EvolveConfig:
         "meta.minibatch=1",
         "meta.in_flight=1",
         "meta.harness_timeout_s=5",
+        "meta.edit_format=blocks",
         "llm.endpoints.default.max_retries=1",
         "llm.endpoints.default.timeout_s=20",
     ]
@@ -166,6 +167,23 @@ def test_better_edit_admitted_equal_and_worse_rejected(meta_corpus, server, tmp_
     assert hist[1]["parent"] == hist[0]["candidate"]  # greedy picked the admitted one
     graph = repo.git.log("--graph", "--all", "--oneline")
     assert graph.count("iter ") == 3
+
+
+def test_structured_json_edits_for_small_models(meta_corpus, server, tmp_path):
+    edit = {"edits": [{"file": "prompts/challenger.md", "search": "You are the challenger in Agentic Self-Instruct",
+                       "replace": "IMPROVED You are the challenger in Agentic Self-Instruct"}]}  # fmt: skip
+    scen = MetaScenario([edit])  # type: ignore[list-item]
+    srv = server(scen)
+    evolve(evolve_config(meta_corpus, "meta.max_iterations=1", "meta.edit_format=auto"), tmp_path / "run", srv)
+    (h,) = read_jsonl(tmp_path / "run" / "history.jsonl")
+    assert h["status"] == "admitted" and h["candidate_val"] == 1.0
+    assert h["implementer_reply"].startswith("FILE: prompts/challenger.md\n<<<<<<< SEARCH")
+    # the request carried the schema: file names as an enum (llama.cpp grammar on llm=local)
+    body = next(b for role, b in srv.requests if role == "implementer")
+    schema = body["response_format"]["schema"]
+    assert schema["properties"]["edits"]["items"]["properties"]["file"]["enum"] == [
+        "harness.py", "prompts/challenger.md", "prompts/main_agent.md", "prompts/quality_verifier.md",
+    ]  # fmt: skip
 
 
 def test_edit_outside_harness_rejected_before_evaluation(meta_corpus, server, tmp_path):
@@ -314,3 +332,22 @@ def test_hydra_sweep_with_joblib_launcher_then_multirun_report(meta_corpus, serv
         assert [h["status"] for h in hist] == ["admitted"]
     report = build_report(ReportConfig(run=str(sweep), taxonomy=TaxonomyConfig(enabled=False)))
     assert "| 0 | 1 | 1 | 0.500 | 1.000 |" in (report.parent / "final_scores.md").read_text()
+
+
+def test_edit_blocks_round_trip_and_fuzzy_apply(tmp_path):
+    from meta.edit import Edit, EditError, apply_edits, edits_to_blocks, parse_edits
+
+    edits = [Edit("prompts/a.md", "line one\nline two", "line 1"), Edit("b.py", None, "x = 1\n")]
+    assert parse_edits(edits_to_blocks(edits)) == edits
+    root = tmp_path / "h"
+    (root / "prompts").mkdir(parents=True)
+    (root / "prompts" / "a.md").write_text("intro\n  line one  \nline two\noutro\n")
+    # whitespace differences still match (line-wise), a whole-file rewrite creates b.py
+    assert apply_edits(edits, root) == ["prompts/a.md", "b.py"]
+    assert (root / "prompts" / "a.md").read_text() == "intro\nline 1\noutro\n"
+    # a near-miss within the similarity threshold applies; a far miss fails with the score
+    (root / "prompts" / "a.md").write_text("The challenger writes one question.\n")
+    apply_edits([Edit("prompts/a.md", "The challenger writes one questions.", "Changed.")], root)
+    assert (root / "prompts" / "a.md").read_text() == "Changed.\n"
+    with pytest.raises(EditError, match=r"best similarity 0\.\d\d"):
+        apply_edits([Edit("prompts/a.md", "something else entirely", "x")], root)
