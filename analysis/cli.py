@@ -26,7 +26,7 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="report")
 def _main(dcfg: DictConfig) -> None:
-    for noisy in ("httpx", "httpx2"):  # one INFO line per request is noise
+    for noisy in ("httpx", "httpx2", "matplotlib"):  # one INFO line per request (or plot) is noise
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         cfg = OmegaConf.to_object(dcfg)

@@ -48,7 +48,8 @@ def plot_curve(meta: MetaRunRecords, out_dir: Path) -> list[Path]:
     n_adm = sum(p["admitted"] for p in pts)
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     adm = [p for p in pts if p["admitted"]]
-    rej = [p for p in pts if not p["admitted"] and p["candidate_val"] is not None]
+    rej = [p for p in pts if not p["admitted"] and p["candidate_val"] is not None and p["status"] != "crashed"]
+    crashed = [p for p in pts if p["status"] == "crashed" and p["candidate_val"] is not None]
     inv = [p for p in pts if p["candidate_val"] is None]
     ax.scatter(
         [p["iteration"] for p in rej],
@@ -65,6 +66,9 @@ def plot_curve(meta: MetaRunRecords, out_dir: Path) -> list[Path]:
         zorder=3,
         label="admitted candidate",
     )
+    if crashed:
+        xs, ys = [p["iteration"] for p in crashed], [p["candidate_val"] for p in crashed]
+        ax.scatter(xs, ys, marker="x", color="tab:red", label="crashed candidate (contained)")
     if inv:
         ax.scatter(
             [p["iteration"] for p in inv],

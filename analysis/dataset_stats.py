@@ -121,8 +121,9 @@ def plot_dataset_stats(run: GenerationRun, out_dir: Path) -> list[Path]:
     bottom = [0] * len(rounds)
     for m in modes:
         vals = [per_round[r].get(m, 0) for r in rounds]
-        ax.bar([str(r) for r in rounds], vals, bottom=bottom, label=m)
+        ax.bar(rounds, vals, bottom=bottom, label=m)
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    ax.set_xticks(rounds)
     ax.set_xlabel("round")
     ax.set_ylabel("rounds (documents)")
     ax.set_title("Outcome of each round")
@@ -137,7 +138,8 @@ def plot_dataset_stats(run: GenerationRun, out_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=110)
     counts = Counter(rta)
     xs = sorted(set(counts) | set(range(1, max(rta, default=1) + 1)))
-    ax.bar([str(x) for x in xs], [counts.get(x, 0) for x in xs], color="tab:green")
+    ax.bar(xs, [counts.get(x, 0) for x in xs], color="tab:green")
+    ax.set_xticks(xs)
     row = summary_row(run)
     ax.set_title(
         f"Rounds to acceptance (n={len(rta)}); tokens/accepted: {fmt(row['tokens_per_accepted'])}",
@@ -171,7 +173,7 @@ def stats_markdown(run: GenerationRun) -> str:
     md = markdown_table([summary_row(run)], STATS_COLUMNS)
     per_round = failure_modes_per_round(run)
     modes = sorted({m for c in per_round.values() for m in c})
-    rows = [{"round": r, **c} for r, c in per_round.items()]
+    rows = [{"round": r, **{m: c.get(m, 0) for m in modes}} for r, c in per_round.items()]
     if rows:
         md += "\nOutcome of each round:\n\n" + markdown_table(rows, ["round", *modes])
     return md

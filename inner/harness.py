@@ -121,12 +121,16 @@ class HarnessContext:
 
 
 def harness_id(path: Path) -> str:
-    """``<dir name>@<12 hex>`` over every file's relative path and bytes (``__pycache__`` and
-    dot-files such as markers excluded)."""
+    """``<dir name>@<12 hex>`` over every file's relative path and bytes (``__pycache__``,
+    dot-files such as markers, and an export's ``MANIFEST.json`` excluded, so an exported
+    harness keeps the content hash it had in the lineage)."""
     h = hashlib.sha256()
     files = (p for p in path.rglob("*") if p.is_file())
     for f in sorted(
-        p for p in files if not any(part == "__pycache__" or part.startswith(".") for part in p.relative_to(path).parts)
+        p
+        for p in files
+        if p.name != "MANIFEST.json"
+        and not any(part == "__pycache__" or part.startswith(".") for part in p.relative_to(path).parts)
     ):
         h.update(str(f.relative_to(path)).encode())
         h.update(b"\0")

@@ -62,7 +62,7 @@ def export_harness(run_dir: Path, out: Path, *, harness: str = "best") -> dict[s
     (tmp / ".complete").unlink()
     manifest = {
         "lineage_commit": commit,
-        "harness_id": harness_id(tmp),
+        "harness_id": f"{out.name}@{harness_id(tmp).split('@')[1]}",  # what autodata-generate records
         "admitted": entry is not None,
         "val_pass_rate": entry.val_pass_rate if entry else (history.get(commit) or {}).get("candidate_val"),
         "parent_chain": chain,

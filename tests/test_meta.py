@@ -246,7 +246,8 @@ def test_export_then_generate(meta_corpus, server, tmp_path):
         "inner.n_strong=1",
     )
     stats = run(cfg, tmp_path / "gen", srv)
-    assert stats["accepted"] == 5 and stats["harness_id"].startswith("exported@")
+    assert stats["accepted"] == 5 and stats["harness_id"] == manifest["harness_id"]
+    assert manifest["harness_id"].split("@")[1] == hist[0]["candidate_harness_id"].split("@")[1]
 
 
 def test_selection_frequencies_match_boltzmann():
