@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from inner.paths import PROJECT_ROOT
 from inner.records import FailureMode, RunWriter
 from inner.run import run_generate
 from tests.conftest import compose_config
@@ -66,3 +67,37 @@ def test_one_round_on_embedded_model_writes_complete_records(tmp_path):
     # a rerun replays from the records: no server, no LLM call
     again = asyncio.run(run_generate(cfg, run_dir))
     assert sum(u["calls"] for u in again["this_invocation"].values()) == 0
+
+
+@pytest.mark.slow
+def test_one_meta_iteration_on_embedded_model(tmp_path):
+    import git
+
+    from inner.records import read_jsonl
+    from meta.loop import run_evolve
+    from tests.test_meta import evolve_config
+
+    cfg = evolve_config(
+        PROJECT_ROOT / "experiments" / "corpora" / "cs",
+        "+experiment=demo",
+        "llm=local",
+        "meta.max_iterations=1",
+        "meta.in_flight=1",
+        "meta.edit_format=auto",
+        "meta.harness_timeout_s=600",
+        "llm.endpoints.default.timeout_s=900",
+        "split.train_files=[distill-weight-banding.txt]",
+        "split.val_files=[distill-deconv-checkerboard.txt]",
+        "split.test_files=[]",
+    )
+    summary = asyncio.run(run_evolve(cfg, tmp_path / "evo"))
+    (h,) = read_jsonl(tmp_path / "evo" / "history.jsonl")
+    assert summary["iterations"] == 1 and h["status"] in ("admitted", "rejected", "invalid-edit", "crashed")
+    assert h["analysis"] and h["implementer_reply"] is not None and h["tokens"]["implementer"] > 0
+    repo = git.Repo(tmp_path / "evo" / "lineage")
+    commits = list(repo.iter_commits("--all"))
+    assert len(commits) == (2 if h["candidate"] else 1)  # root (+ the candidate when one was built)
+    if h["candidate"]:
+        assert [p.hexsha for p in repo.commit(h["candidate"]).parents] == [h["parent"]]
+    archive = json.loads((tmp_path / "evo" / "archive.json").read_text())["entries"]
+    assert archive[0]["iteration"] == 0 and 0.0 <= archive[0]["val_pass_rate"] <= 1.0
