@@ -35,7 +35,7 @@ from pydantic import BaseModel
 
 from inner.documents import Document
 from inner.errors import HarnessError
-from inner.llm.client import Completion, JSONResult, LLMClient
+from inner.llm.client import Completion, JSONResult, LLMClient, json_with_repair
 from inner.paths import PROJECT_ROOT
 
 T = TypeVar("T", bound=BaseModel)
@@ -61,15 +61,21 @@ class HarnessLLM:
 
     async def complete(self, role: str, messages: list[dict[str, str]], *, sample_index: int = 0) -> str:
         """Text completion for a harness role."""
-        self._check(role)
-        return (await self._client.complete(role, messages, sample_index=sample_index)).text
+        return (await self.complete_raw(role, messages, sample_index=sample_index)).text
 
     async def complete_json(
         self, role: str, messages: list[dict[str, str]], model: type[T], *, sample_index: int = 0
     ) -> JSONResult[T]:
-        """Structured completion for a harness role (see :meth:`LLMClient.complete_json`)."""
-        self._check(role)
-        return await self._client.complete_json(role, messages, model, sample_index=sample_index)
+        """Structured completion for a harness role: schema-constrained where the endpoint
+        supports it, one repair request on bad output, a typed failure with the raw text
+        after that (:func:`inner.llm.client.json_with_repair`)."""
+
+        async def send(convo: list[dict[str, str]], schema: dict[str, Any]) -> Completion:
+            return await self.complete_raw(
+                role, convo, sample_index=sample_index, json_schema=schema, schema_name=model.__name__
+            )
+
+        return await json_with_repair(send, messages, model)
 
     async def complete_raw(
         self,
@@ -80,8 +86,8 @@ class HarnessLLM:
         json_schema: dict[str, Any] | None = None,
         schema_name: str = "output",
     ) -> Completion:
-        """The full :class:`Completion` (text, finish reason, usage); used by the sandbox
-        proxy, which parses JSON on its side of the process boundary."""
+        """The full :class:`Completion` (text, finish reason, usage). The one method a
+        subclass overrides to route calls elsewhere (the sandbox's proxy does)."""
         self._check(role)
         return await self._client.complete(
             role,

@@ -15,6 +15,7 @@ tell the story without the tool. Commits are built from a directory with a priva
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -100,10 +101,8 @@ class Lineage:
             f"refs/heads/{candidate_ref(iteration)}",
             f"refs/tags/{admitted_tag(iteration)}",
         ):
-            try:
+            with contextlib.suppress(git.GitCommandError):  # the ref was never made
                 self.repo.git.update_ref("-d", ref)
-            except git.GitCommandError:
-                pass
 
     def iteration_refs(self) -> dict[int, str]:
         """``{iteration: commit}`` for every candidate branch."""

@@ -24,18 +24,16 @@ import sys
 import traceback
 from typing import Any
 
-from pydantic import BaseModel
-
 from inner.documents import Document
 from inner.errors import HarnessError, LLMCallError
-from inner.harness import HarnessContext, load_harness
-from inner.llm.client import Completion, JSONResult, json_with_repair
+from inner.harness import HarnessContext, HarnessLLM, load_harness
+from inner.llm.client import Completion, JSONResult
 from inner.records import Challenge, QVVerdict, RoundRecord
 
 
-class ProxyLLM:
-    """The ``ctx.llm`` of a sandboxed harness: same methods as :class:`inner.harness.HarnessLLM`,
-    each call forwarded to the parent."""
+class ProxyLLM(HarnessLLM):
+    """The ``ctx.llm`` of a sandboxed harness: :class:`inner.harness.HarnessLLM` whose
+    ``complete_raw`` forwards each call to the parent (which enforces the harness roles)."""
 
     def __init__(self, worker: Worker, call_id: int, doc_chars: dict[str, int]) -> None:
         self._w = worker
@@ -66,28 +64,6 @@ class ProxyLLM:
                 raise LLMCallError(msg["error"], role=role)
             raise HarnessError(msg["error"])
         return Completion(text=msg["text"], finish_reason=msg.get("finish_reason"))
-
-    async def complete(self, role: str, messages: list[dict[str, str]], *, sample_index: int = 0) -> str:
-        return (await self.complete_raw(role, messages, sample_index=sample_index)).text
-
-    async def complete_json(
-        self,
-        role: str,
-        messages: list[dict[str, str]],
-        model: type[BaseModel],
-        *,
-        sample_index: int = 0,
-    ) -> JSONResult[Any]:
-        async def send(convo: list[dict[str, str]], schema: dict[str, Any]) -> Completion:
-            return await self.complete_raw(
-                role,
-                convo,
-                sample_index=sample_index,
-                json_schema=schema,
-                schema_name=model.__name__,
-            )
-
-        return await json_with_repair(send, messages, model)
 
     def doc_chars(self, role: str) -> int:
         if role not in self._doc_chars:
@@ -130,7 +106,7 @@ class Worker:
             domain=c["domain"],
             round=c["round"],
             max_rounds=c["max_rounds"],
-            llm=ProxyLLM(self, msg["id"], c["doc_chars"]),  # type: ignore[arg-type]
+            llm=ProxyLLM(self, msg["id"], c["doc_chars"]),
         )
         try:
             if fn == "propose":

@@ -672,12 +672,10 @@ def test_start_backend_reports_missing_extras(no_server, monkeypatch, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llama_cpp" else real(n, *a))
     with pytest.raises(BackendError, match=r"pip install -e '\.\[local\]'"):
-        with backends.start_backend(compose_config("llm=local").llm, log_dir=tmp_path):
-            pass
+        backends.start_backend(compose_config("llm=local").llm, log_dir=tmp_path).__enter__()
     monkeypatch.setattr(backends.shutil, "which", lambda name: None)
     with pytest.raises(BackendError, match="pip install vllm"):
-        with backends.start_backend(compose_config("llm=vllm").llm, log_dir=tmp_path):
-            pass
+        backends.start_backend(compose_config("llm=vllm").llm, log_dir=tmp_path).__enter__()
 
 
 # == weights =================================================================================

@@ -90,12 +90,10 @@ def vllm_command(cfg: LLMConfig, port: int) -> list[str]:
 
 
 def _set_pdeathsig() -> None:  # runs in the child between fork and exec
-    try:
-        import ctypes
+    import ctypes
 
+    with contextlib.suppress(OSError):  # not glibc: the server is still stopped on normal exit
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-    except OSError:
-        pass
 
 
 class ManagedServer:
@@ -145,11 +143,9 @@ class ManagedServer:
                     f"LLM server exited with code {self.proc.returncode} during startup; "
                     f"log {self.log_path}:\n{self._tail()}"
                 )
-            try:
+            with contextlib.suppress(httpx.HTTPError):  # not listening yet
                 if httpx.get(self.health_url, timeout=2.0).status_code == 200:
                     return
-            except httpx.HTTPError:
-                pass
             time.sleep(0.5)
         self.stop()
         raise BackendError(

@@ -15,6 +15,7 @@ inner loop below its throughput target (``experiments/bench/README.md``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -116,7 +117,5 @@ class ResponseCache:
         self._fds = []
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown: os may be gone
             self.close()
-        except Exception:  # interpreter shutdown
-            pass
