@@ -23,13 +23,16 @@ from meta.lineage import Lineage
 from meta.select import Archive
 
 
-def export_harness(run_dir: Path, out: Path, *, harness: str = "best") -> dict[str, Any]:
+def export_harness(run_dir: Path, out: Path | None = None, *, harness: str = "best") -> tuple[Path, dict[str, Any]]:
     """Write the chosen harness to ``out``; returns the manifest.
 
     Args:
         run_dir: a meta run directory (with ``lineage/`` and ``archive.json``).
-        out: target directory (must not exist or be empty).
+        out: target directory (must not exist or be empty); default ``<run>/export/<commit>``.
         harness: ``best`` or a commit sha (prefix) of the lineage.
+
+    Returns:
+        ``(out, manifest)``.
 
     Raises:
         ConfigError: not a meta run, unknown commit, or a non-empty ``out``.
@@ -37,10 +40,9 @@ def export_harness(run_dir: Path, out: Path, *, harness: str = "best") -> dict[s
     run_dir = Path(run_dir)
     if not (run_dir / "lineage" / ".git").is_dir() or not (run_dir / "archive.json").is_file():
         raise ConfigError(f"run={run_dir} is not an autodata-evolve run directory (no lineage/ or archive.json)")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"out={out} exists and is not empty: choose a new directory")
     lineage, archive = Lineage(run_dir / "lineage"), Archive(run_dir / "archive.json")
+    if not archive.entries:
+        raise ConfigError(f"run={run_dir} has an empty archive: the starting harness was never evaluated")
     if harness == "best":
         entry = archive.best()
         commit = entry.commit
@@ -50,6 +52,9 @@ def export_harness(run_dir: Path, out: Path, *, harness: str = "best") -> dict[s
         except Exception as exc:
             raise ConfigError(f"harness={harness!r} is not a commit of {run_dir / 'lineage'}") from exc
         entry = archive.get(commit)
+    out = Path(out) if out is not None else run_dir / "export" / commit[:12]
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"out={out} exists and is not empty: choose a new directory")
     history = {h.get("candidate"): h for h in _history(run_dir)}
     scores = {e.commit: e.val_pass_rate for e in archive.entries}
     chain = [
@@ -73,7 +78,7 @@ def export_harness(run_dir: Path, out: Path, *, harness: str = "best") -> dict[s
     if out.exists():
         out.rmdir()
     tmp.rename(out)
-    return manifest
+    return out, manifest
 
 
 def _history(run_dir: Path) -> list[dict[str, Any]]:
@@ -88,11 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=None, help="target directory (default: RUN/export/<commit>)")
     args = ap.parse_args(argv)
     try:
-        out = args.out
-        if out is None:
-            commit = Archive(args.run / "archive.json").best().commit if args.harness == "best" else args.harness
-            out = args.run / "export" / commit[:12]
-        manifest = export_harness(args.run, out, harness=args.harness)
+        out, manifest = export_harness(args.run, args.out, harness=args.harness)
     except (AutodataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -229,7 +229,7 @@ def test_export_then_generate(meta_corpus, server, tmp_path):
     srv = server(MetaScenario([GOOD_EDIT]))
     evolve(evolve_config(meta_corpus, "meta.max_iterations=1"), tmp_path / "run", srv)
     out = tmp_path / "exported"
-    manifest = export_harness(tmp_path / "run", out)
+    _, manifest = export_harness(tmp_path / "run", out)
     hist = read_jsonl(tmp_path / "run" / "history.jsonl")
     assert manifest["lineage_commit"] == hist[0]["candidate"] and manifest["val_pass_rate"] == 1.0
     assert [c["commit"] for c in manifest["parent_chain"]] == [
