@@ -10,31 +10,20 @@ Examples::
 
 from __future__ import annotations
 
-import logging
-import sys
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from analysis.report import ReportConfig, build_report, register_configs
-from inner.errors import AutodataError
+from inner.entrypoint import cli_guard, to_config
 from inner.paths import PROJECT_ROOT
 
-log = logging.getLogger("autodata")
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="report")
 def _main(dcfg: DictConfig) -> None:
-    for noisy in ("httpx", "httpx2", "matplotlib"):  # one INFO line per request (or plot) is noise
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        cfg = OmegaConf.to_object(dcfg)
-        assert isinstance(cfg, ReportConfig)
-        report = build_report(cfg)
-    except AutodataError as exc:
-        log.error("%s", exc)
-        sys.exit(1)
+    with cli_guard():
+        report = build_report(to_config(dcfg, ReportConfig))
     print(f"report: {report}")
     for p in sorted(report.parent.iterdir()):
         if p.is_file() and p.suffix in (".png", ".svg", ".html", ".md", ".json"):

@@ -18,28 +18,17 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
 from inner.config import GenerateConfig, register_configs
-from inner.errors import AutodataError
+from inner.entrypoint import cli_guard, to_config
 from inner.paths import PROJECT_ROOT
 
 log = logging.getLogger("autodata")
 
 register_configs()
-
-
-def to_config(dcfg: DictConfig) -> GenerateConfig:
-    """Convert the composed Hydra config to :class:`GenerateConfig` once, at the entry point.
-
-    Raises:
-        ConfigError: a value fails validation (the message names it).
-    """
-    obj = OmegaConf.to_object(dcfg)
-    assert isinstance(obj, GenerateConfig)
-    return obj
 
 
 def summary_table(stats: dict[str, Any], run_dir: Path) -> Table:
@@ -94,21 +83,13 @@ def _main(dcfg: DictConfig) -> None:
     from inner.run import run_generate
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    for noisy in ("httpx", "httpx2"):  # one INFO line per request is noise
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        cfg = to_config(dcfg)
+    with cli_guard(f"finished work is on disk in {run_dir}; rerun the same command to resume"):
+        cfg = to_config(dcfg, GenerateConfig)
 
         def observer(**kw: Any) -> RichProgress:
             return RichProgress(enabled=cfg.progress and sys.stderr.isatty(), **kw)
 
         stats = asyncio.run(run_generate(cfg, run_dir, observer_factory=observer))
-    except AutodataError as exc:
-        log.error("%s", exc)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        log.warning("interrupted: finished work is on disk in %s; rerun the same command to resume", run_dir)
-        sys.exit(130)
     Console().print(summary_table(stats, run_dir))
     if stats["documents"] and stats["errored"] == stats["documents"]:
         log.error("every document failed; see trajectories/*.json and %s", run_dir / "llm_server.log")

@@ -10,22 +10,19 @@ Examples::
 from __future__ import annotations
 
 import asyncio
-import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from inner.errors import AutodataError
+from inner.entrypoint import cli_guard, to_config
 from inner.paths import PROJECT_ROOT
 from meta.config import EvolveConfig, register_configs
 
-log = logging.getLogger("autodata")
 register_configs()
 
 
@@ -63,18 +60,8 @@ def _main(dcfg: DictConfig) -> None:
     from meta.loop import run_evolve
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    for noisy in ("httpx", "httpx2"):  # one INFO line per request is noise
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        cfg = OmegaConf.to_object(dcfg)
-        assert isinstance(cfg, EvolveConfig)
-        summary = asyncio.run(run_evolve(cfg, run_dir))
-    except AutodataError as exc:
-        log.error("%s", exc)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        log.warning("interrupted: finished iterations are in %s; rerun the same command to resume", run_dir)
-        sys.exit(130)
+    with cli_guard(f"finished iterations are in {run_dir}; rerun the same command to resume"):
+        summary = asyncio.run(run_evolve(to_config(dcfg, EvolveConfig), run_dir))
     Console().print(summary_table(summary, run_dir))
     print(f"lineage: git -C {run_dir / 'lineage'} log --graph --all --oneline")
 
