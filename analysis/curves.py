@@ -20,6 +20,23 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from analysis.loaders import MetaRunRecords  # noqa: E402
 
 
+def _finish(fig: Any, ax: Any, title: str, stem: Path) -> list[Path]:
+    """Shared axes (iteration vs pass rate in [0, 1]), legend, and ``<stem>.png``/``.svg``."""
+    ax.set_xlabel("iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("validation pass rate")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for p in paths:
+        fig.savefig(p)
+    plt.close(fig)
+    return paths
+
+
 def curve_points(meta: MetaRunRecords) -> list[dict[str, Any]]:
     """One point per iteration from ``history.jsonl``: iteration, status, candidate_val
     (``None`` for invalid edits), parent_val, admitted, and best_so_far (the archive's best
@@ -89,19 +106,7 @@ def plot_curve(meta: MetaRunRecords, out_dir: Path) -> list[Path]:
             color="tab:orange",
             label=f"starting harness ({meta.baseline:.3f})",
         )
-    ax.set_xlabel("iteration")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("validation pass rate")
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_title(f"Validation pass rate per iteration — admitted {n_adm}/{len(pts)}")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    paths = [out_dir / "curve.png", out_dir / "curve.svg"]
-    for p in paths:
-        fig.savefig(p)
-    plt.close(fig)
-    return paths
+    return _finish(fig, ax, f"Validation pass rate per iteration — admitted {n_adm}/{len(pts)}", out_dir / "curve")
 
 
 def aggregate_curves(members: list[MetaRunRecords]) -> list[dict[str, Any]]:
@@ -159,18 +164,7 @@ def plot_multirun(members: list[MetaRunRecords], out_dir: Path) -> list[Path]:
         pts = curve_points(m)
         ax.step([0] + [p["iteration"] for p in pts], [m.baseline or 0.0] + [p["best_so_far"] for p in pts],
                 where="post", alpha=0.35, linewidth=0.8)  # fmt: skip
-    ax.set_xlabel("iteration")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("validation pass rate")
-    ax.set_ylim(-0.05, 1.05)
     finals = [f["best"] for f in final_scores(members) if f["best"] is not None]
     spread = f"{fmean(finals):.3f} ± {pstdev(finals):.3f}" if finals else "n/a"
-    ax.set_title(f"Best validation pass rate across {len(members)} runs — final {spread}")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    paths = [out_dir / "multirun_curve.png", out_dir / "multirun_curve.svg"]
-    for p in paths:
-        fig.savefig(p)
-    plt.close(fig)
-    return paths
+    title = f"Best validation pass rate across {len(members)} runs — final {spread}"
+    return _finish(fig, ax, title, out_dir / "multirun_curve")

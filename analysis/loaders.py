@@ -57,10 +57,12 @@ class MetaRunRecords:
 
 
 def is_generation_run(path: Path) -> bool:
+    """A directory with ``trajectories/`` (autodata-generate, or one meta evaluation)."""
     return (path / "trajectories").is_dir()
 
 
 def is_meta_run(path: Path) -> bool:
+    """A directory with ``history.jsonl`` or ``archive.json`` (autodata-evolve)."""
     return (path / "history.jsonl").exists() or (path / "archive.json").exists()
 
 

@@ -219,6 +219,7 @@ def build_report(cfg: ReportConfig, *, base_urls: dict[str, str] | None = None) 
 
 
 def register_configs() -> None:
+    """Register ``report_schema`` with Hydra's ConfigStore."""
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="report_schema", node=ReportConfig)

@@ -29,11 +29,15 @@ UNASSIGNED = "unassigned"
 
 
 class QType(BaseModel):
+    """One question type: a short lower-case name and a one-line description."""
+
     name: str = Field(min_length=1)
     description: str = ""
 
 
 class TypeList(BaseModel):
+    """The proposal and consolidation replies: a non-empty list of types."""
+
     types: list[QType] = Field(min_length=1)
 
 
@@ -49,6 +53,9 @@ class TaxonomyItem:
 
 @dataclass
 class Taxonomy:
+    """The result: at most 12 types, ``item id -> type`` (or ``unassigned``), and parse
+    failures per phase."""
+
     types: list[QType]
     assignments: dict[str, str]
     parse_failures: dict[str, int] = field(default_factory=lambda: {"propose": 0, "consolidate": 0, "assign": 0})

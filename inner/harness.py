@@ -170,12 +170,15 @@ class Harness:
         self.harness_id = harness_id(path)
 
     async def propose(self, ctx: HarnessContext, feedback: str | None) -> Any:
+        """The harness's ``propose`` (see the module docstring for the contract)."""
         return await self.module.propose(ctx, feedback)
 
     async def verify(self, ctx: HarnessContext, challenge: Any) -> Any:
+        """The harness's quality verifier: a :class:`~inner.records.QVVerdict`."""
         return await self.module.verify(ctx, challenge)
 
     async def feedback(self, ctx: HarnessContext, history: list[Any]) -> str:
+        """The harness's feedback for the next round, from ``history`` (earlier rounds)."""
         return await self.module.feedback(ctx, history)
 
 

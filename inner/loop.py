@@ -29,6 +29,7 @@ from typing import Any
 
 from inner.config import GenerateConfig
 from inner.documents import Document
+from inner.errors import LLMCallError
 from inner.evaluator import Evaluator, normalize_answer
 from inner.gate import check_majority, check_majority_weak, check_rubric, check_weak
 from inner.harness import Harness, HarnessContext, HarnessLLM
@@ -177,8 +178,8 @@ async def _round_body(
 
 
 def _is_transport(exc: BaseException) -> bool:
-    from inner.errors import LLMCallError
-
+    """An LLM request that failed after retries (or a cancellation): the document is marked
+    ``error`` and redone on the next run, rather than recorded as a harness failure."""
     return isinstance(exc, LLMCallError | asyncio.CancelledError)
 
 

@@ -91,6 +91,9 @@ class CriterionGrade(BaseModel):
 
 
 class JudgeOutput(BaseModel):
+    """The judge's reply: one :class:`CriterionGrade` per rubric criterion (the evaluator
+    narrows the schema to the challenge's ids, see :func:`inner.evaluator.judge_output_model`)."""
+
     grades: list[CriterionGrade]
 
 
@@ -113,6 +116,8 @@ class SolverAttempt(BaseModel):
 
 
 class RoleUsageRecord(BaseModel):
+    """Calls (sent / from the cache / failed) and prompt and completion tokens of one role."""
+
     calls: int = 0
     cached_calls: int = 0
     failures: int = 0
@@ -251,6 +256,7 @@ class RunWriter:
         return examples
 
     def trajectory_path(self, doc_id: str) -> Path:
+        """``<run>/trajectories/<doc_id>.json``."""
         return self.traj_dir / f"{doc_id}.json"
 
     def load_trajectory(self, doc_id: str) -> Trajectory | None:
@@ -261,6 +267,7 @@ class RunWriter:
             return None
 
     def load_trajectories(self) -> list[Trajectory]:
+        """Every readable trajectory in the run directory, sorted by file name."""
         out = []
         for p in sorted(self.traj_dir.glob("*.json")):
             t = self.load_trajectory(p.stem)

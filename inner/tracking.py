@@ -41,6 +41,9 @@ class LoggerConfig:
 
 
 class Tracker(Protocol):
+    """What a run logs to: per-step metrics (``step`` = documents done or iteration), a final
+    summary (nested dicts are flattened to ``a/b`` keys), and ``finish`` once at the end."""
+
     def log(self, metrics: dict[str, Any], *, step: int | None = None) -> None: ...
 
     def summary(self, values: dict[str, Any]) -> None: ...

@@ -27,6 +27,8 @@ register_configs()
 
 
 def summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
+    """The end-of-run table: stop reason, statuses, baseline and best validation pass rates,
+    calls and tokens per role, output paths."""
     t = Table(title="Autodata — meta-optimization")
     t.add_column("metric")
     t.add_column("value", justify="right")

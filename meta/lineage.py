@@ -31,10 +31,12 @@ COMMITTER = {"GIT_COMMITTER_NAME": "autodata", "GIT_COMMITTER_EMAIL": "autodata@
 
 
 def candidate_ref(iteration: int) -> str:
+    """``candidates/iter-NNNN``: the branch of iteration ``iteration``'s candidate."""
     return f"candidates/iter-{iteration:04d}"
 
 
 def admitted_tag(iteration: int) -> str:
+    """``admitted/iter-NNNN``: the tag of an admitted candidate."""
     return f"admitted/iter-{iteration:04d}"
 
 

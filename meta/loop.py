@@ -276,7 +276,8 @@ async def _iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:
         changed = apply_edits(parse_edits(reply), scratch)
     except EditError as exc:
         return {"status": "invalid-edit", "reason": str(exc), "edit_error": exc.kind}
-    if harness_id(scratch).split("@")[1] == parent.harness_id.split("@")[1]:
+    cand_id = harness_id(scratch)
+    if cand_id.split("@")[1] == parent.harness_id.split("@")[1]:
         return {"status": "invalid-edit", "reason": "the edits leave the harness unchanged"}
     problem = await validate_harness(scratch, memory_mb=cfg.harness_memory_mb)
     if problem is not None:
@@ -288,7 +289,7 @@ async def _iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:
     )
     cand_val, par_val = pass_rate(cand_stats, len(run.val)), pass_rate(par_stats, len(run.val))
     rec |= {
-        "candidate_harness_id": harness_id(scratch),
+        "candidate_harness_id": cand_id,
         "candidate_val": cand_val,
         "parent_val": par_val,
     }
@@ -314,7 +315,7 @@ async def _iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:
     }
     if admitted:
         run.lineage.admit(commit, i)
-        run.archive.add(ArchiveEntry(commit, harness_id(scratch), i, parent.commit, cand_val))
+        run.archive.add(ArchiveEntry(commit, cand_id, i, parent.commit, cand_val))
     reason = None
     if status == "rejected":
         reason = f"validation pass rate {cand_val:.3f} is not strictly greater than the parent's {par_val:.3f}"

@@ -89,6 +89,9 @@ def _encode(fn: str, result: Any) -> Any:
 
 
 class Worker:
+    """Serves contract calls from the parent concurrently (one asyncio task per call) and
+    routes LLM results back to the proxies waiting for them."""
+
     def __init__(self, harness: Any, out: Any) -> None:
         self.harness = harness
         self.out = out
@@ -144,6 +147,9 @@ class Worker:
 
 
 def main() -> None:
+    """Entry point of the worker process (argv: harness directory, optional ``--check``).
+
+    Exits 3 with ``{"t": "ready", "ok": false, "error"}`` when the harness does not load."""
     path = sys.argv[1]
     out = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
     os.dup2(2, 1)  # the harness's prints must not corrupt the protocol channel

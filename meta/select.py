@@ -54,12 +54,14 @@ class Archive:
             self.entries = [ArchiveEntry(**e) for e in json.loads(self.path.read_text())["entries"]]
 
     def add(self, entry: ArchiveEntry) -> None:
+        """Add an admitted harness (idempotent per commit) and rewrite ``archive.json`` atomically."""
         if any(e.commit == entry.commit for e in self.entries):
             return
         self.entries.append(entry)
         self.save()
 
     def save(self) -> None:
+        """Rewrite ``archive.json`` atomically."""
         atomic_write_text(self.path, json.dumps({"entries": [asdict(e) for e in self.entries]}, indent=2) + "\n")
 
     def best(self) -> ArchiveEntry:
@@ -67,6 +69,7 @@ class Archive:
         return max(self.entries, key=lambda e: (e.val_pass_rate, -e.iteration))
 
     def get(self, commit: str) -> ArchiveEntry | None:
+        """The entry of ``commit`` (a full sha or a prefix), or ``None``."""
         return next((e for e in self.entries if e.commit == commit or e.commit.startswith(commit)), None)
 
 

@@ -34,6 +34,8 @@ USE_MAIN_AGENT = True
 
 
 class QVChecks(BaseModel):
+    """The quality verifier's four checks and its reason."""
+
     context_leak: bool
     generic: bool
     multi_part: bool
@@ -42,6 +44,7 @@ class QVChecks(BaseModel):
 
 
 async def propose(ctx: HarnessContext, feedback: str | None) -> JSONResult[Challenge]:
+    """Challenger: one challenge from the document (and the feedback, after round 1)."""
     block = f"## Feedback on your earlier attempts\n{feedback}\n" if feedback else "Write the example now."
     messages = render(
         PROMPTS / "challenger.md",
@@ -57,6 +60,8 @@ def rubric_text(challenge: Challenge) -> str:
 
 
 async def verify(ctx: HarnessContext, challenge: Challenge) -> QVVerdict:
+    """Quality verifier: four boolean checks, passed only if none fails; the reason names
+    the failed checks."""
     messages = render(
         PROMPTS / "quality_verifier.md",
         domain=ctx.domain,
@@ -117,6 +122,7 @@ def summarize_failures(history: list[RoundRecord]) -> str:
 
 
 async def feedback(ctx: HarnessContext, history: list[RoundRecord]) -> str:
+    """Grouped failure summary + main-agent advice + the instruction to try a new angle."""
     summary = summarize_failures(history)
     parts = [f"Your earlier examples for this document were rejected.\n{summary}"]
     if USE_MAIN_AGENT:
