@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import conlist, create_model
@@ -24,7 +26,8 @@ from pydantic import conlist, create_model
 from inner.config import InnerConfig, LLMConfig
 from inner.documents import Document
 from inner.llm.client import LLMClient
-from inner.records import Challenge, CriterionGrade, JudgeOutput, SolverAttempt
+from inner.records import Challenge, CriterionGrade, JudgeOutput, RubricItem, SolverAttempt
+from inner.scoring import rubric_score
 from inner.templates import INNER_PROMPTS, render
 
 _FINAL = re.compile(r"final answer\s*(?:is)?\s*[:：]\s*(.+)", re.IGNORECASE)
@@ -70,22 +73,97 @@ def normalize_answer(text: str) -> str:
     return str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
 
 
-def weighted_score(challenge: Challenge, grades: list[CriterionGrade]) -> float:
-    """Weight-averaged criterion score in [0, 1]; a criterion the judge skipped scores 0."""
-    by_id = {g.id: g.score for g in grades}
-    total = sum(c.weight for c in challenge.rubric)
-    return sum(c.weight * by_id.get(c.id, 0.0) for c in challenge.rubric) / total
+@dataclass
+class JudgeVerdict:
+    """The judge's grading of one answer.
+
+    Attributes:
+        score: :func:`inner.scoring.rubric_score` in [0, 1]; ``None`` if the judge's output was
+            unusable (after one repair and one retry).
+        grades: one verdict per criterion (pitfalls: 1 = the answer commits it).
+        raw: the judge's raw replies.
+        error: why the output was unusable.
+    """
+
+    score: float | None
+    grades: list[CriterionGrade]
+    raw: list[str]
+    error: str | None = None
+
+
+def judge_messages(*, context: str, question: str, rubric: Sequence[RubricItem], answer: str) -> list[dict[str, str]]:
+    """The frozen judge prompt (``inner/prompts/judge.md``): context, question, rubric criteria
+    (pitfalls marked) and the answer; never the reference answer."""
+    lines = []
+    for c in rubric:
+        kind = "PITFALL (1 = the answer makes this mistake)" if c.weight < 0 else "requirement"
+        lines.append(f"- id {c.id} [{kind}]: {c.criterion}")
+    return render(
+        INNER_PROMPTS / "judge.md",
+        context=context,
+        question=question,
+        rubric="\n".join(lines),
+        answer=answer,
+    )
+
+
+async def judge_answer(
+    client: LLMClient,
+    *,
+    context: str,
+    question: str,
+    rubric: Sequence[RubricItem],
+    answer: str,
+    partial_credit: bool = False,
+    retries: int = 1,
+) -> JudgeVerdict:
+    """Grade ``answer`` against ``rubric`` with the frozen judge and score it.
+
+    Shared by the inner evaluator and the training rewards (:mod:`train.rewards`), so an
+    example is graded the same way when it is accepted and when a policy is trained on it.
+
+    Args:
+        client: the project's LLM client (role ``judge``).
+        partial_credit: allow 0.5 verdicts (default binary: 0 when in doubt, the paper's judge).
+        retries: further attempts (new sample index) when the output is unusable.
+
+    Raises:
+        LLMCallError: the request failed after the client's retries.
+    """
+    schema_model = judge_output_model(tuple(c.id for c in rubric), partial_credit)
+    msgs = judge_messages(context=context, question=question, rubric=rubric, answer=answer)
+    raws: list[str] = []
+    error = None
+    for attempt in range(retries + 1):
+        res = await client.complete_json("judge", msgs, schema_model, sample_index=attempt)
+        raws.extend(res.raw)
+        if res.value is not None:
+            verdicts = {g.id: _binary(g.score, partial_credit) for g in res.value.grades}
+            grades = [CriterionGrade(id=k, score=v) for k, v in verdicts.items()]
+            return JudgeVerdict(rubric_score(rubric, verdicts), grades, raws)
+        error = res.error
+    return JudgeVerdict(None, [], raws, f"judge output unusable: {error}")
+
+
+def _binary(score: float, partial_credit: bool) -> float:
+    """Binary verdicts: anything short of 1 is 0 (0 when in doubt); with partial credit,
+    verdicts snap to 0, 0.5 or 1."""
+    if partial_credit:
+        return round(score * 2) / 2
+    return 1.0 if score >= 1.0 - 1e-9 else 0.0
 
 
 @functools.lru_cache(maxsize=256)
-def judge_output_model(ids: tuple[str, ...]) -> type[JudgeOutput]:
+def judge_output_model(ids: tuple[str, ...], partial_credit: bool = False) -> type[JudgeOutput]:
     """A :class:`JudgeOutput` whose schema demands exactly one grade per rubric id (ids as an
-    enum, ``minItems = maxItems = len(ids)``), so a grammar-constrained judge cannot skip a
-    criterion; cached per id tuple."""
+    enum, ``minItems = maxItems = len(ids)``) and verdicts in {0, 1} (or {0, 0.5, 1} with
+    partial credit), so a grammar-constrained judge cannot skip a criterion; cached."""
+    values = (0, 0.5, 1) if partial_credit else (0, 1)
     grade = create_model(
         "Grade",
         __base__=CriterionGrade,
         id=(Literal[ids], ...),  # type: ignore[valid-type]
+        score=(Literal[values], ...),  # type: ignore[valid-type]
     )
     return create_model(
         "JudgeOutput",

@@ -39,20 +39,13 @@ class FailureMode(StrEnum):
 
 
 class RubricItem(BaseModel):
-    """One rubric criterion; integer weight 1..7 (the published Autodata challenger format).
-    Out-of-range weights are clamped rather than rejected."""
+    """One rubric criterion. ``weight`` is an integer in [-10, 10] without 0; a negative weight
+    marks a pitfall (arXiv 2606.25996). Weights are stored as written: whether they are allowed
+    is the rubric policy's decision (:func:`inner.scoring.check_rubric_policy`), never clamped."""
 
     id: str
     criterion: str
-    weight: int = Field(default=1, description="importance, integer 1..7")
-
-    @field_validator("weight", mode="before")
-    @classmethod
-    def _clamp(cls, v: object) -> int:
-        try:
-            return min(7, max(1, int(round(float(v)))))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return 1
+    weight: int = Field(default=1, description="integer in [-10, 10] without 0; negative = pitfall")
 
 
 class Challenge(BaseModel):
