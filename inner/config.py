@@ -11,12 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from inner.errors import ConfigError
+from inner.scoring import RubricPolicyConfig
 from inner.tracking import LoggerConfig
 
-ROLES = ("challenger", "quality_verifier", "main_agent", "weak_solver", "strong_solver", "judge")
+ROLES = ("challenger", "main_agent", "self_check", "quality_verifier", "weak_solver", "strong_solver", "judge")
+#: the roles a harness may call (through the parent, within its budget); the rest are frozen
+HARNESS_ROLES = ("challenger", "main_agent", "self_check")
 META_ROLES = ("analyzer", "implementer", "taxonomist")
 METHODS = ("agentic_self_instruct", "cot_self_instruct")
 BACKENDS = ("local", "vllm", "openai")
+#: the embedded (``llm=local``) server: upstream llama.cpp's, llama-cpp-python's, or the first if built
+LOCAL_SERVERS = ("auto", "llama-server", "llama-cpp-python")
 JSON_MODES = ("json_schema", "llama_cpp", "none")
 VERIFIABLE_MODES = ("never", "auto", "always")
 
@@ -95,13 +100,21 @@ class RoleConfig:
 
 @dataclass
 class RolesConfig:
-    """The six roles of the inner loop (DESIGN.md "Roles") and the two of the meta loop."""
+    """The roles of the inner loop (DESIGN.md "Roles") and of the meta loop.
+
+    Harness roles (called by harness code, through the parent, within its budget):
+    ``challenger``, ``main_agent``, ``self_check``. Frozen evaluator roles: ``quality_verifier``,
+    ``weak_solver``, ``strong_solver``, ``judge``. Solvers sample at temperature 1.0 by default
+    (arXiv 2606.25996), each attempt with its own seed.
+    """
 
     challenger: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.8, max_tokens=700))
-    quality_verifier: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.0, max_tokens=200))
     main_agent: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.3, max_tokens=300, doc_chars=0))
-    weak_solver: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.7, max_tokens=400, doc_chars=0))
-    strong_solver: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.7, max_tokens=400))
+    #: a harness's own checks; ``None`` = the challenger's endpoint and sampling
+    self_check: RoleConfig | None = None
+    quality_verifier: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.0, max_tokens=200))
+    weak_solver: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=1.0, max_tokens=400, doc_chars=0))
+    strong_solver: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=1.0, max_tokens=400))
     judge: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.0, max_tokens=300, doc_chars=0))
     #: meta-optimization roles; ``None`` = use the challenger's endpoint and sampling
     analyzer: RoleConfig | None = None
@@ -118,8 +131,14 @@ class BackendConfig:
         kind: ``local`` (embedded llama.cpp + Qwen2.5-Coder-0.5B GGUF from PyPI packages),
             ``vllm`` (``vllm serve MODEL``) or ``openai`` (nothing to start).
         model_cache_dir: where the assembled GGUF is kept; ``None`` = ``~/.cache/autodata``.
-        n_ctx: context window of the local server, tokens.
+        n_ctx: context window of each request to the local server, tokens (llama-server gets
+            ``n_ctx * slots`` in all, split evenly across its slots).
         n_threads: CPU threads of the local server; ``None`` = all cores.
+        server: the local server: ``llama-server`` (upstream llama.cpp, continuous batching over
+            ``slots``; built by ``make install``), ``llama-cpp-python`` (answers one request at
+            a time) or ``auto`` (llama-server if built, else llama-cpp-python with a warning).
+        slots: requests llama-server decodes at once (``--parallel``); the local endpoint's
+            ``max_in_flight`` follows it (``conf/llm/local.yaml``).
         vllm_model: model to serve with ``llm=vllm`` (defaults to the endpoint's model).
         extra_args: extra command-line arguments for the server.
         port: fixed port; ``None`` picks a free loopback port.
@@ -130,6 +149,8 @@ class BackendConfig:
     model_cache_dir: str | None = None
     n_ctx: int = 8192
     n_threads: int | None = None
+    server: str = "auto"
+    slots: int = 4
     vllm_model: str | None = None
     extra_args: list[str] = field(default_factory=list)
     port: int | None = None
@@ -138,6 +159,8 @@ class BackendConfig:
     def __post_init__(self) -> None:
         _check(self.kind in BACKENDS, "llm.backend.kind", self.kind, f"use one of {BACKENDS}")
         _check(self.n_ctx >= 512, "llm.backend.n_ctx", self.n_ctx, "must be >= 512 tokens")
+        _check(self.server in LOCAL_SERVERS, "llm.backend.server", self.server, f"use one of {LOCAL_SERVERS}")
+        _check(self.slots >= 1, "llm.backend.slots", self.slots, "must be >= 1")
         _check(
             self.startup_timeout_s > 0,
             "llm.backend.startup_timeout_s",
@@ -186,9 +209,15 @@ class LLMConfig:
 
 @dataclass
 class GateConfig:
-    """The acceptance gate. Defaults are the deployed Autodata thresholds (DESIGN.md,
+    """The acceptance gate. Rubric defaults are the deployed Autodata thresholds (DESIGN.md,
     "Acceptance gate"): weak_avg <= 0.65, max weak <= 0.75, no weak 0,
-    0.60 <= strong_avg < 0.95, no strong 0, strong_avg - weak_avg >= 0.20."""
+    0.60 <= strong_avg < 0.95, no strong 0, strong_avg - weak_avg >= 0.20.
+
+    Verifiable tasks follow the paper's scientific-reasoning setting (arXiv 2606.25996):
+    ``inner.n_verifiable`` attempts per solver (default 4); accept iff at most
+    ``verifiable_weak_max_correct`` (1) weak answers and at least
+    ``verifiable_strong_min_correct`` (3) strong answers are equivalent to the reference.
+    """
 
     weak_avg_max: float = 0.65
     weak_max: float = 0.75
@@ -197,6 +226,8 @@ class GateConfig:
     strong_avg_max: float = 0.95
     reject_strong_zero: bool = True
     min_gap: float = 0.20
+    verifiable_weak_max_correct: int = 1
+    verifiable_strong_min_correct: int = 3
 
     def __post_init__(self) -> None:
         for name in ("weak_avg_max", "weak_max", "strong_avg_min", "strong_avg_max", "min_gap"):
@@ -206,6 +237,18 @@ class GateConfig:
             "gate.strong_avg_min",
             self.strong_avg_min,
             f"must be below gate.strong_avg_max={self.strong_avg_max}",
+        )
+        _check(
+            self.verifiable_weak_max_correct >= 0,
+            "gate.verifiable_weak_max_correct",
+            self.verifiable_weak_max_correct,
+            "must be >= 0",
+        )
+        _check(
+            self.verifiable_strong_min_correct > self.verifiable_weak_max_correct,
+            "gate.verifiable_strong_min_correct",
+            self.verifiable_strong_min_correct,
+            f"must exceed gate.verifiable_weak_max_correct={self.verifiable_weak_max_correct}",
         )
 
 
@@ -222,8 +265,10 @@ class TaskConfig:
         limit: keep at most this many documents (after ``order``); ``None`` = all.
         order: ``name`` (sorted file names) or ``shortest`` (fewest characters first).
         domain: a short noun phrase for prompts, e.g. "computer-science research paper".
-        verifiable: ``never`` (rubric + judge), ``always`` (majority vote against the
-            reference), or ``auto`` (majority vote when the challenger marks the answer exact).
+        verifiable: ``never`` (rubric + judge), ``always`` (answers checked for equivalence
+            with the reference), or ``auto`` (equivalence when the frozen rule
+            :func:`inner.equivalence.is_exact_reference` finds the reference answer exact;
+            never a flag the challenger sets).
     """
 
     name: str = "cs_papers"
@@ -248,37 +293,53 @@ class TaskConfig:
 
 @dataclass
 class InnerConfig:
-    """The round loop and the frozen evaluator.
+    """The document loop, the frozen evaluator's attempts, and the harness's budgets.
 
     Attributes:
-        max_rounds: challenger rounds per document before giving up (DESIGN.md default 5).
-        n_weak / n_strong: solver attempts per round, run in parallel (default 3 each).
+        max_rounds: distinct challenges evaluated per document (DESIGN.md default 5).
+        n_weak / n_strong: solver attempts per rubric round, run in parallel (default 3 each).
+        n_verifiable: solver attempts per side in verifiable rounds (the paper's k = 4).
         weak_open_book / strong_open_book: whether the solver sees the source document
             (default: weak closed-book, strong open-book).
         max_concurrent_documents: documents in flight at once; the endpoints' ``max_in_flight``
             bounds the requests.
-        skip_solvers_on_qv_fail: a challenge the quality verifier rejects is not sent to the
-            solvers (it cannot pass the gate anyway; saves 2 x (n + n) calls).
+        skip_solvers_on_qv_fail: a challenge the frozen quality check rejects is not sent to
+            the solvers (it cannot pass the gate anyway; saves 2 x (n + n) calls).
+        harness_max_calls: LLM calls a harness may make per document (its own roles).
+        harness_max_tokens: prompt + completion tokens of those calls per document.
+        harness_wall_s: wall-clock seconds a harness may run per document, time spent inside
+            ``agent.evaluate`` (the evaluator's work) excluded.
+        harness_cpu_s: CPU seconds of the harness process (RLIMIT_CPU).
+        harness_memory_mb: address-space limit of each harness process, MiB (RLIMIT_AS).
+        harness_max_procs: processes and threads the harness may run at once (pids cgroup
+            where available).
+        harness_doc_chars: characters of the document the sandbox receives (the largest
+            excerpt any harness role gets); the rest never leaves the parent.
     """
 
     max_rounds: int = 5
     n_weak: int = 3
     n_strong: int = 3
+    n_verifiable: int = 4
     weak_open_book: bool = False
     strong_open_book: bool = True
     max_concurrent_documents: int = 16
     skip_solvers_on_qv_fail: bool = True
+    harness_max_calls: int = 60
+    harness_max_tokens: int = 200_000
+    harness_wall_s: float = 900.0
+    harness_cpu_s: int = 120
+    harness_memory_mb: int = 2048
+    harness_max_procs: int = 32
+    harness_doc_chars: int = 20_000
 
     def __post_init__(self) -> None:
-        _check(self.max_rounds >= 1, "inner.max_rounds", self.max_rounds, "must be >= 1")
-        _check(self.n_weak >= 1, "inner.n_weak", self.n_weak, "must be >= 1")
-        _check(self.n_strong >= 1, "inner.n_strong", self.n_strong, "must be >= 1")
-        _check(
-            self.max_concurrent_documents >= 1,
-            "inner.max_concurrent_documents",
-            self.max_concurrent_documents,
-            "must be >= 1",
-        )
+        for key in ("max_rounds", "n_weak", "n_strong", "n_verifiable", "max_concurrent_documents",
+                    "harness_max_calls", "harness_max_tokens", "harness_cpu_s", "harness_max_procs"):
+            _check(getattr(self, key) >= 1, f"inner.{key}", getattr(self, key), "must be >= 1")  # fmt: skip
+        _check(self.harness_wall_s > 0, "inner.harness_wall_s", self.harness_wall_s, "must be > 0 seconds")
+        _check(self.harness_memory_mb >= 256, "inner.harness_memory_mb", self.harness_memory_mb, "must be >= 256")
+        _check(self.harness_doc_chars >= 0, "inner.harness_doc_chars", self.harness_doc_chars, "must be >= 0")
 
 
 @dataclass
@@ -286,9 +347,11 @@ class GenerateConfig:
     """Root config of ``autodata-generate``.
 
     Attributes:
-        method: ``agentic_self_instruct`` (the round loop) or ``cot_self_instruct`` (one
-            chain-of-thought pass per document, no feedback; same evaluator and gate).
+        method: ``agentic_self_instruct`` (the harness drives the rounds) or
+            ``cot_self_instruct`` (the one-shot harness ``harnesses/cot_self_instruct``; same
+            evaluator and gate).
         harness: a harness name under ``harnesses/`` or a path to a harness directory.
+        rubric: the rubric policy the evaluator enforces (``conf/rubric/``).
         progress: show the live progress bar.
         logger: optional experiment tracking (``logger=wandb``; off by default).
     """
@@ -297,6 +360,7 @@ class GenerateConfig:
     harness: str = "baseline"
     llm: LLMConfig = field(default_factory=LLMConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    rubric: RubricPolicyConfig = field(default_factory=RubricPolicyConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     inner: InnerConfig = field(default_factory=InnerConfig)
     progress: bool = True

@@ -15,6 +15,12 @@ import logging
 import re
 
 log = logging.getLogger(__name__)
+# math-verify warns on every call that its signal-based timeout is off; inputs are bounded
+# by MATH_CHARS instead (signals only work in the main thread, and rewards run in threads)
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+#: longest text (characters) handed to math-verify's parser
+MATH_CHARS = 200
 
 #: longest reference (characters) that can count as a short canonical value
 SHORT_VALUE_CHARS = 40
@@ -24,6 +30,8 @@ _WORDS = re.compile(r"[A-Za-z]+")
 @functools.lru_cache(maxsize=4096)
 def _parse_math(text: str) -> tuple[object, ...]:
     """``math_verify.parse`` of ``text`` (empty when nothing parses); cached."""
+    if len(text) > MATH_CHARS:
+        return ()
     try:
         from math_verify import parse
     except ImportError:  # pragma: no cover - math-verify is a core dependency

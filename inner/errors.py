@@ -14,7 +14,9 @@
     │   ├── LLMBadResponseError   a 200 whose body is not JSON, or has no choices
     │   ├── LLMEmptyError         a 200 whose message content is empty
     │   └── LLMSchemaError        structured output still invalid after one repair
-    └── HarnessError              a harness directory does not honour the contract
+    ├── HarnessError              a harness directory does not honour the contract
+    │   └── BudgetExhausted       (in the sandbox) a per-document budget of the harness ran out
+    └── SandboxError              the sandbox cannot be set up (bubblewrap missing or unusable)
 
 Every :class:`LLMCallError` is counted in the role's usage (``failures``, and by ``kind`` in
 ``failure_kinds``) and logged as one ``calls.jsonl`` line with its ``error`` kind; a reply
@@ -137,3 +139,13 @@ LLM_ERRORS: dict[str, type[LLMCallError]] = {
 
 class HarnessError(AutodataError):
     """A harness directory is missing, does not import, or lacks a contract function."""
+
+
+class BudgetExhausted(HarnessError):
+    """Raised inside the sandbox when a per-document budget (rounds, LLM calls, tokens) is
+    spent; the parent ends the document with the reason."""
+
+
+class SandboxError(AutodataError):
+    """The harness sandbox cannot be set up: bubblewrap is missing or cannot create namespaces
+    here. The message says what to install."""

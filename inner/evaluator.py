@@ -1,15 +1,20 @@
-"""The frozen evaluator: weak and strong solvers and the rubric judge.
+"""The frozen evaluator: quality check, rubric policy, weak and strong solvers, judge, gate.
 
-It lives in ``inner/`` and never in a harness, so no mutation of a harness can weaken the weak
-solver, strengthen the judge's leniency or loosen the gate (the reward hack reported for the
-original Autodata system; DESIGN.md, "Evaluator integrity").
+It lives in ``inner/`` and runs in the parent process, never in a harness's sandbox, so no
+mutation of a harness can weaken the weak solver, make the judge lenient, pass its own quality
+check or loosen the gate (the reward hack reported for the original Autodata system; see
+``inner/ARCHITECTURE.md``, "Evaluator integrity").
 
+- The quality check (``inner/prompts/quality_verifier.md``, role ``quality_verifier``) rejects
+  context leaks, generic and multi-part questions, and rubrics that do not cover the answer.
 - A solver answers the challenge's context + question; closed-book solvers never see the
   document, open-book solvers get it first in the prompt (so attempts share a KV prefix).
-- The judge grades one answer per rubric criterion (1 met, 0.5 partly, 0 not) and never sees
-  the reference answer; the attempt's score is the weight-averaged criterion score in [0, 1].
-- In verifiable mode there is no judge: the final answer is extracted, normalized and
-  compared with the normalized reference (score 1 or 0), and the gate votes by majority.
+  Solvers never see the reference answer or the rubric.
+- The judge gives each criterion a binary verdict (0 when in doubt; partial credit by config)
+  and never sees the reference answer; the score is :func:`inner.scoring.rubric_score`.
+- Verifiable rounds (the task's rule, :meth:`Evaluator.is_verifiable`) have no judge: each
+  final answer is checked for equivalence with the reference (math-verify, else normalized
+  match) and the gate counts matches (:func:`inner.gate.check_verifiable`).
 """
 
 from __future__ import annotations
@@ -17,17 +22,32 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from statistics import fmean
+from typing import Any, Literal
 
-from pydantic import conlist, create_model
+from pydantic import BaseModel, conlist, create_model
 
-from inner.config import InnerConfig, LLMConfig
+from inner.config import GenerateConfig
+from inner.contract import challenge_key
 from inner.documents import Document
-from inner.llm.client import LLMClient
-from inner.records import Challenge, CriterionGrade, JudgeOutput, RubricItem, SolverAttempt
-from inner.scoring import rubric_score
+from inner.equivalence import answers_equivalent, is_exact_reference
+from inner.gate import check_rubric, check_verifiable, check_verifiable_weak, check_weak
+from inner.llm.client import LLMClient, UsageMeter, track_usage
+from inner.records import (
+    Challenge,
+    CriterionGrade,
+    FailureMode,
+    JudgeOutput,
+    QVVerdict,
+    RoleUsageRecord,
+    RoundRecord,
+    RubricItem,
+    SolverAttempt,
+)
+from inner.scoring import check_rubric_policy, rubric_score
 from inner.templates import INNER_PROMPTS, render
 
 _FINAL = re.compile(r"final answer\s*(?:is)?\s*[:：]\s*(.+)", re.IGNORECASE)
@@ -108,7 +128,7 @@ def judge_messages(*, context: str, question: str, rubric: Sequence[RubricItem],
 
 
 async def judge_answer(
-    client: LLMClient,
+    client: Any,
     *,
     context: str,
     question: str,
@@ -172,22 +192,42 @@ def judge_output_model(ids: tuple[str, ...], partial_credit: bool = False) -> ty
     )
 
 
+class QVChecks(BaseModel):
+    """The frozen quality check's four checks (the paper's quality verifier) and its reason."""
+
+    context_leak: bool
+    generic: bool
+    multi_part: bool
+    rubric_covers_answer: bool
+    reason: str = ""
+
+
 class Evaluator:
-    """Runs solvers and the judge for one challenge.
+    """The frozen evaluator of one challenge: quality check, rubric policy, weak and strong
+    solvers, judge, gate. Runs in the parent process only.
+
+    Order (weak first, strong only if the weak side passes; arXiv 2606.25996)::
+
+        rubric policy      -> INVALID_CHALLENGE (no LLM call)
+        quality check      -> FAILED_QV (solvers skipped unless inner.skip_solvers_on_qv_fail=false)
+        weak x n -> judge  -> TOO_EASY | WEAK_ZERO, or WEAK_PASSED when side="weak"
+        strong x n -> judge -> ACCEPTED | FAILED_STRONG | TOO_EASY | FAILED_QV
 
     Args:
         client: the shared LLM client.
-        inner: attempts per side and open/closed book.
-        llm: the roles' document budgets (``doc_chars``).
+        cfg: the run config (inner, llm roles, gate, rubric policy, task).
     """
 
-    def __init__(self, client: LLMClient, *, inner: InnerConfig, llm: LLMConfig) -> None:
+    def __init__(self, client: LLMClient, cfg: GenerateConfig) -> None:
         self.client = client
-        self.inner = inner
-        self.llm = llm
+        self.cfg = cfg
+        self.inner = cfg.inner
+        self.llm = cfg.llm
 
+    # -- prompts ------------------------------------------------------------------------------
     def solver_messages(self, side: str, doc: Document, challenge: Challenge) -> list[dict[str, str]]:
-        """Prompt of the ``weak`` or ``strong`` solver (document only if that side is open-book)."""
+        """Prompt of the ``weak`` or ``strong`` solver (the document only if that side is
+        open-book, and first, so attempts share a cached prompt prefix)."""
         open_book = self.inner.strong_open_book if side == "strong" else self.inner.weak_open_book
         block = ""
         if open_book:
@@ -200,22 +240,60 @@ class Evaluator:
             question=challenge.question,
         )
 
-    def judge_messages(self, challenge: Challenge, answer: str) -> list[dict[str, str]]:
-        """Prompt of the judge: context, question, rubric criteria and the answer; never the
-        reference answer."""
-        rubric = "\n".join(f"- id {c.id}: {c.criterion}" for c in challenge.rubric)
+    def quality_messages(self, doc: Document, challenge: Challenge) -> list[dict[str, str]]:
+        """Prompt of the frozen quality check (``inner/prompts/quality_verifier.md``)."""
+        rubric = "\n".join(
+            f"- {c.id} (weight {c.weight}{', pitfall' if c.weight < 0 else ''}): {c.criterion}" for c in challenge.rubric
+        )
         return render(
-            INNER_PROMPTS / "judge.md",
+            INNER_PROMPTS / "quality_verifier.md",
+            domain=self.cfg.task.domain,
+            document=doc.excerpt(self.llm.role("quality_verifier").doc_chars),
             context=challenge.context,
             question=challenge.question,
+            reference_answer=challenge.reference_answer,
             rubric=rubric,
-            answer=answer,
         )
 
+    # -- steps --------------------------------------------------------------------------------
+    async def quality_check(self, doc: Document, challenge: Challenge) -> QVVerdict:
+        """The frozen quality check: passed only if no check fails; an unusable reply
+        (after one repair) is a rejection with the reason.
+
+        Raises:
+            LLMCallError: the request failed after retries.
+        """
+        res = await self.client.complete_json("quality_verifier", self.quality_messages(doc, challenge), QVChecks)
+        if res.value is None:
+            return QVVerdict(passed=False, reason=f"quality check output unusable: {res.error}")
+        v = res.value
+        problems = [
+            name
+            for name, bad in (
+                ("the context leaks the answer", v.context_leak),
+                ("the question is generic (answerable without the document)", v.generic),
+                ("the question has several parts", v.multi_part),
+                ("the rubric does not cover the reference answer", not v.rubric_covers_answer),
+            )
+            if bad
+        ]
+        if not problems:
+            return QVVerdict(passed=True, reason=v.reason)
+        return QVVerdict(passed=False, reason="; ".join(problems) + (f". {v.reason}" if v.reason else ""))
+
+    def is_verifiable(self, challenge: Challenge) -> bool:
+        """The task's rule: ``never``, ``always``, or ``auto`` = the frozen
+        :func:`inner.equivalence.is_exact_reference` on the reference answer."""
+        mode = self.cfg.task.verifiable
+        return mode == "always" or (mode == "auto" and is_exact_reference(challenge.reference_answer))
+
     async def attempt(
-        self, side: str, doc: Document, challenge: Challenge, index: int, *, verifiable: bool
+        self, side: str, doc: Document, challenge: Challenge, index: int, *, verifiable: bool, judge_offset: int = 0
     ) -> SolverAttempt:
-        """One solver answer, graded. ``index`` is the attempt's sample index.
+        """One solver answer, graded. ``index`` is the attempt's sample index (its own seed).
+
+        Rubric rounds: the judge grades every criterion; an unusable grade is retried once
+        (``judge_offset`` shifts the judge's sample indices when a round is redone).
 
         Raises:
             LLMCallError: a solver or judge request failed after retries.
@@ -225,32 +303,134 @@ class Evaluator:
         )
         answer = comp.text
         if verifiable:
-            extracted = normalize_answer(extract_final_answer(answer))
-            ok = extracted == normalize_answer(challenge.reference_answer)
-            return SolverAttempt(index=index, answer=answer, extracted=extracted, score=1.0 if ok else 0.0)
-        schema_model = judge_output_model(tuple(c.id for c in challenge.rubric))
-        res = await self.client.complete_json("judge", self.judge_messages(challenge, answer), schema_model)
-        if res.value is None:
-            return SolverAttempt(
-                index=index,
-                answer=answer,
-                judge_raw=res.raw,
-                error=f"judge output unusable: {res.error}",
-            )
-        grades = res.value.grades
-        return SolverAttempt(
-            index=index,
+            final = extract_final_answer(answer)
+            ok = answers_equivalent(final, challenge.reference_answer)
+            return SolverAttempt(index=index, answer=answer, extracted=normalize_answer(final), score=1.0 if ok else 0.0)
+        verdict = await judge_answer(
+            _SampleShift(self.client, judge_offset + 2 * index),
+            context=challenge.context,
+            question=challenge.question,
+            rubric=challenge.rubric,
             answer=answer,
-            grades=grades,
-            score=weighted_score(challenge, grades),
-            judge_raw=res.raw,
+            partial_credit=self.cfg.rubric.partial_credit,
         )
+        return SolverAttempt(
+            index=index, answer=answer, grades=verdict.grades, score=verdict.score, judge_raw=verdict.raw,
+            error=verdict.error,
+        )  # fmt: skip
 
     async def run_side(
-        self, side: str, doc: Document, challenge: Challenge, *, verifiable: bool
+        self, side: str, doc: Document, challenge: Challenge, *, verifiable: bool, judge_offset: int = 0
     ) -> list[SolverAttempt]:
-        """All attempts of one side (``n_weak`` or ``n_strong``), concurrently."""
-        n = self.inner.n_strong if side == "strong" else self.inner.n_weak
+        """All attempts of one side (``n_weak``/``n_strong``, or ``n_verifiable``), concurrently."""
+        if verifiable:
+            n = self.inner.n_verifiable
+        else:
+            n = self.inner.n_strong if side == "strong" else self.inner.n_weak
         return list(
-            await asyncio.gather(*(self.attempt(side, doc, challenge, i, verifiable=verifiable) for i in range(n)))
-        )
+            await asyncio.gather(
+                *(self.attempt(side, doc, challenge, i, verifiable=verifiable, judge_offset=judge_offset)
+                  for i in range(n))
+            )
+        )  # fmt: skip
+
+    # -- one round ----------------------------------------------------------------------------
+    async def evaluate(
+        self,
+        doc: Document,
+        challenge: Challenge,
+        *,
+        round_no: int,
+        side: str = "both",
+        prior: RoundRecord | None = None,
+        judge_offset: int = 0,
+    ) -> RoundRecord:
+        """Evaluate ``challenge`` on ``doc`` and decide with the gate.
+
+        Args:
+            round_no: the round number to record.
+            side: ``weak`` (stop after the weak side; WEAK_PASSED if it passes) or ``both``.
+            prior: this challenge's earlier ``side="weak"`` round that passed; its quality
+                check and weak attempts are reused and only the strong side runs.
+            judge_offset: shifts judge sample indices (a round redone after JUDGE_ERROR).
+
+        Returns:
+            The round record (failure_mode set; JUDGE_ERROR when an attempt stayed ungraded).
+
+        Raises:
+            LLMCallError: a request failed after retries (infrastructure, not the harness).
+        """
+        t0 = time.perf_counter()
+        if prior is not None:
+            rec = prior.model_copy(deep=True)
+            rec.side = side
+        else:
+            rec = RoundRecord(round=round_no, key=challenge_key(challenge), side=side, challenge=challenge,
+                              failure_mode=FailureMode.INVALID_CHALLENGE)  # fmt: skip
+        meter = UsageMeter()
+        with track_usage(meter):
+            await self._decide(doc, challenge, rec, side=side, reuse=prior is not None, judge_offset=judge_offset)
+        usage = {role: RoleUsageRecord(**vars(u)) for role, u in meter.roles.items()}
+        for role, u in usage.items():
+            old = rec.usage.get(role)
+            rec.usage[role] = u if old is None else RoleUsageRecord(**{k: getattr(old, k) + getattr(u, k) for k in u.model_fields})
+        rec.wall_s = round(rec.wall_s + time.perf_counter() - t0, 3)
+        return rec
+
+    async def _decide(
+        self, doc: Document, ch: Challenge, rec: RoundRecord, *, side: str, reuse: bool, judge_offset: int
+    ) -> None:
+        gate = self.cfg.gate
+        if not reuse:
+            problem = check_rubric_policy(ch.rubric, self.cfg.rubric)
+            if problem is not None:
+                rec.failure_mode, rec.reasons = FailureMode.INVALID_CHALLENGE, [problem]
+                return
+            rec.qv = await self.quality_check(doc, ch)
+            if not rec.qv.passed and self.inner.skip_solvers_on_qv_fail:
+                rec.failure_mode, rec.reasons = FailureMode.FAILED_QV, [rec.qv.reason or "rejected"]
+                return
+            rec.verifiable = self.is_verifiable(ch)
+            rec.weak = await self.run_side("weak", doc, ch, verifiable=rec.verifiable, judge_offset=judge_offset)
+            if any(a.score is None for a in rec.weak):
+                rec.failure_mode, rec.reasons = FailureMode.JUDGE_ERROR, ["a weak attempt has no usable judge grade"]
+                return
+            rec.weak_scores = [a.score for a in rec.weak if a.score is not None]
+            rec.weak_avg = round(fmean(rec.weak_scores), 4)
+            weak_fail = (
+                check_verifiable_weak([s == 1.0 for s in rec.weak_scores], gate)
+                if rec.verifiable
+                else check_weak(rec.weak_scores, gate)
+            )
+            if weak_fail is not None:  # weak-first short-circuit: the strong solver is skipped
+                rec.failure_mode, rec.reasons = weak_fail.mode, weak_fail.reasons
+                return
+        assert rec.qv is not None
+        if side == "weak":
+            rec.failure_mode, rec.reasons = FailureMode.WEAK_PASSED, ["the weak side passes the gate"]
+            return
+        rec.strong = await self.run_side("strong", doc, ch, verifiable=rec.verifiable, judge_offset=judge_offset)
+        if any(a.score is None for a in rec.strong):
+            rec.failure_mode, rec.reasons = FailureMode.JUDGE_ERROR, ["a strong attempt has no usable judge grade"]
+            return
+        rec.strong_scores = [a.score for a in rec.strong if a.score is not None]
+        rec.strong_avg = round(fmean(rec.strong_scores), 4)
+        rec.gap = round(rec.strong_avg - (rec.weak_avg or 0.0), 4)
+        if rec.verifiable:
+            decision = check_verifiable(
+                [s == 1.0 for s in rec.weak_scores], [s == 1.0 for s in rec.strong_scores], qv_passed=rec.qv.passed, cfg=gate
+            )
+        else:
+            decision = check_rubric(rec.weak_scores, rec.strong_scores, qv_passed=rec.qv.passed, cfg=gate)
+        rec.failure_mode, rec.reasons = decision.mode, decision.reasons
+
+
+class _SampleShift:
+    """The client with every sample index shifted by ``offset`` (judge retries and redone
+    rounds draw new samples, deterministically, so a resumed run replays them from the cache)."""
+
+    def __init__(self, client: LLMClient, offset: int) -> None:
+        self._client, self._offset = client, offset
+
+    async def complete_json(self, role: str, messages: list[dict[str, str]], model: Any, *, sample_index: int = 0) -> Any:
+        return await self._client.complete_json(role, messages, model, sample_index=sample_index + self._offset)

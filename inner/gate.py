@@ -7,8 +7,10 @@ no strong score of 0; strong_avg - weak_avg >= 0.20.
 The weak side is checked first (:func:`check_weak`): if it already fails, the strong solver
 is skipped (the weak-first short-circuit).
 
-Verifiable mode (exact answers): the strong majority answer must equal the reference and the
-weak majority must not (:func:`check_majority`).
+Verifiable mode (exact answers; the paper's scientific-reasoning setting, arXiv 2606.25996):
+k attempts per solver; accept iff at most 1 of 4 weak answers and at least 3 of 4 strong answers
+are equivalent to the reference (:func:`check_verifiable_weak`, :func:`check_verifiable`;
+thresholds ``gate.verifiable_weak_max_correct`` / ``gate.verifiable_strong_min_correct``).
 
 Comparisons use a tolerance of 1e-9 so that boundary values such as ``0.85 - 0.65`` (which is
 ``0.19999999999999996`` in binary floating point) count as meeting ``>= 0.20``.
@@ -16,7 +18,6 @@ Comparisons use a tolerance of 1e-9 so that boundary values such as ``0.85 - 0.6
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from statistics import fmean
 
@@ -84,37 +85,32 @@ def check_rubric(weak: list[float], strong: list[float], *, qv_passed: bool, cfg
     return GateDecision(FailureMode.ACCEPTED)
 
 
-def majority(answers: list[str | None]) -> str | None:
-    """The most common non-empty answer; ``None`` if there is none or the top count is tied."""
-    counts = Counter(a for a in answers if a)
-    if not counts:
-        return None
-    (top, n), *rest = counts.most_common()
-    if rest and rest[0][1] == n:
-        return None
-    return top
-
-
-def check_majority_weak(weak: list[str | None], reference: str) -> GateDecision | None:
-    """Verifiable mode, weak side: fails (TOO_EASY) when the weak majority equals the reference."""
-    if majority(weak) == reference:
-        return GateDecision(FailureMode.TOO_EASY, [f"weak majority answer equals the reference {reference!r}"])
+def check_verifiable_weak(weak_correct: list[bool], cfg: GateConfig) -> GateDecision | None:
+    """Verifiable mode, weak side: TOO_EASY when more than ``verifiable_weak_max_correct`` weak
+    answers are equivalent to the reference; ``None`` means "run the strong solver"."""
+    n = sum(weak_correct)
+    if n > cfg.verifiable_weak_max_correct:
+        return GateDecision(
+            FailureMode.TOO_EASY,
+            [f"{n} of {len(weak_correct)} weak answers match the reference (at most {cfg.verifiable_weak_max_correct} allowed)"],
+        )
     return None
 
 
-def check_majority(
-    weak: list[str | None], strong: list[str | None], reference: str, *, qv_passed: bool
+def check_verifiable(
+    weak_correct: list[bool], strong_correct: list[bool], *, qv_passed: bool, cfg: GateConfig
 ) -> GateDecision:
-    """Verifiable-mode gate over normalized answers (see :func:`inner.evaluator.normalize_answer`)."""
+    """The verifiable-mode gate over per-attempt equivalence with the reference
+    (:func:`inner.equivalence.answers_equivalent`)."""
     if not qv_passed:
         return GateDecision(FailureMode.FAILED_QV, ["quality verifier rejected the challenge"])
-    weak_fail = check_majority_weak(weak, reference)
+    weak_fail = check_verifiable_weak(weak_correct, cfg)
     if weak_fail is not None:
         return weak_fail
-    got = majority(strong)
-    if got != reference:
+    n = sum(strong_correct)
+    if n < cfg.verifiable_strong_min_correct:
         return GateDecision(
             FailureMode.FAILED_STRONG,
-            [f"strong majority answer {got!r} != reference {reference!r}"],
+            [f"{n} of {len(strong_correct)} strong answers match the reference (at least {cfg.verifiable_strong_min_correct} needed)"],
         )
     return GateDecision(FailureMode.ACCEPTED)

@@ -1,54 +1,62 @@
-"""The inner loop: Agentic Self-Instruct over a corpus (and the CoT Self-Instruct baseline).
+"""The document loop: the harness drives the rounds, the parent owns budgets and records.
 
-One document::
+One document (:class:`DocumentSession`)::
 
-    round r = 1..max_rounds
-      harness.propose(doc, feedback)   -> Challenge (or INVALID_CHALLENGE with raw text kept)
-      harness.verify(doc, challenge)   -> QV verdict (FAILED_QV skips the solvers)
-      weak solver x n -> judge         -> weak scores; gate(weak) fails -> TOO_EASY / WEAK_ZERO
-      strong solver x n -> judge       -> strong scores; gate -> ACCEPTED | FAILED_STRONG | TOO_EASY
-      harness.feedback(history)        -> instructions for the next round
-      trajectories/<doc>.json rewritten before the next round starts
+    start the sealed sandbox on the harness directory (inner.sandbox), send it the document
+    serve its requests until it returns, is accepted, crashes or runs out of a budget:
+      llm(role, ...)         harness roles only; counted against calls/tokens; cached, logged
+      evaluate(challenge)    the frozen evaluator (inner.evaluator): one round per distinct
+                             challenge; the first ACCEPTED round ends the document
+      note(text), budget()   memory and budgets
+    trajectories/<doc>.json rewritten after every round; dataset.jsonl appended on acceptance
+    kill the sandbox (its whole process tree) and record how the document ended
 
-Documents run concurrently (``inner.max_concurrent_documents``); the endpoints'
-``max_in_flight`` bounds the requests. A harness exception is a HARNESS_ERROR round; an LLM
-request that fails after retries marks the document ``error`` (redone on the next run);
-neither stops the other documents.
+Document statuses: ``accepted``, ``exhausted`` (the harness returned or a budget ran out),
+``crashed`` (the harness failed: raised, exited, hung, broke a limit) and ``error``
+(infrastructure: an LLM request failed after retries, or a judge grade stayed unusable; such
+documents are redone by the next run, with the rounds already recorded reused).
+
+Documents run concurrently (``inner.max_concurrent_documents`` sandboxes at once); the
+endpoints' ``max_in_flight`` bounds the requests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import json
 import logging
 import time
-import traceback
-from collections.abc import Awaitable, Callable
+from collections import Counter
 from dataclasses import dataclass, field
-from statistics import fmean
+from pathlib import Path
 from typing import Any
 
-from inner.config import GenerateConfig
+from inner.config import HARNESS_ROLES, GenerateConfig
+from inner.contract import Challenge, QVVerdict, challenge_key
 from inner.documents import Document
-from inner.errors import LLMCallError
-from inner.evaluator import Evaluator, normalize_answer
-from inner.gate import check_majority, check_majority_weak, check_rubric, check_weak
-from inner.harness import Harness, HarnessContext, HarnessLLM
-from inner.llm.client import JSONResult, LLMClient, UsageMeter, track_usage
+from inner.errors import HarnessError, LLMCallError
+from inner.evaluator import Evaluator
+from inner.llm.client import Completion, LLMClient
 from inner.records import (
-    Challenge,
     Example,
     FailureMode,
-    QVVerdict,
+    HarnessEvent,
     RoleUsageRecord,
     RoundRecord,
     RunWriter,
     Trajectory,
     example_id,
 )
+from inner.sandbox import SandboxProcess
 
 log = logging.getLogger(__name__)
 
-ProposeFn = Callable[[HarnessContext, "str | None"], Awaitable[Any]]
+#: longest reply text kept per event in the trajectory, characters
+EVENT_TEXT_CHARS = 4000
+#: requests a sandbox may have in flight at once (more wait; a flood cannot exhaust memory)
+MAX_PENDING = 32
 
 
 class LoopObserver:
@@ -66,158 +74,293 @@ class Engine:
     Attributes:
         cfg: the run config.
         client: the LLM client (shared by every document).
-        harness: the loaded harness.
+        harness_dir: the harness directory (run sealed, one sandbox per document).
+        harness_id: ``<name>@<content hash>``, recorded with every example and trajectory.
         writer: the run directory's record writer.
         observer: progress callbacks.
+        max_rounds: rounds per document (``inner.max_rounds``; 1 for CoT Self-Instruct).
     """
 
     cfg: GenerateConfig
     client: LLMClient
-    harness: Harness
+    harness_dir: Path
+    harness_id: str
     writer: RunWriter
     observer: LoopObserver = field(default_factory=LoopObserver)
+    max_rounds: int = 0
 
     def __post_init__(self) -> None:
-        self.evaluator = Evaluator(self.client, inner=self.cfg.inner, llm=self.cfg.llm)
+        self.evaluator = Evaluator(self.client, self.cfg)
+        if not self.max_rounds:
+            self.max_rounds = 1 if self.cfg.method == "cot_self_instruct" else self.cfg.inner.max_rounds
 
 
-def _harness_error(stage: str) -> str:
-    return f"{stage}: " + traceback.format_exc(limit=8)
+class _End(Exception):
+    """Raised inside a request handler to end the document (status, reason)."""
+
+    def __init__(self, status: str, reason: str, *, error: str | None = None) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.error = status, reason, error
 
 
-def _as_proposal(result: Any) -> tuple[Challenge | None, list[str], str | None]:
-    if isinstance(result, Challenge):
-        return result, [], None
-    if isinstance(result, JSONResult):
-        return result.value, result.raw, result.error
-    raise TypeError(f"propose returned {type(result).__name__}; expected Challenge or JSONResult[Challenge]")
-
-
-async def _evaluate(eng: Engine, doc: Document, rec: RoundRecord) -> None:
-    """Run the frozen evaluator and the gate on ``rec.challenge``; fills ``rec`` in place."""
-    ch = rec.challenge
-    assert ch is not None and rec.qv is not None
-    task = eng.cfg.task
-    rec.verifiable = task.verifiable == "always" or (task.verifiable == "auto" and ch.answer_is_exact)
-    if not rec.qv.passed and eng.cfg.inner.skip_solvers_on_qv_fail:
-        rec.failure_mode, rec.reasons = FailureMode.FAILED_QV, [rec.qv.reason or "rejected"]
-        return
-    ev = eng.evaluator
-    rec.weak = await ev.run_side("weak", doc, ch, verifiable=rec.verifiable)
-    rec.weak_scores = [a.score for a in rec.weak if a.score is not None]
-    if not rec.weak_scores:
-        rec.failure_mode, rec.reasons = (
-            FailureMode.JUDGE_ERROR,
-            ["no usable judge grade for the weak solver"],
-        )
-        return
-    rec.weak_avg = fmean(rec.weak_scores)
-    ref = normalize_answer(ch.reference_answer)
-    weak_fail = (
-        check_majority_weak([a.extracted for a in rec.weak], ref)
-        if rec.verifiable
-        else check_weak(rec.weak_scores, eng.cfg.gate)
-    )
-    if weak_fail is not None:  # weak-first short-circuit: the strong solver is skipped
-        rec.failure_mode, rec.reasons = weak_fail.mode, weak_fail.reasons
-        return
-    rec.strong = await ev.run_side("strong", doc, ch, verifiable=rec.verifiable)
-    rec.strong_scores = [a.score for a in rec.strong if a.score is not None]
-    if not rec.strong_scores:
-        rec.failure_mode, rec.reasons = (
-            FailureMode.JUDGE_ERROR,
-            ["no usable judge grade for the strong solver"],
-        )
-        return
-    rec.strong_avg = fmean(rec.strong_scores)
-    rec.gap = rec.strong_avg - rec.weak_avg
-    if rec.verifiable:
-        decision = check_majority(
-            [a.extracted for a in rec.weak],
-            [a.extracted for a in rec.strong],
-            ref,
-            qv_passed=rec.qv.passed,
-        )
-    else:
-        decision = check_rubric(rec.weak_scores, rec.strong_scores, qv_passed=rec.qv.passed, cfg=eng.cfg.gate)
-    rec.failure_mode, rec.reasons = decision.mode, decision.reasons
-
-
-async def _round_body(
-    eng: Engine, ctx: HarnessContext, propose: ProposeFn, feedback: str | None, round_no: int
-) -> RoundRecord:
-    try:
-        challenge, raw, error = _as_proposal(await propose(ctx, feedback))
-    except Exception as exc:
-        if _is_transport(exc):
-            raise
-        return RoundRecord(
-            round=round_no,
-            failure_mode=FailureMode.HARNESS_ERROR,
-            harness_error=_harness_error("propose"),
-        )
-    rec = RoundRecord(
-        round=round_no, challenge=challenge, challenger_raw=raw, challenger_error=error,
-        failure_mode=FailureMode.INVALID_CHALLENGE,
-    )  # fmt: skip
-    if challenge is None:
-        rec.reasons = [error or "challenger output unusable"]
-        return rec
-    try:
-        qv = await eng.harness.verify(ctx, challenge)
-        if not isinstance(qv, QVVerdict):
-            raise TypeError(f"verify returned {type(qv).__name__}; expected QVVerdict")
-    except Exception as exc:
-        if _is_transport(exc):
-            raise
-        rec.failure_mode, rec.harness_error = FailureMode.HARNESS_ERROR, _harness_error("verify")
-        return rec
-    rec.qv = qv
-    await _evaluate(eng, ctx.doc, rec)
-    return rec
-
-
-def _is_transport(exc: BaseException) -> bool:
-    """An LLM request that failed after retries (or a cancellation): the document is marked
-    ``error`` and redone on the next run, rather than recorded as a harness failure."""
-    return isinstance(exc, LLMCallError | asyncio.CancelledError)
-
-
-async def play_round(
-    eng: Engine,
-    ctx: HarnessContext,
-    *,
-    propose: ProposeFn,
-    feedback: str | None,
-    history: list[RoundRecord],
-    want_feedback: bool,
-) -> RoundRecord:
-    """One round on ``ctx.doc``, with its own usage accounting.
+class DocumentSession:
+    """One document: the sandboxed harness and the parent's side of its requests.
 
     Args:
-        propose: the harness's ``propose`` (or the CoT baseline's).
-        feedback: the previous round's feedback (``None`` in round 1).
-        history: earlier rounds of this document (this round is appended for ``feedback``).
-        want_feedback: ask the harness for feedback afterwards (not after the last round, not
-            after acceptance).
-
-    Raises:
-        LLMCallError: a request failed after retries (the caller marks the document ``error``).
+        eng: the engine.
+        doc: the document.
+        traj: its trajectory (new, or an unfinished one from an earlier run: its rounds are
+            reused when the harness evaluates the same challenges again).
     """
-    meter = UsageMeter()
-    t0 = time.perf_counter()
-    with track_usage(meter):
-        rec = await _round_body(eng, ctx, propose, feedback, ctx.round)
-        if want_feedback and rec.failure_mode is not FailureMode.ACCEPTED:
+
+    def __init__(self, eng: Engine, doc: Document, traj: Trajectory) -> None:
+        self.eng, self.doc, self.traj = eng, doc, traj
+        self.cfg = eng.cfg.inner
+        self.calls = 0
+        self.tokens = 0
+        self.t0 = time.monotonic()
+        self.eval_s = 0.0
+        self.eval_since: float | None = None
+        self.ended: asyncio.Future[_End] = asyncio.get_running_loop().create_future()
+        self._samples: Counter[str] = Counter()
+        self._eval_lock = asyncio.Lock()
+        self._pending = asyncio.Semaphore(MAX_PENDING)
+        self._usage: dict[str, RoleUsageRecord] = {}
+
+    # -- budgets ------------------------------------------------------------------------------
+    def harness_seconds(self) -> float:
+        """Wall-clock seconds of the harness so far, time inside ``evaluate`` excluded."""
+        now = time.monotonic()
+        evaluating = now - self.eval_since if self.eval_since is not None else 0.0
+        return now - self.t0 - self.eval_s - evaluating
+
+    def budget_left(self) -> dict[str, float]:
+        return {
+            "rounds": self.eng.max_rounds - len(self.traj.rounds),
+            "calls": self.cfg.harness_max_calls - self.calls,
+            "tokens": self.cfg.harness_max_tokens - self.tokens,
+            "seconds": round(self.cfg.harness_wall_s - self.harness_seconds(), 1),
+        }
+
+    def end(self, status: str, reason: str, *, error: str | None = None) -> None:
+        """End the document (the first call wins)."""
+        if not self.ended.done():
+            self.ended.set_result(_End(status, reason, error=error))
+
+    def event(self, kind: str, **kw: Any) -> None:
+        self.traj.events.append(HarnessEvent(kind=kind, t=round(time.monotonic() - self.t0, 3), **kw))
+
+    # -- the run ------------------------------------------------------------------------------
+    async def run(self) -> Trajectory:
+        """Run the harness on the document; returns the finished trajectory (also on disk).
+
+        Raises:
+            SandboxError: bubblewrap is missing or unusable (a setup problem, not the harness's).
+        """
+        eng, traj = self.eng, self.traj
+        sb = SandboxProcess(
+            eng.harness_dir,
+            memory_mb=self.cfg.harness_memory_mb,
+            cpu_s=self.cfg.harness_cpu_s,
+            max_procs=self.cfg.harness_max_procs,
+            log_path=eng.writer.run_dir / "sandbox.log",
+        )
+        handlers: set[asyncio.Task[None]] = set()
+        reader: asyncio.Task[None] | None = None
+        try:
             try:
-                rec.feedback = await eng.harness.feedback(ctx, [*history, rec])
-            except Exception as exc:
-                if _is_transport(exc):
-                    raise
-                rec.harness_error = (rec.harness_error or "") + _harness_error("feedback")
-    rec.usage = {role: RoleUsageRecord(**vars(u)) for role, u in meter.roles.items()}
-    rec.wall_s = round(time.perf_counter() - t0, 3)
-    return rec
+                ready = await asyncio.wait_for(sb.start(), self.cfg.harness_wall_s)
+            except TimeoutError:
+                ready = {"ok": False, "error": f"importing the harness took over {self.cfg.harness_wall_s:g} s"}
+            except HarnessError as exc:
+                ready = {"ok": False, "error": str(exc)}
+            if not ready.get("ok"):
+                self.end("crashed", "the harness failed to load", error=str(ready.get("error")))
+            else:
+                await sb.send(
+                    {
+                        "t": "run",
+                        "doc": {"doc_id": self.doc.doc_id, "title": self.doc.title,
+                                "text": self.doc.excerpt(self.cfg.harness_doc_chars)},
+                        "domain": eng.cfg.task.domain,
+                        "max_rounds": eng.max_rounds,
+                        "budget": self.budget_left(),
+                        "doc_chars": {r: eng.cfg.llm.role(r).doc_chars for r in HARNESS_ROLES},
+                    }
+                )  # fmt: skip
+                reader = asyncio.create_task(self._read(sb, handlers))
+                while not self.ended.done():
+                    await asyncio.wait({self.ended}, timeout=0.25)
+                    if not self.ended.done() and self.harness_seconds() > self.cfg.harness_wall_s:
+                        self.end(
+                            "crashed",
+                            f"the harness exceeded its wall-clock limit of {self.cfg.harness_wall_s:g} s "
+                            "(inner.harness_wall_s)",
+                        )
+        finally:
+            if reader is not None:
+                reader.cancel()
+            for task in list(handlers):
+                task.cancel()
+            await asyncio.gather(*handlers, *([reader] if reader else []), return_exceptions=True)
+            await sb.kill()
+        outcome = self.ended.result()
+        traj.status, traj.end_reason = outcome.status, outcome.reason
+        if outcome.status == "crashed":
+            traj.harness_error = outcome.error or outcome.reason
+        if outcome.status == "error":
+            traj.error = outcome.error or outcome.reason
+        traj.harness_usage = self._usage
+        traj.wall_s = round(traj.wall_s + time.monotonic() - self.t0, 3)
+        eng.writer.write_trajectory(traj)
+        return traj
+
+    async def _read(self, sb: SandboxProcess, handlers: set[asyncio.Task[None]]) -> None:
+        try:
+            while (msg := await sb.readline()) is not None:
+                if msg.get("t") == "req":
+                    await self._pending.acquire()
+                    task = asyncio.create_task(self._handle(sb, msg))
+                    handlers.add(task)
+                    task.add_done_callback(handlers.discard)
+                elif msg.get("t") == "done":
+                    if msg.get("ok"):
+                        self.end("exhausted", "the harness returned without an accepted example")
+                    else:
+                        self.end("crashed", "the harness raised", error=str(msg.get("error"))[-8000:])
+                    return
+        except HarnessError as exc:
+            self.end("crashed", str(exc))
+            return
+        await sb.proc.wait() if sb.proc else None
+        self.end("crashed", f"the harness process {sb.exit_description()} (crash, sys.exit or os._exit)")
+
+    async def _handle(self, sb: SandboxProcess, msg: dict[str, Any]) -> None:
+        rid, op = msg.get("id"), msg.get("op")
+        try:
+            if op == "llm":
+                value: Any = await self._llm(msg)
+            elif op == "evaluate":
+                value = await self._evaluate(msg)
+            elif op == "note":
+                self.event("note", text=str(msg.get("text", ""))[:EVENT_TEXT_CHARS])
+                value = None
+            elif op == "budget":
+                value = self.budget_left()
+            else:
+                raise HarnessError(f"unknown request {op!r}")
+            await sb.send({"t": "resp", "id": rid, "ok": True, "value": value})
+        except _End as end:
+            await sb.send({"t": "resp", "id": rid, "ok": False, "kind": "budget", "error": end.reason})
+            self.end(end.status, end.reason, error=end.error)
+        except LLMCallError as exc:
+            await sb.send({"t": "resp", "id": rid, "ok": False, "kind": "transport", "error": str(exc)})
+            self.end("error", f"an LLM request failed after retries: {exc}", error=f"{type(exc).__name__}: {exc}")
+        except HarnessError as exc:
+            self.event("refused", text=str(exc))
+            await sb.send({"t": "resp", "id": rid, "ok": False, "kind": "refused", "error": str(exc)})
+        except Exception as exc:  # a bad request shape: the harness's mistake, answered, not fatal
+            self.event("refused", text=f"{type(exc).__name__}: {exc}")
+            await sb.send({"t": "resp", "id": rid, "ok": False, "kind": "refused", "error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            self._pending.release()
+
+    # -- requests -----------------------------------------------------------------------------
+    async def _llm(self, msg: dict[str, Any]) -> dict[str, Any]:
+        role = msg.get("role")
+        if role not in HARNESS_ROLES:
+            raise HarnessError(f"a harness may only call the roles {HARNESS_ROLES}, not {role!r}")
+        messages = msg.get("messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise HarnessError("messages must be a list of {role, content} objects")
+        if self.calls >= self.cfg.harness_max_calls:
+            raise _End("exhausted", f"LLM call budget spent ({self.cfg.harness_max_calls} calls, inner.harness_max_calls)")
+        if self.tokens >= self.cfg.harness_max_tokens:
+            raise _End("exhausted", f"token budget spent ({self.tokens} tokens, inner.harness_max_tokens)")
+        self.calls += 1
+        schema, tools = msg.get("json_schema"), msg.get("tools")
+        sample = msg.get("sample")
+        if sample is None:  # a fresh sample per identical call, deterministic on replay
+            fp = hashlib.sha256(json.dumps([role, messages, schema, tools], sort_keys=True).encode()).hexdigest()
+            sample = self._samples[fp]
+            self._samples[fp] += 1
+        comp: Completion = await self.eng.client.complete(
+            role, messages, sample_index=int(sample), json_schema=schema,
+            schema_name=str(msg.get("schema_name") or "output"),
+            **({"tools": tools} if tools else {}),
+        )  # fmt: skip
+        self.tokens += comp.prompt_tokens + comp.completion_tokens
+        u = self._usage.setdefault(role, RoleUsageRecord())
+        u.cached_calls += comp.cached
+        u.calls += not comp.cached
+        u.prompt_tokens += comp.prompt_tokens
+        u.completion_tokens += comp.completion_tokens
+        self.event(
+            "llm", role=role, text=comp.text[:EVENT_TEXT_CHARS], prompt_tokens=comp.prompt_tokens,
+            completion_tokens=comp.completion_tokens, cached=comp.cached,
+        )  # fmt: skip
+        return {
+            "text": comp.text, "finish_reason": comp.finish_reason, "prompt_tokens": comp.prompt_tokens,
+            "completion_tokens": comp.completion_tokens, "cached": comp.cached,
+            "tool_calls": getattr(comp, "tool_calls", None),
+        }  # fmt: skip
+
+    async def _evaluate(self, msg: dict[str, Any]) -> dict[str, Any]:
+        challenge = Challenge.model_validate(msg.get("challenge"))
+        side = msg.get("side", "both")
+        if side not in ("weak", "both"):
+            raise HarnessError(f"side must be 'weak' or 'both', not {side!r}")
+        self_check = QVVerdict.model_validate(msg["self_check"]) if msg.get("self_check") else None
+        async with self._eval_lock:
+            self.eval_since = time.monotonic()
+            try:
+                rec = await self._evaluate_locked(challenge, side, self_check)
+            finally:
+                self.eval_s += time.monotonic() - self.eval_since
+                self.eval_since = None
+        return rec.model_dump(mode="json")
+
+    async def _evaluate_locked(self, challenge: Challenge, side: str, self_check: QVVerdict | None) -> RoundRecord:
+        eng, traj = self.eng, self.traj
+        key = challenge_key(challenge)
+        idx = next((i for i, r in enumerate(traj.rounds) if r.key == key), None)
+        prior = traj.rounds[idx] if idx is not None else None
+        if prior is not None and prior.failure_mode is not FailureMode.JUDGE_ERROR:
+            if not (prior.failure_mode is FailureMode.WEAK_PASSED and side == "both"):
+                self.event("evaluate", role=side, round=prior.round, text="recorded report returned")
+                return prior
+        elif prior is None and len(traj.rounds) >= eng.max_rounds:
+            raise _End("exhausted", f"round budget spent ({eng.max_rounds} rounds, inner.max_rounds)")
+        round_no = prior.round if prior is not None else len(traj.rounds) + 1
+        eng.observer.round_started(self.doc.doc_id, round_no)
+        redo = prior is not None and prior.failure_mode is FailureMode.JUDGE_ERROR
+        rec = await eng.evaluator.evaluate(
+            self.doc, challenge, round_no=round_no, side=side,
+            prior=prior if (prior is not None and not redo) else None,
+            judge_offset=1000 * traj.judge_errors,
+        )  # fmt: skip
+        rec.self_check = self_check if self_check is not None else (prior.self_check if prior else None)
+        if idx is None:
+            traj.rounds.append(rec)
+        else:
+            traj.rounds[idx] = rec
+        self.event("evaluate", role=side, round=round_no, text=rec.failure_mode.value)
+        if rec.failure_mode is FailureMode.JUDGE_ERROR:
+            traj.judge_errors += 1
+            eng.writer.write_trajectory(traj)
+            raise _End("error", "a judge grade stayed unusable after a retry (redone on the next run)")
+        if rec.accepted:
+            eng.writer.append_example(make_example(eng, self.doc, rec))
+            eng.writer.write_trajectory(traj)
+            self.end("accepted", f"round {round_no} passed the gate")
+            return rec
+        eng.writer.write_trajectory(traj)
+        if len(traj.rounds) >= eng.max_rounds and all(r.failure_mode is not FailureMode.WEAK_PASSED for r in traj.rounds):
+            # no round left and nothing pending: the report goes back, then the document ends
+            asyncio.get_running_loop().call_later(
+                0.05, self.end, "exhausted", f"all {eng.max_rounds} rounds used (inner.max_rounds)"
+            )
+        return rec
 
 
 def make_example(eng: Engine, doc: Document, rec: RoundRecord) -> Example:
@@ -229,7 +372,7 @@ def make_example(eng: Engine, doc: Document, rec: RoundRecord) -> Example:
         doc_id=doc.doc_id,
         task=eng.cfg.task.name,
         method=eng.cfg.method,
-        harness_id=eng.harness.harness_id,
+        harness_id=eng.harness_id,
         round=rec.round,
         context=ch.context,
         question=ch.question,
@@ -245,54 +388,23 @@ def make_example(eng: Engine, doc: Document, rec: RoundRecord) -> Example:
     )
 
 
-async def run_document(eng: Engine, doc: Document) -> Trajectory:
-    """All rounds of one document; records are on disk before this returns (and after each
-    round). Never raises for LLM or harness failures: they end up in the trajectory."""
-    from inner.baselines import cot_propose
+async def run_document(eng: Engine, doc: Document, prev: Trajectory | None = None) -> Trajectory:
+    """One document in its sandbox; records are on disk before this returns.
 
-    cfg = eng.cfg
-    cot = cfg.method == "cot_self_instruct"
-    propose: ProposeFn = cot_propose if cot else eng.harness.propose
-    max_rounds = 1 if cot else cfg.inner.max_rounds
-    traj = Trajectory(
-        doc_id=doc.doc_id,
-        doc_path=doc.path,
-        title=doc.title,
-        method=cfg.method,
-        harness_id=eng.harness.harness_id,
-    )
-    feedback: str | None = None
-    try:
-        for r in range(1, max_rounds + 1):
-            eng.observer.round_started(doc.doc_id, r)
-            ctx = HarnessContext(
-                doc=doc,
-                domain=cfg.task.domain,
-                round=r,
-                max_rounds=max_rounds,
-                llm=HarnessLLM(eng.client),
-            )
-            rec = await play_round(
-                eng,
-                ctx,
-                propose=propose,
-                feedback=feedback,
-                history=traj.rounds,
-                want_feedback=r < max_rounds,
-            )
-            traj.rounds.append(rec)
-            if rec.failure_mode is FailureMode.ACCEPTED:
-                eng.writer.append_example(make_example(eng, doc, rec))
-                traj.status = "accepted"
-                break
-            feedback = rec.feedback
-            eng.writer.write_trajectory(traj)
-        else:
-            traj.status = "exhausted"
-    except Exception as exc:  # LLMCallError after retries, or a bug: keep the rounds done so far
-        log.error("document %s failed: %s", doc.doc_id, exc)
-        traj.status, traj.error = "error", f"{type(exc).__name__}: {exc}"
+    Never raises for harness or LLM failures (they end up in the trajectory's status).
+
+    Raises:
+        SandboxError: the sandbox cannot be set up at all (bubblewrap missing).
+    """
+    if prev is not None:  # an unfinished document of an earlier run: keep its rounds
+        traj = prev.model_copy(update={"status": "running", "events": [], "error": None, "harness_error": None,
+                                       "end_reason": "", "harness_id": eng.harness_id})  # fmt: skip
+    else:
+        traj = Trajectory(
+            doc_id=doc.doc_id, doc_path=doc.path, title=doc.title, method=eng.cfg.method, harness_id=eng.harness_id
+        )
     eng.writer.write_trajectory(traj)
+    traj = await DocumentSession(eng, doc, traj).run()
     eng.observer.document_finished(traj)
     return traj
 
@@ -304,18 +416,25 @@ async def run_documents(eng: Engine, docs: list[Document]) -> list[Trajectory]:
         The trajectories of all ``docs`` (loaded from disk for those finished earlier).
     """
     results: dict[str, Trajectory] = {}
-    todo = []
+    todo: list[tuple[Document, Trajectory | None]] = []
     for d in docs:
         prev = eng.writer.load_trajectory(d.doc_id)
         if prev is not None and prev.finished:
             results[d.doc_id] = prev
         else:
-            todo.append(d)
+            todo.append((d, prev))
     sem = asyncio.Semaphore(eng.cfg.inner.max_concurrent_documents)
 
-    async def one(d: Document) -> None:
+    async def one(d: Document, prev: Trajectory | None) -> None:
         async with sem:
-            results[d.doc_id] = await run_document(eng, d)
+            results[d.doc_id] = await run_document(eng, d, prev)
 
-    await asyncio.gather(*(one(d) for d in todo))
+    tasks = [asyncio.create_task(one(d, p)) for d, p in todo]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*tasks, return_exceptions=True)
     return [results[d.doc_id] for d in docs]

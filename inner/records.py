@@ -16,134 +16,71 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field, field_validator
 
-from inner.llm.cache import atomic_write_text
+from inner.contract import (  # noqa: F401  (re-exported: records and the harness SDK share them)
+    Challenge,
+    CriterionGrade,
+    FailureMode,
+    JudgeOutput,
+    QVVerdict,
+    RoleUsageRecord,
+    RoundRecord,
+    RubricItem,
+    SolverAttempt,
+)
+from inner.llm.cache import atomic_write_text, fsync_dir
+
+_R = TypeVar("_R")
 
 
-class FailureMode(StrEnum):
-    """Outcome of one round (the gate's decision or why the gate was never reached)."""
-
-    ACCEPTED = "ACCEPTED"
-    TOO_EASY = "TOO_EASY"  # weak solver too good, or strong_avg >= strong_avg_max
-    WEAK_ZERO = "WEAK_ZERO"  # some weak attempt scored 0 (question likely broken)
-    FAILED_STRONG = "FAILED_STRONG"  # strong too weak, a strong 0, or gap too small
-    FAILED_QV = "FAILED_QV"  # quality verifier rejected the challenge
-    INVALID_CHALLENGE = "INVALID_CHALLENGE"  # challenger output unparseable after one repair
-    HARNESS_ERROR = "HARNESS_ERROR"  # harness code raised
-    JUDGE_ERROR = "JUDGE_ERROR"  # no usable judge grade for one side
-
-
-class RubricItem(BaseModel):
-    """One rubric criterion. ``weight`` is an integer in [-10, 10] without 0; a negative weight
-    marks a pitfall (arXiv 2606.25996). Weights are stored as written: whether they are allowed
-    is the rubric policy's decision (:func:`inner.scoring.check_rubric_policy`), never clamped."""
-
-    id: str
-    criterion: str
-    weight: int = Field(default=1, description="integer in [-10, 10] without 0; negative = pitfall")
-
-
-class Challenge(BaseModel):
-    """The challenger's output: one training example before evaluation.
-
-    ``context`` describes the problem setting (never the paper's solution); ``question`` is
-    atomic and specific to the document; ``answer_is_exact`` marks a short exact answer that
-    verifiable tasks check by majority vote.
-    """
-
-    context: str = Field(min_length=1)
-    question: str = Field(min_length=1)
-    reference_answer: str = Field(min_length=1)
-    rubric: list[RubricItem] = Field(min_length=1)
-    question_type: str = "other"
-    answer_is_exact: bool = False
-
-
-class QVVerdict(BaseModel):
-    """Quality verifier verdict; ``reason`` explains a rejection (and is fed back)."""
-
-    passed: bool
-    reason: str = ""
-
-
-class CriterionGrade(BaseModel):
-    """The judge's grade of one criterion: ``score`` in [0, 1] (1 met, 0.5 partly, 0 not)."""
-
-    id: str
-    score: float
-
-    @field_validator("score", mode="before")
-    @classmethod
-    def _clip(cls, v: object) -> float:
-        return min(1.0, max(0.0, float(v)))  # type: ignore[arg-type]
-
-
-class JudgeOutput(BaseModel):
-    """The judge's reply: one :class:`CriterionGrade` per rubric criterion (the evaluator
-    narrows the schema to the challenge's ids, see :func:`inner.evaluator.judge_output_model`)."""
-
-    grades: list[CriterionGrade]
-
-
-class SolverAttempt(BaseModel):
-    """One solver answer and its grading.
+class HarnessEvent(BaseModel):
+    """One thing the harness did, in order: an LLM call (``llm``), an evaluation
+    (``evaluate``, pointing at its round), a note (``note``), or a refused request
+    (``refused``: an unknown role or an exhausted budget).
 
     Attributes:
-        score: weighted rubric score in [0, 1] (or 1/0 exact match in verifiable mode);
-            ``None`` if the judge output was unusable.
-        extracted: the normalized final answer (verifiable mode only).
+        kind: ``llm`` | ``evaluate`` | ``note`` | ``refused``.
+        role: the LLM role (``llm``), or the side evaluated (``evaluate``).
+        text: the reply (``llm``, cut to 4,000 characters), the note, or why it was refused.
+        round: the round an ``evaluate`` created or returned.
+        prompt_tokens / completion_tokens: usage of an ``llm`` call; ``cached``: replayed.
+        t: seconds since the document started.
     """
 
-    index: int
-    answer: str
-    grades: list[CriterionGrade] = []
-    score: float | None = None
-    extracted: str | None = None
-    judge_raw: list[str] = []
-    error: str | None = None
-
-
-class RoleUsageRecord(BaseModel):
-    """Calls (sent / from the cache / failed) and prompt and completion tokens of one role."""
-
-    calls: int = 0
-    cached_calls: int = 0
-    failures: int = 0
+    kind: str
+    role: str | None = None
+    text: str = ""
+    round: int | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-
-
-class RoundRecord(BaseModel):
-    """Everything about one round; see DESIGN.md "Records"."""
-
-    round: int
-    challenge: Challenge | None = None
-    challenger_raw: list[str] = []
-    challenger_error: str | None = None
-    qv: QVVerdict | None = None
-    verifiable: bool = False
-    weak: list[SolverAttempt] = []
-    strong: list[SolverAttempt] = []
-    weak_scores: list[float] = []
-    strong_scores: list[float] = []
-    weak_avg: float | None = None
-    strong_avg: float | None = None
-    gap: float | None = None
-    failure_mode: FailureMode
-    reasons: list[str] = []
-    feedback: str | None = None
-    harness_error: str | None = None
-    usage: dict[str, RoleUsageRecord] = {}
-    wall_s: float = 0.0
+    cached: bool = False
+    t: float = 0.0
 
 
 class Trajectory(BaseModel):
-    """All rounds of one document. ``status``: running | accepted | exhausted | error."""
+    """Everything about one document.
+
+    Attributes:
+        status: ``running`` | ``accepted`` | ``exhausted`` (no accepted challenge: the harness
+            returned or a budget ran out) | ``crashed`` (the harness itself failed: raised,
+            exited, hung, broke its limits) | ``error`` (infrastructure: an LLM request failed
+            after retries or a judge grade stayed unusable; redone on the next run).
+        end_reason: why the document ended, in words.
+        rounds: one :class:`RoundRecord` per distinct challenge evaluated.
+        events: every call the harness made, in order.
+        harness_error: the harness's traceback or exit status when ``crashed``.
+        harness_usage: calls and tokens of the harness roles.
+        error: the infrastructure failure when ``error``.
+        judge_errors: rounds of this document redone after JUDGE_ERROR (shifts the judge's
+            sample indices so a redo draws new grades).
+        wall_s: seconds spent on the document, over all runs.
+    """
 
     doc_id: str
     doc_path: str
@@ -151,12 +88,18 @@ class Trajectory(BaseModel):
     method: str
     harness_id: str
     status: str = "running"
+    end_reason: str = ""
     rounds: list[RoundRecord] = []
+    events: list[HarnessEvent] = []
+    harness_error: str | None = None
+    harness_usage: dict[str, RoleUsageRecord] = {}
     error: str | None = None
+    judge_errors: int = 0
+    wall_s: float = 0.0
 
     @property
     def finished(self) -> bool:
-        return self.status in ("accepted", "exhausted")
+        return self.status in ("accepted", "exhausted", "crashed")
 
 
 class Example(BaseModel):
@@ -181,32 +124,54 @@ class Example(BaseModel):
     gap: float
 
 
+def _salvage(line: str, parse: Callable[[str], _R]) -> tuple[_R, str] | None:
+    """``(parse(line), line)``; if that fails, the same for the longest tail of ``line`` that
+    starts a JSON object and parses (a record glued to a torn one by a writer that did not
+    terminate it); ``None`` if nothing parses."""
+    start = 0
+    while start >= 0:
+        try:
+            return parse(line[start:]), line[start:]
+        except ValueError:
+            start = line.find('{"', start + 1)
+    return None
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Lines of a JSONL file; a torn last line (a kill during a write) is skipped."""
+    """Lines of a JSONL file. A torn line (a kill during a write) is skipped; a complete
+    record glued to the end of a torn one is recovered."""
     if not path.exists():
         return []
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
+        got = _salvage(line, json.loads)
+        if got is not None:
+            out.append(got[0])
     return out
 
 
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and fsync; a torn previous line is terminated first so the new
-    record stays parseable."""
-    data = json.dumps(record, default=str) + "\n"
+def _append_line(path: Path, line: str) -> None:
+    """Append ``line`` (ending in a newline) durably: a torn previous line (a kill during a
+    write) is terminated first so both stay separable, the file is fsynced, and so is its
+    directory when this call created the file."""
+    created = not path.exists()
     with path.open("a+b") as fh:
         fh.seek(0, os.SEEK_END)
         if fh.tell() > 0:
             fh.seek(-1, os.SEEK_END)
             if fh.read(1) != b"\n":
                 fh.write(b"\n")
-        fh.write(data.encode("utf-8"))
+        fh.write(line.encode("utf-8"))
         fh.flush()
         os.fsync(fh.fileno())
+    if created:
+        fsync_dir(path.parent)
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line and fsync; a torn previous line is terminated first so the new
+    record stays parseable."""
+    _append_line(path, json.dumps(record, default=str) + "\n")
 
 
 def example_id(doc_id: str, question: str) -> str:
@@ -232,19 +197,19 @@ class RunWriter:
         self._example_ids = {e.example_id for e in self.load_examples(repair=not readonly)}
 
     def load_examples(self, *, repair: bool = False) -> list[Example]:
-        """Examples in ``dataset.jsonl``. With ``repair``, a torn last line (a kill during a
-        write) is removed from the file."""
+        """Examples in ``dataset.jsonl``; a torn line is skipped, and a complete example glued
+        to a torn one is recovered. With ``repair``, the file is rewritten (atomically) with
+        exactly the recovered examples, one per line."""
         if not self.dataset_path.exists():
             return []
         lines = self.dataset_path.read_text(encoding="utf-8").splitlines(keepends=True)
         examples, good = [], []
         for line in lines:
-            try:
-                examples.append(Example.model_validate_json(line))
-                good.append(line if line.endswith("\n") else line + "\n")
-            except ValueError:
-                continue
-        if repair and (len(good) != len(lines) or (lines and not lines[-1].endswith("\n"))):
+            got = _salvage(line.rstrip("\n"), Example.model_validate_json)
+            if got is not None:
+                examples.append(got[0])
+                good.append(got[1] + "\n")
+        if repair and good != lines:
             atomic_write_text(self.dataset_path, "".join(good))
         return examples
 
@@ -277,10 +242,7 @@ class RunWriter:
         if an example with the same id is already there."""
         if ex.example_id in self._example_ids:
             return False
-        with self.dataset_path.open("a", encoding="utf-8") as fh:
-            fh.write(ex.model_dump_json() + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        _append_line(self.dataset_path, ex.model_dump_json() + "\n")
         self._example_ids.add(ex.example_id)
         return True
 

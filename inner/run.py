@@ -17,12 +17,14 @@ import yaml
 from inner.config import GenerateConfig
 from inner.documents import Document, load_documents
 from inner.errors import ConfigError
-from inner.harness import load_harness
+from inner.harness import harness_id as make_harness_id
+from inner.harness import resolve_harness_dir
 from inner.llm.backends import start_backend
 from inner.llm.cache import ResponseCache, atomic_write_text
 from inner.llm.client import LLMClient, UsageMeter, track_usage
 from inner.loop import Engine, LoopObserver, run_documents
 from inner.records import RunWriter, Trajectory
+from inner.sandbox import bwrap_path
 from inner.stats import compute_stats
 from inner.tracking import Tracker, build_tracker
 
@@ -104,15 +106,17 @@ async def run_generate(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     docs = load_documents(cfg.task)
-    harness = load_harness(cfg.harness)
-    write_run_config(run_dir, cfg, harness.harness_id)
+    harness_dir = harness_dir_for(cfg)
+    harness_id = make_harness_id(harness_dir)
+    bwrap_path()  # no sandbox, no run: fail before any LLM call
+    write_run_config(run_dir, cfg, harness_id)
     writer = RunWriter(run_dir)
     prior = [writer.load_trajectory(d.doc_id) for d in docs]
     done = sum(1 for t in prior if t is not None and t.finished)
     accepted = sum(1 for t in prior if t is not None and t.status == "accepted")
     log.info(
         "%s with harness %s on %d documents (%d finished earlier) -> %s",
-        cfg.method, harness.harness_id, len(docs), done, run_dir,
+        cfg.method, harness_id, len(docs), done, run_dir,
     )  # fmt: skip
     cache = ResponseCache(Path(cfg.llm.cache_dir) if cfg.llm.cache_dir else run_dir / "llm_cache")
     if base_urls is not None:
@@ -134,7 +138,7 @@ async def run_generate(
                 ticker = asyncio.create_task(_tick(obs))
                 try:
                     _, stats = await evaluate_harness(
-                        run_dir, cfg=cfg, docs=docs, harness=harness, client=client, t0=t0,
+                        run_dir, cfg=cfg, docs=docs, harness_dir=harness_dir, client=client, t0=t0,
                         observer=TrackingObserver(obs, tracker, total=len(docs), done=done, accepted=accepted),
                     )  # fmt: skip
                 finally:
@@ -173,7 +177,7 @@ async def evaluate_harness(
     *,
     cfg: GenerateConfig,
     docs: list[Document],
-    harness: Any,
+    harness_dir: Path,
     client: LLMClient,
     observer: LoopObserver | None = None,
     t0: float | None = None,
@@ -185,9 +189,8 @@ async def evaluate_harness(
     Resumable like :func:`run_generate`: finished documents in ``run_dir`` are not redone.
 
     Args:
-        harness: a :class:`~inner.harness.Harness` or any object with the same ``propose``,
-            ``verify``, ``feedback`` coroutines and ``harness_id`` (e.g. the meta loop's
-            sandboxed harness).
+        harness_dir: the harness directory; its code runs only in the sealed sandbox, one
+            process per document (:mod:`inner.sandbox`).
 
     Returns:
         ``(trajectories of docs, stats)``; ``stats["this_invocation"]`` counts only the calls
@@ -195,13 +198,14 @@ async def evaluate_harness(
     """
     t0 = time.perf_counter() if t0 is None else t0
     writer = RunWriter(run_dir)
-    eng = Engine(cfg, client, harness, writer, observer or LoopObserver())
+    hid = make_harness_id(harness_dir)
+    eng = Engine(cfg, client, harness_dir, hid, writer, observer or LoopObserver())
     with track_usage(UsageMeter()) as meter:
         trajectories = await run_documents(eng, docs)
     stats = compute_stats(
         trajectories,
         method=cfg.method,
-        harness_id=harness.harness_id,
+        harness_id=hid,
         task=cfg.task.name,
         this_invocation=meter.as_dict(),
         wall_s=time.perf_counter() - t0,
@@ -228,6 +232,16 @@ def throughput_gc(gen0: int = 20_000) -> Iterator[None]:
     finally:
         gc.set_threshold(*old)
         gc.unfreeze()
+
+
+def harness_dir_for(cfg: GenerateConfig) -> Path:
+    """The harness directory of a run: ``cfg.harness``, or ``harnesses/cot_self_instruct`` for
+    ``method=cot_self_instruct`` (the one-shot baseline through the same contract).
+
+    Raises:
+        HarnessError: no such harness directory.
+    """
+    return resolve_harness_dir("cot_self_instruct" if cfg.method == "cot_self_instruct" else cfg.harness)
 
 
 def _unused_urls(cfg: GenerateConfig) -> dict[str, str]:

@@ -7,7 +7,8 @@ A :class:`Scenario` answers every role of the inner loop:
   challenger requests that document has had);
 - quality verifier: passes unless the round's plan says ``qv=False``;
 - solvers: ``"ANSWER side=<weak|strong> q=<question> i=<sample index>"``;
-- judge: one grade for criterion ``c1`` equal to the planned score of that side/attempt.
+- judge: binary verdicts on the ten equally weighted criteria ``c1..c10``: the first
+  ``round(10 * score)`` satisfied, so the attempt scores exactly the planned score.
 
 So ``RoundPlan(weak=[0.5, 0.5, 0.5], strong=[0.8, 0.8, 0.8])`` makes the gate see exactly
 those scores.
@@ -33,19 +34,21 @@ class RoundPlan:
     strong: list[float] = field(default_factory=lambda: [0.9, 0.9, 0.9])
     qv: bool = True
     challenge: str | dict[str, Any] | None = None  # override the challenger's raw reply
-    exact_answer: str | None = None  # verifiable mode: reference answer, answer_is_exact=True
+    exact_answer: str | None = None  # verifiable mode: the reference answer
     weak_answers: list[str] | None = None  # verifiable mode: final answers per attempt
     strong_answers: list[str] | None = None
 
 
-def challenge_json(question: str, *, reference: str = "the reference answer", exact: bool = False) -> dict[str, Any]:
+N_CRITERIA = 10
+
+
+def challenge_json(question: str, *, reference: str = "the reference answer") -> dict[str, Any]:
     return {
         "context": "A researcher studies the setting described in the paper.",
         "question": question,
         "reference_answer": reference,
-        "rubric": [{"id": "c1", "criterion": "states the key mechanism", "weight": 3}],
+        "rubric": [{"id": f"c{i}", "criterion": f"states key point {i}", "weight": 1} for i in range(1, N_CRITERIA + 1)],
         "question_type": "mechanism",
-        "answer_is_exact": exact,
     }
 
 
@@ -85,7 +88,7 @@ class Scenario:
             if p.challenge is not None and len(msgs) <= 2:
                 return p.challenge
             if p.exact_answer is not None:
-                return challenge_json(f"Q{marker} r{rnd}", reference=p.exact_answer, exact=True)
+                return challenge_json(f"Q{marker} r{rnd}", reference=p.exact_answer)
             return challenge_json(f"Q{marker} r{rnd}")
         if role == "quality_verifier":
             marker, rnd = self._parse_q(user)
@@ -112,5 +115,6 @@ class Scenario:
             assert m, f"judge saw no scripted answer: {user[-300:]!r}"
             side, marker, rnd, i = m.group(1), m.group(2), int(m.group(3)), int(m.group(4))
             scores = getattr(self.plan(marker, rnd), side)
-            return {"grades": [{"id": "c1", "score": scores[i]}]}
+            k = round(N_CRITERIA * scores[i])
+            return {"grades": [{"id": f"c{j}", "score": int(j <= k)} for j in range(1, N_CRITERIA + 1)]}
         raise AssertionError(f"unexpected role {role!r}")

@@ -1,16 +1,18 @@
-"""Baseline harness: the published Autodata workflow for Agentic Self-Instruct.
+"""Baseline harness: the Autodata workflow for Agentic Self-Instruct, as a main agent.
 
-- ``propose``: the challenger writes {context, question, reference_answer, rubric
-  [{id, criterion, weight 1..7}], question_type, answer_is_exact} from the document; the
-  context describes the problem setting, never the solution; the question is atomic and
-  specific to the paper (``prompts/challenger.md``).
-- ``verify``: the quality verifier rejects context leaks, generic questions, multi-part
-  questions and rubrics that do not cover the reference answer, with a reason
-  (``prompts/quality_verifier.md``).
-- ``feedback``: all earlier failures grouped by mode (TOO EASY with the weak average, FAILED ON
-  STRONG with weak/strong averages and gap, FAILED QUALITY CHECK with the QV reason), a short
-  diagnosis by the main agent (``prompts/main_agent.md``), and the instruction to write an
-  entirely new question from a different angle.
+``run(agent)`` works on one document, round after round:
+
+1. the challenger writes {context, question, reference_answer, rubric [{id, criterion,
+   weight 1..7}], question_type} from the document (``prompts/challenger.md``): the context
+   describes the problem setting, never the solution; the question is atomic and specific to
+   the document;
+2. ``agent.evaluate(challenge)``: the frozen evaluator (quality check, weak then strong
+   solver, judge, gate) reports back; an accepted report ends the document;
+3. otherwise the feedback for the next round: every earlier failure grouped by mode (TOO EASY
+   with the weak average, FAILED ON STRONG with weak/strong averages and gap, FAILED QUALITY
+   CHECK with the quality check's reason), a short diagnosis by the main agent
+   (``prompts/main_agent.md``), and the instruction to write an entirely new question from a
+   different angle.
 
 The contract is documented in :mod:`inner.harness`. The meta loop mutates copies of this
 directory; keep everything a mutation may need to change inside it.
@@ -20,74 +22,40 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel
-
-from inner.harness import HarnessContext
-from inner.llm.client import JSONResult
-from inner.records import Challenge, FailureMode, QVVerdict, RoundRecord
-from inner.templates import render
+from inner.contract import Challenge, FailureMode, RoundRecord, render
 
 PROMPTS = Path(__file__).parent / "prompts"
 
 # Ask the main agent for a diagnosis on top of the grouped failure summary.
 USE_MAIN_AGENT = True
+# Challenger replies that cannot be used (after one repair) before the document is given up.
+MAX_UNUSABLE = 2
 
 
-class QVChecks(BaseModel):
-    """The quality verifier's four checks and its reason."""
-
-    context_leak: bool
-    generic: bool
-    multi_part: bool
-    rubric_covers_answer: bool
-    reason: str = ""
-
-
-async def propose(ctx: HarnessContext, feedback: str | None) -> JSONResult[Challenge]:
-    """Challenger: one challenge from the document (and the feedback, after round 1)."""
-    block = f"## Feedback on your earlier attempts\n{feedback}\n" if feedback else "Write the example now."
-    messages = render(
-        PROMPTS / "challenger.md",
-        domain=ctx.domain,
-        document=ctx.document("challenger"),
-        feedback_block=block,
-    )
-    return await ctx.llm.complete_json("challenger", messages, Challenge)
-
-
-def rubric_text(challenge: Challenge) -> str:
-    return "\n".join(f"- {c.id} (weight {c.weight}): {c.criterion}" for c in challenge.rubric)
-
-
-async def verify(ctx: HarnessContext, challenge: Challenge) -> QVVerdict:
-    """Quality verifier: four boolean checks, passed only if none fails; the reason names
-    the failed checks."""
-    messages = render(
-        PROMPTS / "quality_verifier.md",
-        domain=ctx.domain,
-        document=ctx.document("quality_verifier"),
-        context=challenge.context,
-        question=challenge.question,
-        reference_answer=challenge.reference_answer,
-        rubric=rubric_text(challenge),
-    )
-    res = await ctx.llm.complete_json("quality_verifier", messages, QVChecks)
-    if res.value is None:
-        return QVVerdict(passed=False, reason=f"quality verifier output unusable: {res.error}")
-    v = res.value
-    problems = [
-        name
-        for name, bad in (
-            ("the context leaks the answer", v.context_leak),
-            ("the question is generic (answerable without the document)", v.generic),
-            ("the question has several parts", v.multi_part),
-            ("the rubric does not cover the reference answer", not v.rubric_covers_answer),
+async def run(agent) -> None:
+    """Propose, evaluate, give grouped feedback, try a new angle, until accepted or out of rounds."""
+    feedback: str | None = None
+    unusable = 0
+    while len(agent.rounds) < agent.max_rounds:
+        block = f"## Feedback on your earlier attempts\n{feedback}\n" if feedback else "Write the example now."
+        messages = render(
+            PROMPTS / "challenger.md",
+            domain=agent.domain,
+            document=agent.document("challenger"),
+            feedback_block=block,
         )
-        if bad
-    ]
-    if not problems:
-        return QVVerdict(passed=True, reason=v.reason)
-    return QVVerdict(passed=False, reason="; ".join(problems) + (f". {v.reason}" if v.reason else ""))
+        res = await agent.llm_json("challenger", messages, Challenge)
+        if res.value is None:
+            unusable += 1
+            await agent.note(f"challenger output unusable after one repair: {res.error}")
+            if unusable >= MAX_UNUSABLE:
+                return
+            feedback = (feedback or "") + f"\nYour last reply could not be used: {res.error}. Reply with valid JSON."
+            continue
+        report = await agent.evaluate(res.value)
+        if report.accepted:
+            return
+        feedback = await make_feedback(agent, agent.rounds)
 
 
 def _fmt(x: float | None) -> str:
@@ -115,19 +83,19 @@ def summarize_failures(history: list[RoundRecord]) -> str:
             key = "FAILED QUALITY CHECK"
             line = f'round {r.round}: "{q}" (reason: {r.qv.reason if r.qv else "n/a"})'
         else:
-            key = "INVALID OUTPUT"
-            line = f"round {r.round}: {r.challenger_error or r.harness_error or mode.value}"
+            key = "INVALID"
+            line = f"round {r.round}: " + ("; ".join(r.reasons) or mode.value)
         groups.setdefault(key, []).append(line)
     return "\n".join(f"{key}:\n" + "\n".join(f"  - {ln}" for ln in lines) for key, lines in groups.items())
 
 
-async def feedback(ctx: HarnessContext, history: list[RoundRecord]) -> str:
+async def make_feedback(agent, history: list[RoundRecord]) -> str:
     """Grouped failure summary + main-agent advice + the instruction to try a new angle."""
     summary = summarize_failures(history)
     parts = [f"Your earlier examples for this document were rejected.\n{summary}"]
     if USE_MAIN_AGENT:
-        messages = render(PROMPTS / "main_agent.md", domain=ctx.domain, title=ctx.doc.title, failures=summary)
-        advice = (await ctx.llm.complete("main_agent", messages)).strip()
+        messages = render(PROMPTS / "main_agent.md", domain=agent.domain, title=agent.doc.title, failures=summary)
+        advice = (await agent.llm("main_agent", messages)).text.strip()
         if advice:
             parts.append(f"Advice: {advice}")
     parts.append(

@@ -2,10 +2,19 @@
 
 Every role (challenger, quality verifier, main agent, weak/strong solver, judge) names an
 endpoint in :class:`~inner.config.LLMConfig`. Requests to one endpoint are bounded by its
-``max_in_flight`` semaphore; retries with exponential backoff on 429, 5xx, timeouts and
-dropped connections are done by the ``openai`` client (``max_retries``). Every call is looked
-up in the content-addressed :class:`~inner.llm.cache.ResponseCache` first, counted per role,
-and logged as one line of ``calls.jsonl``.
+``max_in_flight`` semaphore; retries with exponential backoff on 408, 409, 429, 5xx, timeouts
+and dropped connections are done by the ``openai`` client (``max_retries``, ``Retry-After``
+honoured); a 200 that is not a usable completion (a body that is not JSON, no choices, empty
+content: a gateway's transient error that ``openai`` does not retry) is retried here with the
+same budget and backoff. Every call is looked up in the content-addressed
+:class:`~inner.llm.cache.ResponseCache` first, counted per role, and logged as one line of
+``calls.jsonl``.
+
+Every way a call can fail ends as one typed :class:`~inner.errors.LLMCallError` subtype
+(``status``, ``timeout``, ``connection``, ``bad_response``, ``empty``; ``schema`` for
+structured output still invalid after its repair, returned rather than raised): it is counted
+in the role's ``failures`` and ``failure_kinds``, logged as one ``calls.jsonl`` line whose
+``error`` is the kind, and never cached, so a rerun asks again.
 
 Each request carries the header ``X-Autodata-Role: <role>`` so that proxies, server logs and
 the scripted test server can tell the roles apart.
@@ -16,80 +25,63 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import functools
 import json
 import os
-import re
+import random
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import httpx2
 import openai
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from inner.config import LLMConfig
-from inner.errors import ConfigError, LLMCallError
+from inner.contract import (  # noqa: F401  (re-exported: the parent and the sandbox share them)
+    CompleteFn,
+    Completion,
+    JSONResult,
+    Message,
+    inline_schema,
+    json_with_repair,
+    model_schema,
+    parse_json_output,
+)
+from inner.errors import (
+    ConfigError,
+    LLMBadResponseError,
+    LLMCallError,
+    LLMConnectionError,
+    LLMEmptyError,
+    LLMSchemaError,
+    LLMStatusError,
+    LLMTimeoutError,
+)
 from inner.llm.cache import ResponseCache, cache_key
 
 T = TypeVar("T", bound=BaseModel)
-Message = dict[str, str]
 
 ROLE_HEADER = "X-Autodata-Role"
 
 
 @dataclass
-class Completion:
-    """One chat completion.
-
-    Attributes:
-        text: the assistant message content.
-        prompt_tokens / completion_tokens: usage reported by the server (0 if it reports none).
-        cached: served from the response cache (no request was made).
-        latency_s: wall time of the request in seconds (0 for cache hits).
-        finish_reason: ``stop``, ``length``, ... as reported by the server.
-    """
-
-    text: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached: bool = False
-    latency_s: float = 0.0
-    finish_reason: str | None = None
-
-
-@dataclass
-class JSONResult(Generic[T]):
-    """A structured output: the validated ``value``, or a typed failure with the raw text.
-
-    Attributes:
-        value: the parsed pydantic model, or ``None`` when both attempts failed.
-        raw: raw text of every attempt (one, or two when a repair was asked for).
-        error: the last validation error, ``None`` on success.
-    """
-
-    value: T | None
-    raw: list[str]
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.value is not None
-
-
-@dataclass
 class RoleUsage:
     """Counters of one role. ``calls`` are requests actually sent; ``cached_calls`` were
-    served from the cache; tokens count both (what the records cost, cached or not)."""
+    served from the cache; tokens count both (what the records cost, cached or not).
+    ``failures`` are calls that ended in an :class:`~inner.errors.LLMCallError` (after all
+    retries, or a structured output still invalid after its repair), and ``failure_kinds``
+    counts them by kind (``status``, ``timeout``, ``connection``, ``bad_response``,
+    ``empty``, ``schema``)."""
 
     calls: int = 0
     cached_calls: int = 0
     failures: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    failure_kinds: dict[str, int] = field(default_factory=dict)
 
     def add(self, c: Completion) -> None:
         if c.cached:
@@ -99,9 +91,25 @@ class RoleUsage:
         self.prompt_tokens += c.prompt_tokens
         self.completion_tokens += c.completion_tokens
 
+    def add_failure(self, kind: str) -> None:
+        self.failures += 1
+        self.failure_kinds[kind] = self.failure_kinds.get(kind, 0) + 1
+
     def merge(self, other: RoleUsage) -> None:
-        for k, v in asdict(other).items():
-            setattr(self, k, getattr(self, k) + v)
+        for k, v in vars(other).items():
+            if k == "failure_kinds":
+                for kind, n in v.items():
+                    self.failure_kinds[kind] = self.failure_kinds.get(kind, 0) + n
+            else:
+                setattr(self, k, getattr(self, k) + v)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters; ``failure_kinds`` only when there was a failure (so a usage without
+        failures has the same keys as :class:`~inner.contract.RoleUsageRecord`)."""
+        d = asdict(self)
+        if not self.failure_kinds:
+            del d["failure_kinds"]
+        return d
 
 
 @dataclass
@@ -117,8 +125,16 @@ class UsageMeter:
         if not c.cached:
             self.live_completion_tokens += c.completion_tokens
 
-    def as_dict(self) -> dict[str, dict[str, int]]:
-        return {r: asdict(u) for r, u in sorted(self.roles.items())}
+    def record_failure(self, role: str, kind: str) -> None:
+        self.roles[role].add_failure(kind)
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """``{role: counters}`` sorted by role (see :meth:`RoleUsage.as_dict`)."""
+        return {r: u.as_dict() for r, u in sorted(self.roles.items())}
+
+    @property
+    def total_failures(self) -> int:
+        return sum(u.failures for u in self.roles.values())
 
     @property
     def total_calls(self) -> int:
@@ -143,91 +159,6 @@ def track_usage(meter: UsageMeter) -> Iterator[UsageMeter]:
         yield meter
     finally:
         _TRACKERS.reset(token)
-
-
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
-
-
-def parse_json_output(text: str, model: type[T]) -> T:
-    """Parse an LLM reply into ``model``.
-
-    Tolerates code fences and prose around the JSON object (the outermost ``{...}`` is used).
-
-    Raises:
-        ValueError: no JSON object, invalid JSON, or a schema violation (message says which).
-    """
-    candidate = text.strip()
-    fenced = _FENCE.search(candidate)
-    if fenced:
-        candidate = fenced.group(1).strip()
-    start, end = candidate.find("{"), candidate.rfind("}")
-    if start < 0 or end <= start:
-        raise ValueError("no JSON object found in the reply")
-    try:
-        data = json.loads(candidate[start : end + 1])
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON: {exc}") from exc
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"JSON does not match the schema: {problems}") from exc
-
-
-CompleteFn = Callable[[list[Message], dict[str, Any]], Awaitable[Completion]]
-
-
-async def json_with_repair(send: CompleteFn, messages: list[Message], model: type[T]) -> JSONResult[T]:
-    """Ask for ``model`` as JSON through ``send(messages, schema)``; on a parse or schema error
-    ask once more with the error appended; return the value or a typed failure with the raw
-    texts. Shared by :meth:`LLMClient.complete_json` and the harness sandbox's proxy."""
-    schema = model_schema(model)
-    raws: list[str] = []
-    error = ""
-    convo = list(messages)
-    for attempt in range(2):
-        comp = await send(convo, schema)
-        raws.append(comp.text)
-        try:
-            return JSONResult(parse_json_output(comp.text, model), raws)
-        except ValueError as exc:
-            error = str(exc)
-            if comp.finish_reason == "length":
-                error += " (the reply was cut off at max_tokens: be more concise)"
-        if attempt == 0:
-            convo = convo + [
-                {"role": "assistant", "content": comp.text},
-                {
-                    "role": "user",
-                    "content": f"Your reply could not be used: {error}\n"
-                    "Reply again with only one JSON object that matches the required schema.",
-                },
-            ]
-    return JSONResult(None, raws, error)
-
-
-@functools.lru_cache(maxsize=128)
-def model_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The flat JSON schema of a pydantic model, computed once per model class (it is on the
-    hot path: one per structured call)."""
-    return inline_schema(model.model_json_schema())
-
-
-def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """Resolve local ``$ref``/``$defs`` of a pydantic JSON schema and drop ``title`` keys,
-    so grammar converters that do not follow references (llama.cpp) get a flat schema."""
-    defs = schema.get("$defs", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            if "$ref" in node:
-                return walk(defs[node["$ref"].split("/")[-1]])
-            return {k: walk(v) for k, v in node.items() if k not in ("$defs", "title")}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
-
-    return walk(schema)
 
 
 def response_format(json_mode: str, schema: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
@@ -315,8 +246,23 @@ class LLMClient:
             json_schema: constrain the output to this JSON schema where the endpoint supports it.
 
         Raises:
-            LLMCallError: the request failed after the endpoint's retries (status kept).
+            LLMCallError: the call failed after the endpoint's retries; the subtype says how
+                (:class:`~inner.errors.LLMStatusError`, ``LLMTimeoutError``,
+                ``LLMConnectionError``, ``LLMBadResponseError``, ``LLMEmptyError``).
         """
+        return await self._complete(role, messages, sample_index, json_schema, schema_name, None)
+
+    async def _complete(
+        self,
+        role: str,
+        messages: list[Message],
+        sample_index: int,
+        json_schema: dict[str, Any] | None,
+        schema_name: str,
+        pending: list[tuple[str, dict[str, Any]]] | None,
+    ) -> Completion:
+        """:meth:`complete`; with ``pending``, the cache write is appended there instead of
+        done (the caller writes it once the reply proves usable)."""
         rc = self.cfg.role(role)
         ep = self.cfg.endpoints[rc.endpoint]
         params: dict[str, Any] = {
@@ -345,19 +291,21 @@ class LLMClient:
                 finish_reason=hit.get("finish_reason"),
             )
         else:
-            comp = await self._request(role, rc.endpoint, messages, params, rf)
+            # raises a typed LLMCallError (counted, logged) before anything is cached
+            comp = await self._request(role, rc.endpoint, key, messages, params, rf)
             if self.cache is not None:
-                self.cache.put(
-                    key,
-                    {
-                        "role": role,
-                        "model": ep.model,
-                        "text": comp.text,
-                        "prompt_tokens": comp.prompt_tokens,
-                        "completion_tokens": comp.completion_tokens,
-                        "finish_reason": comp.finish_reason,
-                    },
-                )
+                entry = {
+                    "role": role,
+                    "model": ep.model,
+                    "text": comp.text,
+                    "prompt_tokens": comp.prompt_tokens,
+                    "completion_tokens": comp.completion_tokens,
+                    "finish_reason": comp.finish_reason,
+                }
+                if pending is None:
+                    self.cache.put(key, entry)
+                else:
+                    pending.append((key, entry))
         self.usage.record(role, comp)
         for meter in _TRACKERS.get():
             meter.record(role, comp)
@@ -368,13 +316,50 @@ class LLMClient:
         self,
         role: str,
         endpoint: str,
+        key: str,
         messages: list[Message],
         params: dict[str, Any],
         rf: dict[str, Any] | None,
     ) -> Completion:
+        """Send one completion request; a 200 that is not a usable completion is retried up to
+        the endpoint's ``max_retries`` times (``openai`` retries the rest itself).
+
+        Raises:
+            LLMCallError: a typed subtype, after counting and logging it (:meth:`_fail`).
+        """
         body: dict[str, Any] = {"messages": messages, **params}
         if rf is not None:
             body["response_format"] = rf
+        ep = self.cfg.endpoints[endpoint]
+        for attempt in range(ep.max_retries + 1):
+            try:
+                return await self._send(role, endpoint, body)
+            except (LLMBadResponseError, LLMEmptyError) as exc:
+                if attempt == ep.max_retries:
+                    self._fail(exc, key)
+                # the same schedule as openai's: 0.5 s doubling up to 8 s, minus up to 25 % jitter
+                await asyncio.sleep(min(0.5 * 2.0**attempt, 8.0) * (1 - 0.25 * random.random()))
+            except LLMCallError as exc:
+                self._fail(exc, key)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send(self, role: str, endpoint: str, body: dict[str, Any]) -> Completion:
+        """One request (with ``openai``'s own retries); raises an uncounted typed error."""
+        ep = self.cfg.endpoints[endpoint]
+
+        def err(
+            cls: type[LLMCallError], what: str, cause: BaseException | str, status: int | None = None
+        ) -> LLMCallError:
+            detail = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
+            return cls(
+                f"{role} call to endpoint {endpoint!r} ({ep.model}) failed after {ep.max_retries} retries: "
+                f"{what}: {detail}",
+                role=role,
+                endpoint=endpoint,
+                status=status,
+                cause=detail,
+            )
+
         async with self._sems[endpoint]:
             t0 = time.perf_counter()
             try:
@@ -385,35 +370,48 @@ class LLMClient:
                     "/chat/completions", body=body, cast_to=dict, options={"headers": {ROLE_HEADER: role}}
                 )
             except openai.APIStatusError as exc:
-                self._fail(role, endpoint, exc.status_code, exc)
-            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                self._fail(role, endpoint, None, exc)
+                raise err(LLMStatusError, f"HTTP {exc.status_code}", exc, exc.status_code) from exc
+            except openai.APITimeoutError as exc:  # a subclass of APIConnectionError: first
+                raise err(LLMTimeoutError, f"no reply within {ep.timeout_s:g} s", exc) from exc
+            except openai.APIConnectionError as exc:
+                raise err(LLMConnectionError, "connection failed", exc) from exc
+            except openai.APIResponseValidationError as exc:
+                raise err(LLMBadResponseError, "the reply is not a chat completion", exc) from exc
+            except ValueError as exc:  # a JSON content type whose body does not decode
+                raise err(LLMBadResponseError, "the reply body is not JSON", exc) from exc
             latency = time.perf_counter() - t0
-        choices = resp.get("choices") if isinstance(resp, dict) else None
-        if not choices:
-            self._fail(role, endpoint, None, ValueError(f"response has no choices: {str(resp)[:200]}"))
-        choice = choices[0]
+        if not isinstance(resp, dict):  # openai returns the text of a non-JSON content type
+            raise err(LLMBadResponseError, "the reply body is not JSON", repr(str(resp)[:200]))
+        choices = resp.get("choices")
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        if not isinstance(choice, dict):
+            raise err(LLMBadResponseError, "the reply has no choices", repr(json.dumps(resp)[:200]))
+        message = choice.get("message")
+        text = message.get("content") if isinstance(message, dict) else None
+        if text is not None and not isinstance(text, str):
+            raise err(LLMBadResponseError, "the message content is not text", repr(text)[:200])
+        if not text or not text.strip():
+            reason = choice.get("finish_reason")
+            raise err(LLMEmptyError, "empty message content", f"finish_reason={reason!r}")
         usage = resp.get("usage") or {}
         return Completion(
-            text=(choice.get("message") or {}).get("content") or "",
+            text=text,
             prompt_tokens=usage.get("prompt_tokens") or 0,
             completion_tokens=usage.get("completion_tokens") or 0,
             latency_s=latency,
             finish_reason=choice.get("finish_reason"),
         )
 
-    def _fail(self, role: str, endpoint: str, status: int | None, exc: Exception) -> None:
-        self.usage.roles[role].failures += 1
+    def _fail(self, exc: LLMCallError, key: str | None) -> NoReturn:
+        """Count ``exc`` in the usage (and every tracked meter), log it, raise it."""
+        self._note_failure(exc, key)
+        raise exc
+
+    def _note_failure(self, exc: LLMCallError, key: str | None) -> None:
+        self.usage.record_failure(exc.role, exc.kind)
         for meter in _TRACKERS.get():
-            meter.roles[role].failures += 1
-        ep = self.cfg.endpoints[endpoint]
-        what = f"HTTP {status}" if status else type(exc).__name__
-        self._write_log(role, endpoint, None, None, what)
-        raise LLMCallError(
-            f"{role} call to endpoint {endpoint!r} ({ep.model}) failed after {ep.max_retries} retries: {what}: {exc}",
-            role=role,
-            status=status,
-        ) from exc
+            meter.record_failure(exc.role, exc.kind)
+        self._write_log(exc.role, exc.endpoint or "", key, None, exc)
 
     async def complete_json(
         self, role: str, messages: list[Message], model: type[T], *, sample_index: int = 0
@@ -423,33 +421,57 @@ class LLMClient:
         Sends the model's JSON schema as ``response_format`` where the endpoint supports it.
         If the reply does not parse or validate, asks once more with the validation error
         appended; if that fails too, returns a :class:`JSONResult` with ``value=None``, the
-        raw texts and the error (never raises for bad output).
+        raw texts and the error (never raises for bad output). That outcome is an
+        :class:`~inner.errors.LLMSchemaError` in the accounting: counted in the role's
+        ``failures`` (kind ``schema``), logged, and its replies are not cached, so a rerun
+        asks again; the replies of a usable result are cached.
 
         Raises:
             LLMCallError: a request failed after retries (a transport problem, not bad output).
         """
+        pending: list[tuple[str, dict[str, Any]]] = []
 
         async def send(convo: list[Message], schema: dict[str, Any]) -> Completion:
-            return await self.complete(
-                role,
-                convo,
-                sample_index=sample_index,
-                json_schema=schema,
-                schema_name=model.__name__,
+            return await self._complete(role, convo, sample_index, schema, model.__name__, pending)
+
+        res = await json_with_repair(send, messages, model)
+        if res.ok:
+            if self.cache is not None:
+                for k, entry in pending:
+                    self.cache.put(k, entry)
+        else:
+            endpoint = self.cfg.role(role).endpoint
+            detail = res.error or "unusable output"
+            self._note_failure(
+                LLMSchemaError(
+                    f"{role} reply does not match {model.__name__} after one repair: {detail}",
+                    role=role,
+                    endpoint=endpoint,
+                    cause=detail,
+                ),
+                pending[-1][0] if pending else None,
             )
+        return res
 
-        return await json_with_repair(send, messages, model)
-
-    def _write_log(self, role: str, endpoint: str, key: str | None, comp: Completion | None, error: str | None) -> None:
+    def _write_log(
+        self,
+        role: str,
+        endpoint: str,
+        key: str | None,
+        comp: Completion | None,
+        error: LLMCallError | None,
+    ) -> None:
         if self._log is None:
             return
-        line = {
+        line: dict[str, Any] = {
             "t": round(time.time(), 3),
             "role": role,
             "endpoint": endpoint,
             "key": key,
-            "error": error,
+            "error": error.kind if error is not None else None,
         }
+        if error is not None:
+            line |= {"status": error.status, "detail": (error.cause or "")[:300]}
         if comp is not None:
             line |= {
                 "cached": comp.cached,

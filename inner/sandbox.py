@@ -1,0 +1,342 @@
+"""The sealed harness sandbox (parent side): every line of harness code runs here, never in
+the evaluator's process, on every path (``autodata-generate harness=...`` and
+``autodata-evolve`` alike).
+
+One sandbox process per document, started with bubblewrap (Debian's ``bubblewrap``, installed
+by ``make install``) as ``python -I /sdk/inner/sandbox_child.py /harness``:
+
+- **file system**: a fresh root with read-only ``/usr`` (and the ``/bin``, ``/lib`` links),
+  the Python installation and the virtual environment's packages, the harness SDK at ``/sdk``
+  (:mod:`inner.contract`, :mod:`inner.templates`, :mod:`inner.errors`,
+  :mod:`inner.sandbox_child`; no other project source), the harness directory read-only at
+  ``/harness``, and a private size-limited ``/tmp`` as its working directory. The run
+  directory, records, lineage, ``splits.json``, the corpus, the project sources, ``$HOME`` and
+  ``/etc`` do not exist inside;
+- **environment**: cleared (no API keys, tokens or proxy variables); ``PATH``, ``HOME=/tmp``
+  and ``LANG`` only;
+- **network**: a new, empty network namespace (not even the parent's loopback ports);
+- **processes**: new PID, IPC, UTS and user namespaces and a new session; the whole sandbox
+  dies with its parent (``--die-with-parent``) and is killed whole when the document ends;
+  a pids cgroup caps its process count where the cgroup v1 ``pids`` hierarchy is writable;
+- **resources**: ``RLIMIT_AS`` (memory), ``RLIMIT_CPU`` (CPU seconds), ``RLIMIT_NOFILE``,
+  ``RLIMIT_FSIZE``, and the wall-clock limit enforced by :mod:`inner.loop`;
+- **LLM access**: only through the parent (:class:`inner.loop.DocumentSession`), restricted
+  to the harness roles and a per-document budget of calls and tokens.
+
+Not contained: CPU contention (a busy harness shares the cores with the run until its CPU or
+wall-clock limit kills it), and what the harness writes to its own stderr (kept, up to a size
+limit, in ``sandbox.log`` of the run directory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from inner.errors import HarnessError, SandboxError
+from inner.paths import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
+
+#: project files visible inside the sandbox: the harness SDK, nothing that decides acceptance
+SDK_FILES = ("contract.py", "templates.py", "errors.py", "sandbox_child.py")
+PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
+#: a protocol line longer than this (bytes) is a misbehaving harness
+MAX_LINE = 1 << 26
+
+
+@functools.lru_cache(maxsize=1)
+def sdk_dir() -> Path:
+    """A private copy of the harness SDK (``<tmp>/sdk/inner/...``), made once per process."""
+    root = Path(tempfile.mkdtemp(prefix="autodata-sdk-"))
+    pkg = root / "inner"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text('"""The harness SDK inside the sandbox (a subset of inner/)."""\n')
+    for name in SDK_FILES:
+        shutil.copy2(PROJECT_ROOT / "inner" / name, pkg / name)
+    return root
+
+
+@functools.lru_cache(maxsize=1)
+def bwrap_path() -> str:
+    """The ``bwrap`` executable.
+
+    Raises:
+        SandboxError: bubblewrap is not installed, or cannot create namespaces here.
+    """
+    path = shutil.which("bwrap")
+    if path is None:
+        raise SandboxError(
+            "bubblewrap (`bwrap`) is required to run harness code sealed: run `make install` "
+            "(it installs Debian's bubblewrap) or `apt-get install bubblewrap`"
+        )
+    import subprocess
+
+    probe = subprocess.run(
+        [path, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "true"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    if probe.returncode != 0:
+        raise SandboxError(
+            f"bubblewrap cannot create namespaces on this machine ({probe.stderr.strip()[:200]}); "
+            "harness code cannot be sealed here"
+        )
+    return path
+
+
+def _system_binds() -> list[str]:
+    args = ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib64", "/lib32"):
+        p = Path(top)
+        if p.is_symlink():
+            args += ["--symlink", os.readlink(p), top]
+        elif p.is_dir():
+            args += ["--ro-bind", top, top]
+    prefixes = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()}
+    exe = Path(sys.executable)
+    prefixes.add(exe.resolve().parent.parent)
+    for prefix in sorted(prefixes):
+        if not str(prefix).startswith("/usr"):
+            args += ["--ro-bind", str(prefix), str(prefix)]
+    # a venv reached through a symlinked path (python -> /root/.pyenv/...) keeps its own path
+    if Path(sys.prefix) != Path(sys.prefix).resolve():
+        args += ["--ro-bind", str(Path(sys.prefix).resolve()), str(Path(sys.prefix))]
+    return args
+
+
+def sandbox_command(harness_dir: Path, *, tmp_mb: int = 64, check: bool = False) -> list[str]:
+    """The bubblewrap command line that runs the sandbox child on ``harness_dir``."""
+    cmd = [
+        bwrap_path(),
+        "--unshare-all", "--die-with-parent", "--new-session",
+        *_system_binds(),
+        "--ro-bind", str(sdk_dir()), "/sdk",
+        "--ro-bind", str(Path(harness_dir).resolve()), "/harness",
+        "--size", str(tmp_mb << 20), "--tmpfs", "/tmp",
+        "--proc", "/proc", "--dev", "/dev",
+        "--chdir", "/tmp",
+        "--clearenv",
+        "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
+        "--setenv", "HOME", "/tmp",
+        "--setenv", "LANG", "C.UTF-8",
+        "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
+        "--",
+        sys.executable, "-I", "/sdk/inner/sandbox_child.py", "/harness",
+    ]  # fmt: skip
+    if check:
+        cmd.append("--check")
+    return cmd
+
+
+class _PidsCgroup:
+    """A cgroup v1 ``pids`` group capping the sandbox's processes (best effort: used where the
+    hierarchy is writable, as on these machines; RLIMIT_NPROC cannot limit root)."""
+
+    def __init__(self, max_procs: int) -> None:
+        self.path: Path | None = None
+        try:
+            path = PIDS_CGROUP / "autodata" / uuid.uuid4().hex[:12]
+            path.mkdir(parents=True)
+            (path / "pids.max").write_text(str(max_procs))
+            self.path = path
+        except OSError:
+            self.path = None
+
+    def enter(self) -> None:
+        """In the child between fork and exec: join the group."""
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def destroy(self) -> None:
+        """Kill whatever is left in the group and remove it."""
+        if self.path is None:
+            return
+        for _ in range(50):
+            try:
+                pids = [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
+            except OSError:
+                break
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            import time
+
+            time.sleep(0.02)
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
+
+
+def _preexec(*, memory_mb: int, cpu_s: int, cgroup: _PidsCgroup) -> Any:
+    def apply() -> None:  # in the child between fork and exec
+        import ctypes
+        import resource
+
+        cgroup.enter()
+        limit = memory_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 5))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 20, 64 << 20))
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    return apply
+
+
+class SandboxProcess:
+    """One sandboxed harness process (one document).
+
+    Args:
+        harness_dir: the harness directory (mounted read-only).
+        memory_mb / cpu_s / max_procs: resource limits (``inner.harness_*``).
+        log_path: file that receives the harness's stderr (appended, at most ``log_bytes``).
+
+    Raises:
+        SandboxError: bubblewrap is missing or unusable (from :meth:`start`).
+    """
+
+    def __init__(
+        self,
+        harness_dir: Path,
+        *,
+        memory_mb: int = 2048,
+        cpu_s: int = 120,
+        max_procs: int = 32,
+        log_path: Path | None = None,
+        log_bytes: int = 1 << 20,
+    ) -> None:
+        self.harness_dir = Path(harness_dir)
+        self.memory_mb, self.cpu_s, self.max_procs = memory_mb, cpu_s, max_procs
+        self.log_path, self.log_bytes = log_path, log_bytes
+        self.proc: asyncio.subprocess.Process | None = None
+        self._cgroup: _PidsCgroup | None = None
+        self._stderr_task: asyncio.Task[None] | None = None
+
+    async def start(self, *, check: bool = False) -> dict[str, Any]:
+        """Start the child and wait for its ``ready`` line (the harness imported).
+
+        Returns:
+            The ready message: ``{"ok": true}`` or ``{"ok": false, "error": ...}``.
+        """
+        cmd = sandbox_command(self.harness_dir, check=check)
+        self._cgroup = _PidsCgroup(self.max_procs)
+        self.proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_preexec(memory_mb=self.memory_mb, cpu_s=self.cpu_s, cgroup=self._cgroup),
+            start_new_session=True, limit=MAX_LINE, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        )  # fmt: skip
+        self._stderr_task = asyncio.create_task(self._drain_stderr())
+        line = await self.readline()
+        if line is None:
+            code = await self.proc.wait()
+            return {"ok": False, "error": f"the sandbox exited with code {code} before the harness loaded"}
+        if line.get("t") != "ready":
+            return {"ok": False, "error": f"unexpected first message from the sandbox: {str(line)[:200]}"}
+        return line
+
+    async def _drain_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        written = 0
+        fh = self.log_path.open("ab") if self.log_path else None
+        try:
+            while chunk := await self.proc.stderr.read(65536):
+                if fh is not None and written < self.log_bytes:
+                    fh.write(chunk[: self.log_bytes - written])
+                    fh.flush()
+                    written += len(chunk)
+        finally:
+            if fh is not None:
+                fh.close()
+
+    async def readline(self) -> dict[str, Any] | None:
+        """The next protocol message, or ``None`` at end of stream.
+
+        Raises:
+            HarnessError: the child sent a line that is not a JSON object or is too long.
+        """
+        assert self.proc is not None and self.proc.stdout is not None
+        try:
+            raw = await self.proc.stdout.readline()
+        except (ValueError, asyncio.LimitOverrunError) as exc:
+            raise HarnessError(f"the harness sent a protocol line over {MAX_LINE} bytes") from exc
+        if not raw:
+            return None
+        try:
+            msg = json.loads(raw)
+        except ValueError as exc:
+            raise HarnessError(f"the harness sent a malformed protocol line: {raw[:200]!r}") from exc
+        if not isinstance(msg, dict):
+            raise HarnessError(f"the harness sent a protocol line that is not an object: {raw[:200]!r}")
+        return msg
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        """Send one protocol message (ignored if the child is gone)."""
+        if self.proc is None or self.proc.stdin is None or self.proc.returncode is not None:
+            return
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
+            self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+            await self.proc.stdin.drain()
+
+    def exit_description(self) -> str:
+        """How the child ended, in words (for ``harness_error``)."""
+        code = self.proc.returncode if self.proc else None
+        if code is None:
+            return "still running"
+        if code < 0:
+            name = signal.Signals(-code).name
+            why = {"SIGXCPU": " (CPU time limit)", "SIGKILL": " (killed)"}.get(name, "")
+            return f"killed by {name}{why}"
+        return f"exited with code {code}"
+
+    async def kill(self) -> None:
+        """Kill the whole sandbox (bubblewrap, its PID namespace, the cgroup) and reap it."""
+        if self.proc is not None:
+            if self.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.proc.wait(), 10)
+        if self._cgroup is not None:
+            await asyncio.to_thread(self._cgroup.destroy)
+            self._cgroup = None
+        if self._stderr_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._stderr_task, 2)
+
+
+async def validate_harness(harness_dir: Path, *, timeout_s: float = 60.0, memory_mb: int = 2048) -> str | None:
+    """Check in the sandbox that ``harness_dir`` imports and defines ``async def run(agent)``.
+
+    Returns:
+        ``None`` if valid, else the reason (import error, missing ``run``, timeout, crash).
+
+    Raises:
+        SandboxError: bubblewrap is missing or unusable.
+    """
+    sb = SandboxProcess(harness_dir, memory_mb=memory_mb)
+    try:
+        ready = await asyncio.wait_for(sb.start(check=True), timeout_s)
+    except TimeoutError:
+        return f"importing the harness did not finish within {timeout_s:.0f} s"
+    except HarnessError as exc:
+        return str(exc)
+    finally:
+        await sb.kill()
+    return None if ready.get("ok") else str(ready.get("error"))
