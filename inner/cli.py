@@ -6,12 +6,16 @@ Examples::
     autodata-generate task=legal task.limit=3 inner.max_rounds=3
     autodata-generate method=cot_self_instruct hydra.run.dir=runs/cot
     autodata-generate harness=/path/to/exported_harness llm=openai
+
+Exit codes: 0 every document finished; 1 a config or usage error; 3 some documents ended in
+error (the summary gives the count and the command that redoes them); 130 SIGINT; 143 SIGTERM
+(see :mod:`inner.entrypoint`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from inner.config import GenerateConfig, register_configs
-from inner.entrypoint import cli_guard, to_config
+from inner.entrypoint import EXIT_DOCUMENTS_IN_ERROR, EXIT_OK, cli_guard, run_async, to_config
 from inner.paths import PROJECT_ROOT
 
 log = logging.getLogger("autodata")
@@ -64,6 +68,10 @@ def summary_table(stats: dict[str, Any], run_dir: Path) -> Table:
             f"{sum(u['calls'] for u in stats['this_invocation'].values())} sent, "
             f"{sum(u['cached_calls'] for u in stats['this_invocation'].values())} from the cache",
         ),
+        (
+            "LLM call failures this run",
+            ", ".join(f"{k} {v}" for k, v in sorted((stats.get("failures_by_kind") or {}).items())) or "0",
+        ),
     ]
     for k, v in rows:
         t.add_row(k, v)
@@ -83,17 +91,46 @@ def _main(dcfg: DictConfig) -> None:
     from inner.run import run_generate
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    with cli_guard(f"finished work is on disk in {run_dir}; rerun the same command to resume"):
+    with cli_guard(f"finished work is on disk in {run_dir}; to resume, run: {rerun_command(run_dir)}"):
         cfg = to_config(dcfg, GenerateConfig)
 
         def observer(**kw: Any) -> RichProgress:
             return RichProgress(enabled=cfg.progress and sys.stderr.isatty(), **kw)
 
-        stats = asyncio.run(run_generate(cfg, run_dir, observer_factory=observer))
+        stats = run_async(run_generate(cfg, run_dir, observer_factory=observer))
     Console().print(summary_table(stats, run_dir))
-    if stats["documents"] and stats["errored"] == stats["documents"]:
-        log.error("every document failed; see trajectories/*.json and %s", run_dir / "llm_server.log")
-        sys.exit(1)
+    code = exit_code(stats)
+    if code != EXIT_OK:
+        log.error("%s", incomplete_message(stats, run_dir, backend=cfg.llm.backend.kind))
+        sys.exit(code)
+
+
+def exit_code(stats: dict[str, Any]) -> int:
+    """0 when no document ended in error, else 3 (``EXIT_DOCUMENTS_IN_ERROR``)."""
+    return EXIT_DOCUMENTS_IN_ERROR if stats.get("errored") else EXIT_OK
+
+
+def rerun_command(run_dir: Path) -> str:
+    """The command line of this process, pinned to ``run_dir`` (a rerun into the same run
+    directory skips finished documents and redoes the rest)."""
+    args = [a for a in sys.argv[1:] if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
+    return shlex.join([Path(sys.argv[0]).name, *args, f"hydra.run.dir={run_dir}"])
+
+
+def incomplete_message(stats: dict[str, Any], run_dir: Path, *, backend: str) -> str:
+    """Why the run is incomplete, where to look (the logs this backend writes), and the exact
+    command that redoes the documents in error."""
+    n, total = stats["errored"], stats["documents"]
+    kinds = stats.get("failures_by_kind") or {}
+    what = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) or "see trajectories/*.json"
+    logs = [f"{run_dir / 'calls.jsonl'} (failed calls, field 'error')", f"{run_dir / 'trajectories'}/*.json"]
+    if backend in ("local", "vllm") and (run_dir / "llm_server.log").exists():
+        logs.append(str(run_dir / "llm_server.log"))
+    head = "every document ended in error" if n == total else f"{n} of {total} documents ended in error"
+    return (
+        f"{head} (LLM call failures: {what}); see {', '.join(logs)}. "
+        f"A rerun redoes exactly those documents: {rerun_command(run_dir)}"
+    )
 
 
 def main() -> None:

@@ -1,17 +1,36 @@
-"""What every console script shares: quiet library loggers, typed config conversion, and one
-place that turns an :class:`~inner.errors.AutodataError` or Ctrl-C into a clean exit."""
+"""What every console script shares: quiet library loggers, typed config conversion with
+unknown keys refused, an event-loop runner that SIGINT and SIGTERM stop promptly, and one
+place that turns an :class:`~inner.errors.AutodataError` or a signal into an honest exit code.
+
+Exit codes (README, "Exit codes")::
+
+    0    the run finished: every document finished (generate), or a budget stopped it (evolve)
+    1    a config or usage error (bad or unknown key, missing corpus, unreachable endpoint, ...),
+         or any other AutodataError; nothing was generated, or the message says what was
+    3    generate: some documents ended in error (status ``error``); rerun the same command
+         to redo exactly those
+    4    evolve: a circuit breaker stopped the run (``stop_reason`` in summary.json)
+    130  interrupted by SIGINT (Ctrl-C); 143 by SIGTERM. Finished work is on disk.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
+import difflib
 import logging
+import os
+import signal
 import sys
-from collections.abc import Iterator
-from typing import TypeVar
+import threading
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from inner.errors import AutodataError
+from inner.errors import AutodataError, ConfigError
 
 log = logging.getLogger("autodata")
 T = TypeVar("T")
@@ -19,29 +38,213 @@ T = TypeVar("T")
 #: Libraries that log one INFO line per HTTP request or per plot call.
 NOISY_LOGGERS = ("httpx", "httpx2", "matplotlib")
 
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_DOCUMENTS_IN_ERROR = 3
+EXIT_CIRCUIT_BREAKER = 4
+EXIT_SIGINT = 128 + signal.SIGINT  # 130
+EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
+
+#: Seconds between the first SIGINT/SIGTERM and a hard exit if the run has not stopped by
+#: then (a cancellation must unwind through awaits; code that never awaits cannot be
+#: cancelled). With the time to notice the signal, the process is gone within 5 s.
+STOP_GRACE_S = 4.0
+
+
+def unknown_keys(node: DictConfig, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """Keys of the composed config that its schema does not have.
+
+    Hydra's ``+key=value`` adds a key even to a structured (dataclass-typed) node, and
+    ``OmegaConf.to_object`` then sets it as a stray attribute, so a typo would be silently
+    ignored. This walks every node whose type is a dataclass and compares its keys with the
+    dataclass fields (dict-typed nodes such as ``llm.endpoints`` have free keys; their values
+    are checked against their own dataclass).
+
+    Returns:
+        ``[(full key, valid keys at that level), ...]`` in config order.
+    """
+    out: list[tuple[str, list[str]]] = []
+    typ = OmegaConf.get_type(node)
+    names = [f.name for f in dataclasses.fields(typ)] if dataclasses.is_dataclass(typ) else None
+    for key in node.keys():
+        full = f"{prefix}{key}"
+        if names is not None and key not in names:
+            out.append((full, names))
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            out.extend(unknown_keys(child, f"{full}."))
+        elif isinstance(child, ListConfig) and not child._is_none() and not child._is_missing():
+            for i, item in enumerate(child._iter_ex(resolve=False)):
+                if isinstance(item, DictConfig):
+                    out.extend(unknown_keys(item, f"{full}[{i}]."))
+    return out
+
+
+def check_known_keys(dcfg: DictConfig) -> None:
+    """Refuse a composed config with keys its schema does not define.
+
+    Raises:
+        ConfigError: names each unknown key and the closest valid one (``difflib``), or the
+            valid keys at that level when none is close.
+    """
+    bad = unknown_keys(dcfg)
+    if not bad:
+        return
+    parts = []
+    for full, names in bad:
+        parent, _, leaf = full.rpartition(".")
+        where = f"{parent}." if parent else ""
+        close = difflib.get_close_matches(leaf, names, n=1, cutoff=0.6)
+        if close:
+            hint = f"did you mean {where}{close[0]}?"
+        else:
+            nearest = difflib.get_close_matches(leaf, names, n=1, cutoff=0.0)
+            hint = f"closest: {where}{nearest[0]}; " if nearest else ""
+            hint += f"valid keys{' under ' + parent if parent else ''}: {', '.join(names)}"
+        parts.append(f"{full} is not a config key ({hint})")
+    raise ConfigError("; ".join(parts) + ". Remove the key or fix its spelling.")
+
 
 def to_config(dcfg: DictConfig, cls: type[T]) -> T:
     """Convert the composed Hydra config to the dataclass ``cls`` once, at the entry point.
 
     Raises:
-        ConfigError: a value fails validation (the message names the key).
+        ConfigError: an unknown key (see :func:`check_known_keys`), or a value that fails
+            validation (the message names the key).
     """
+    check_known_keys(dcfg)
     obj = OmegaConf.to_object(dcfg)
     assert isinstance(obj, cls), type(obj)
     return obj
 
 
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal. ``exit_code`` is ``128 + signum`` (130 for SIGINT,
+    143 for SIGTERM)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _hard_exit(code: int, why: str) -> None:
+    """Leave now: terminate our direct child processes (so no server outlives us), then
+    ``os._exit``. Records are append-only or atomic, so nothing finished is lost."""
+    with contextlib.suppress(Exception):
+        sys.stderr.write(f"autodata: {why}; exiting now (exit code {code})\n")
+        sys.stderr.flush()
+    for pid in _child_pids():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    os._exit(code)
+
+
+def _child_pids() -> list[int]:
+    """Direct children of this process (Linux ``/proc``; empty elsewhere)."""
+    me, out = os.getpid(), []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = Path(entry.path, "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+                    out.append(int(entry.name))
+    return out
+
+
+def run_async(main: Coroutine[Any, Any, T], *, grace_s: float = STOP_GRACE_S) -> T:
+    """Run ``main`` to completion on a new event loop, like ``asyncio.run``, but stoppable.
+
+    The first SIGINT or SIGTERM cancels ``main`` (its ``finally`` blocks run: records are
+    flushed, servers stopped) and arms a watchdog: if the process is still running
+    ``grace_s`` seconds later (code that does not await cannot be cancelled), it terminates
+    its child processes and exits with ``128 + signum``. A second signal exits at once.
+    Threads of the default executor are not waited for.
+
+    Raises:
+        Interrupted: a signal stopped the run (``exit_code`` 130 or 143).
+        Whatever ``main`` raises.
+    """
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(main)
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        if received:
+            _hard_exit(128 + received[0], f"second signal ({signal.Signals(signum).name})")
+        received.append(signum)
+        timer = threading.Timer(
+            grace_s,
+            _hard_exit,
+            args=(128 + signum, f"the run did not stop within {grace_s:g} s of {signal.Signals(signum).name}"),
+        )
+        timer.daemon = True
+        timer.start()
+        loop.call_soon_threadsafe(task.cancel)
+
+    main_thread = threading.current_thread() is threading.main_thread()  # signals need it
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    try:
+        asyncio.set_event_loop(loop)
+        result = loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        if received:
+            raise Interrupted(received[0]) from None
+        raise
+    finally:
+        # the watchdog stays armed until the process exits: cleanup after this may hang too
+        try:
+            _cancel_pending(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+    if received:  # main returned although it was cancelled: the run is still incomplete
+        raise Interrupted(received[0])
+    return result
+
+
+def _cancel_pending(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel the tasks ``main`` left behind and let them unwind (as ``asyncio.run`` does)."""
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for t in pending:
+        t.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+
+def _raise_sigterm(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
 @contextlib.contextmanager
 def cli_guard(on_interrupt: str = "") -> Iterator[None]:
     """Quiet noisy loggers; exit 1 with the message (no traceback) on an AutodataError, and
-    130 on Ctrl-C with ``on_interrupt`` (e.g. where the finished work is) in the warning."""
+    130 on SIGINT or 143 on SIGTERM with ``on_interrupt`` (e.g. where the finished work is)
+    in the warning. SIGTERM outside :func:`run_async` (while loading documents, say) stops
+    the process the same way Ctrl-C does."""
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_sigterm) if main_thread else None
     try:
         yield
     except AutodataError as exc:
         log.error("%s", exc)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        log.warning("interrupted%s", f": {on_interrupt}" if on_interrupt else "")
-        sys.exit(130)
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt as exc:
+        code = exc.exit_code if isinstance(exc, Interrupted) else EXIT_SIGINT
+        name = signal.Signals(code - 128).name
+        log.warning("interrupted by %s%s", name, f": {on_interrupt}" if on_interrupt else "")
+        sys.exit(code)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)

@@ -5,11 +5,15 @@ Examples::
     autodata-evolve +experiment=demo                          # embedded model, 2 iterations
     autodata-evolve meta.max_iterations=50 meta.in_flight=4 llm=vllm
     autodata-evolve -m meta.temperature=0.05,0.1,0.2 hydra/launcher=joblib   # a sweep
+
+Exit codes: 0 a budget ended the run; 1 a config or usage error; 4 a circuit breaker stopped
+it (``stop_reason`` in summary.json); 130 SIGINT; 143 SIGTERM (see :mod:`inner.entrypoint`).
 """
 
 from __future__ import annotations
 
-import asyncio
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +23,11 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from inner.entrypoint import cli_guard, to_config
+from inner.entrypoint import EXIT_CIRCUIT_BREAKER, EXIT_OK, cli_guard, run_async, to_config
 from inner.paths import PROJECT_ROOT
 from meta.config import EvolveConfig, register_configs
+
+log = logging.getLogger("autodata")
 
 register_configs()
 
@@ -63,9 +69,19 @@ def _main(dcfg: DictConfig) -> None:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with cli_guard(f"finished iterations are in {run_dir}; rerun the same command to resume"):
-        summary = asyncio.run(run_evolve(to_config(dcfg, EvolveConfig), run_dir))
+        summary = run_async(run_evolve(to_config(dcfg, EvolveConfig), run_dir))
     Console().print(summary_table(summary, run_dir))
     print(f"lineage: git -C {run_dir / 'lineage'} log --graph --all --oneline")
+    code = exit_code(summary)
+    if code != EXIT_OK:
+        log.error("stopped early: %s (see %s)", summary["stop_reason"], run_dir / "summary.json")
+        sys.exit(code)
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    """4 (``EXIT_CIRCUIT_BREAKER``) when a circuit breaker stopped the run (``stop_reason``
+    starts with "circuit breaker"), else 0."""
+    return EXIT_CIRCUIT_BREAKER if str(summary.get("stop_reason", "")).startswith("circuit breaker") else EXIT_OK
 
 
 def main() -> None:

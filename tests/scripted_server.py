@@ -4,8 +4,10 @@ It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) for the ``ope
 ``POST /v1/chat/completions`` and ``GET /v1/models``. Each completion is produced by a
 *script*: ``script(role, body) -> Reply | str | dict``, where ``role`` is the request's
 ``X-Autodata-Role`` header and ``body`` the parsed JSON request. A ``dict`` is sent as JSON
-content, a ``str`` as is; a :class:`Reply` can also set an HTTP error status, a delay, or drop
-the connection without answering. Every request is recorded in ``server.requests``.
+content, a ``str`` as is; a :class:`Reply` can also set an HTTP error status, a delay, drop
+the connection without answering, send a raw body (e.g. a gateway's HTML error page with
+status 200), a completion with no choices, or extra headers (``Retry-After``). Every request is
+recorded in ``server.requests``.
 
 Run in a thread (``with ScriptedServer(script) as url: ...``) for tests, or as a separate
 process for benchmarks: ``python -m tests.scripted_server --script MODULE:FUNC --latency 0.2``.
@@ -34,6 +36,11 @@ class Reply:
         delay_s: sleep before answering (to trigger client timeouts).
         drop: close the connection without any response.
         finish_reason: reported finish reason.
+        raw_body: send exactly this body (with ``status`` and ``content_type``) instead of a
+            chat completion or an error object.
+        content_type: the ``content-type`` of ``raw_body``.
+        no_choices: a 200 chat completion whose ``choices`` list is empty.
+        headers: extra response headers, e.g. ``{"retry-after": "1"}``.
     """
 
     content: str | dict[str, Any] = ""
@@ -41,6 +48,10 @@ class Reply:
     delay_s: float = 0.0
     drop: bool = False
     finish_reason: str = "stop"
+    raw_body: str | None = None
+    content_type: str = "application/json"
+    no_choices: bool = False
+    headers: dict[str, str] | None = None
 
 
 Script = Callable[[str, dict[str, Any]], "Reply | str | dict[str, Any]"]
@@ -118,9 +129,15 @@ class ScriptedServer:
         if reply.drop:
             writer.transport.abort()
             return False
+        if reply.raw_body is not None:
+            self._send(writer, reply.status, reply.raw_body, content_type=reply.content_type, headers=reply.headers)
+            return True
         if reply.status != 200:
             self._send(
-                writer, reply.status, {"error": {"message": f"scripted error {reply.status}", "type": "server_error"}}
+                writer,
+                reply.status,
+                {"error": {"message": f"scripted error {reply.status}", "type": "server_error"}},
+                headers=reply.headers,
             )
             return True
         content = reply.content if isinstance(reply.content, str) else json.dumps(reply.content)
@@ -133,7 +150,9 @@ class ScriptedServer:
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": req.get("model", "scripted"),
-                "choices": [
+                "choices": []
+                if reply.no_choices
+                else [
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": content},
@@ -146,15 +165,24 @@ class ScriptedServer:
                     "total_tokens": prompt_tokens + max(1, len(content) // 4),
                 },
             },
+            headers=reply.headers,
         )
         return True
 
     @staticmethod
-    def _send(writer: asyncio.StreamWriter, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
+    def _send(
+        writer: asyncio.StreamWriter,
+        status: int,
+        payload: dict[str, Any] | str,
+        *,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         head = (
-            f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n"
-            "connection: keep-alive\r\n\r\n"
+            f"HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {len(data)}\r\n"
+            f"{extra}connection: keep-alive\r\n\r\n"
         )
         writer.write(head.encode() + data)
 

@@ -217,13 +217,14 @@ def test_persistent_500_marks_only_that_document_error_and_a_rerun_finishes_it(m
     stats = run(cfg, tmp_path / "run", bad)
     assert stats["errored"] == 1 and stats["accepted"] == 2 and stats["finished"] == 2
     traj_b = _traj(tmp_path / "run", "MARK-B")
-    assert traj_b.status == "error" and "LLMCallError" in traj_b.error and "HTTP 500" in traj_b.error
+    assert traj_b.status == "error" and "LLMStatusError" in traj_b.error and "HTTP 500" in traj_b.error
     assert _traj(tmp_path / "run", "MARK-A").status == "accepted"
     assert _traj(tmp_path / "run", "MARK-C").status == "accepted"
     assert len(_lines(tmp_path / "run" / "dataset.jsonl")) == 2
     assert bad.count("challenger") == 2 + 2  # B: 1 + 1 retry; A and C: 1 each
     failed = [c for c in _lines(tmp_path / "run" / "calls.jsonl") if c["error"]]
-    assert len(failed) == 1 and failed[0]["role"] == "challenger" and failed[0]["error"] == "HTTP 500"
+    assert len(failed) == 1 and failed[0]["role"] == "challenger"
+    assert failed[0]["error"] == "status" and failed[0]["status"] == 500
 
     good = server(scenario(ACCEPT))
     stats2 = run(cfg, tmp_path / "run", good)
