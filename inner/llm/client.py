@@ -404,10 +404,13 @@ class LLMClient:
 
     def _fail(self, exc: LLMCallError, key: str | None) -> NoReturn:
         """Count ``exc`` in the usage (and every tracked meter), log it, raise it."""
-        self._note_failure(exc, key)
+        self.record_failure(exc, key)
         raise exc
 
-    def _note_failure(self, exc: LLMCallError, key: str | None) -> None:
+    def record_failure(self, exc: LLMCallError, key: str | None = None) -> None:
+        """Count ``exc`` in the role's usage (and every tracked meter) and log it as one
+        ``calls.jsonl`` line, without raising. For failures found outside this client, e.g. a
+        harness's structured output still invalid after its repair (an ``LLMSchemaError``)."""
         self.usage.record_failure(exc.role, exc.kind)
         for meter in _TRACKERS.get():
             meter.record_failure(exc.role, exc.kind)
@@ -442,7 +445,7 @@ class LLMClient:
         else:
             endpoint = self.cfg.role(role).endpoint
             detail = res.error or "unusable output"
-            self._note_failure(
+            self.record_failure(
                 LLMSchemaError(
                     f"{role} reply does not match {model.__name__} after one repair: {detail}",
                     role=role,
