@@ -1,0 +1,1 @@
+"""Training on generated data: dataset export, GRPO rewards, trainer and evaluation."""
