@@ -88,3 +88,28 @@ def scenario(*rounds: RoundPlan, **per_doc: list[RoundPlan]) -> Scenario:
     plans: dict[str, list[RoundPlan]] = {"*": list(rounds) or [RoundPlan()]}
     plans.update({k.replace("_", "-"): v for k, v in per_doc.items()})
     return Scenario(plans)
+
+
+#: A minimal harness: one challenger call on the document, one evaluation, done.
+ONE_SHOT_HARNESS = """
+from inner.contract import Challenge
+
+
+async def run(agent):
+    messages = [
+        {"role": "system", "content": "Write one evaluation example about the document as JSON."},
+        {"role": "user", "content": agent.document("challenger")},
+    ]
+    res = await agent.llm_json("challenger", messages, Challenge)
+    if res.value is None:
+        await agent.note(f"challenger output unusable: {res.error}")
+        return
+    await agent.evaluate(res.value)
+"""
+
+
+def write_harness(path: Path, code: str) -> Path:
+    """A harness directory at ``path`` whose ``harness.py`` is ``code``; returns ``path``."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "harness.py").write_text(code)
+    return path
