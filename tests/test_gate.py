@@ -1,5 +1,6 @@
-"""The acceptance gate (inner/gate.py) and the answer checking of the frozen evaluator
-(inner/evaluator.py): every default threshold at its exact boundary."""
+"""The acceptance gate (inner/gate.py) and the answer extraction of the frozen evaluator
+(inner/evaluator.py): every default rubric threshold at its exact boundary, and the verifiable
+k-of-n rule (at most 1 of 4 weak, at least 3 of 4 strong answers equivalent to the reference)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import pytest
 
 from inner.config import GateConfig
 from inner.errors import ConfigError
-from inner.evaluator import extract_final_answer, normalize_answer, weighted_score
-from inner.gate import check_majority, check_majority_weak, check_rubric, check_weak, majority
-from inner.records import Challenge, CriterionGrade, FailureMode, RubricItem
+from inner.evaluator import extract_final_answer, normalize_answer
+from inner.gate import check_rubric, check_verifiable, check_verifiable_weak, check_weak
+from inner.records import FailureMode
 
 CFG = GateConfig()
 
@@ -169,46 +170,56 @@ def test_gate_config_rejects_bad_thresholds():
         GateConfig(strong_avg_min=0.9, strong_avg_max=0.8)
 
 
-# -- majority (verifiable mode) -------------------------------------------------------------
+# -- verifiable mode: k of n answers equivalent to the reference --------------------------------
+
+
+def vgate(n_weak: int, n_strong: int, *, k: int = 4, qv: bool = True, cfg: GateConfig = CFG) -> FailureMode:
+    """The verifiable gate when ``n_weak`` of ``k`` weak and ``n_strong`` of ``k`` strong answers
+    are equivalent to the reference."""
+    weak = [True] * n_weak + [False] * (k - n_weak)
+    strong = [True] * n_strong + [False] * (k - n_strong)
+    return check_verifiable(weak, strong, qv_passed=qv, cfg=cfg).mode
 
 
 @pytest.mark.parametrize(
-    "answers, expected",
+    "n_weak, n_strong, expected",
     [
-        (["42", "42", "41"], "42"),
-        (["42", "41"], None),  # tie
-        (["a", "a", "b", "b", "c"], None),  # tie at the top
-        ([None, "", "7"], "7"),  # missing answers do not vote
-        ([None, None], None),
-        ([], None),
+        (0, 4, FailureMode.ACCEPTED),
+        (1, 3, FailureMode.ACCEPTED),  # both exactly on the boundary
+        (1, 4, FailureMode.ACCEPTED),
+        (0, 3, FailureMode.ACCEPTED),  # no weak-zero rule: no weak answer right is the point
+        (2, 4, FailureMode.TOO_EASY),
+        (4, 4, FailureMode.TOO_EASY),
+        (1, 2, FailureMode.FAILED_STRONG),
+        (0, 0, FailureMode.FAILED_STRONG),
     ],
 )
-def test_majority(answers, expected):
-    assert majority(answers) == expected
+def test_verifiable_gate_is_at_most_1_of_4_weak_and_at_least_3_of_4_strong(n_weak, n_strong, expected):
+    assert vgate(n_weak, n_strong) is expected
 
 
-def test_check_majority_accepts_when_strong_right_and_weak_wrong():
-    d = check_majority(["41", "41", "42"], ["42", "42", "7"], "42", qv_passed=True)
-    assert d.mode is FailureMode.ACCEPTED
+def test_verifiable_weak_side_is_checked_first_with_reasons():
+    assert check_verifiable_weak([True, False, False, False], CFG) is None
+    d = check_verifiable_weak([True, True, False, False], CFG)
+    assert d is not None and d.mode is FailureMode.TOO_EASY and "2 of 4 weak" in d.reasons[0]
+    assert vgate(3, 0) is FailureMode.TOO_EASY  # weak too easy wins over strong too weak
+    d = check_verifiable([False] * 4, [True, True, False, False], qv_passed=True, cfg=CFG)
+    assert d.mode is FailureMode.FAILED_STRONG and "2 of 4 strong" in d.reasons[0]
 
 
-def test_check_majority_weak_majority_right_is_too_easy():
-    assert check_majority_weak(["42", "42", "1"], "42").mode is FailureMode.TOO_EASY
-    assert check_majority(["42", "42", "1"], ["42", "42", "42"], "42", qv_passed=True).mode is FailureMode.TOO_EASY
+def test_verifiable_qv_failure_wins():
+    assert vgate(0, 4, qv=False) is FailureMode.FAILED_QV
 
 
-def test_check_majority_weak_tie_is_not_too_easy():
-    assert check_majority_weak(["42", "41"], "42") is None
-
-
-def test_check_majority_strong_wrong_or_tied_fails_strong():
-    assert check_majority(["1", "2", "3"], ["7", "7", "42"], "42", qv_passed=True).mode is FailureMode.FAILED_STRONG
-    assert check_majority(["1", "2", "3"], ["42", "7"], "42", qv_passed=True).mode is FailureMode.FAILED_STRONG
-
-
-def test_check_majority_qv_failure():
-    d = check_majority(["1", "1", "1"], ["42", "42", "42"], "42", qv_passed=False)
-    assert d.mode is FailureMode.FAILED_QV
+def test_verifiable_thresholds_are_configurable():
+    strict = GateConfig(verifiable_weak_max_correct=0, verifiable_strong_min_correct=4)
+    assert vgate(1, 4, cfg=strict) is FailureMode.TOO_EASY
+    assert vgate(0, 3, cfg=strict) is FailureMode.FAILED_STRONG
+    assert vgate(0, 4, cfg=strict) is FailureMode.ACCEPTED
+    loose = GateConfig(verifiable_weak_max_correct=2, verifiable_strong_min_correct=3)
+    assert vgate(2, 3, cfg=loose) is FailureMode.ACCEPTED
+    with pytest.raises(ConfigError, match="gate.verifiable_strong_min_correct"):
+        GateConfig(verifiable_weak_max_correct=2, verifiable_strong_min_correct=2)
 
 
 # -- answer extraction and normalization ----------------------------------------------------
@@ -254,38 +265,3 @@ def test_extract_final_answer_falls_back_to_boxed_then_last_line():
     assert extract_final_answer("we get \\boxed{\\frac{1}{2}} here\nthanks") == "\\frac{1}{2}"
     assert extract_final_answer("reasoning\n\n  the value is 9  \n\n") == "the value is 9"
     assert extract_final_answer("   ") == ""
-
-
-# -- weighted rubric score ------------------------------------------------------------------
-
-
-def _challenge(*weights: int) -> Challenge:
-    return Challenge(
-        context="ctx",
-        question="q",
-        reference_answer="a",
-        rubric=[RubricItem(id=f"c{i + 1}", criterion=f"crit {i + 1}", weight=w) for i, w in enumerate(weights)],
-    )
-
-
-def test_weighted_score_uses_weights():
-    ch = _challenge(3, 1)
-    grades = [CriterionGrade(id="c1", score=1.0), CriterionGrade(id="c2", score=0.0)]
-    assert weighted_score(ch, grades) == pytest.approx(0.75)
-    grades = [CriterionGrade(id="c1", score=0.5), CriterionGrade(id="c2", score=1.0)]
-    assert weighted_score(ch, grades) == pytest.approx((3 * 0.5 + 1) / 4)
-
-
-def test_weighted_score_skipped_criterion_scores_zero():
-    ch = _challenge(1, 1)
-    assert weighted_score(ch, [CriterionGrade(id="c1", score=1.0)]) == pytest.approx(0.5)
-    # a grade for an unknown criterion does not count
-    assert weighted_score(ch, [CriterionGrade(id="c9", score=1.0)]) == 0.0
-
-
-def test_rubric_weights_and_grades_are_clamped():
-    ch = _challenge(50, 0)  # clamped to 7 and 1
-    assert [c.weight for c in ch.rubric] == [7, 1]
-    grades = [CriterionGrade(id="c1", score=3), CriterionGrade(id="c2", score=-1)]
-    assert [g.score for g in grades] == [1.0, 0.0]
-    assert weighted_score(ch, grades) == pytest.approx(7 / 8)
