@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ from inner.loop import Engine, LoopObserver, run_documents
 from inner.records import RunWriter, Trajectory
 from inner.sandbox import bwrap_path
 from inner.stats import compute_stats
+from inner.templates import INNER_PROMPTS
 from inner.tracking import Tracker, build_tracker
 
 log = logging.getLogger(__name__)
@@ -33,7 +36,50 @@ log = logging.getLogger(__name__)
 #: What must not change when a run directory is resumed: mixing records made with other
 #: values in one dataset would make them incomparable. Concurrency, backend and endpoint URLs
 #: may change (they do not change what is generated).
-IDENTITY_KEYS = ("method", "harness_id", "gate", "inner", "task_verifiable", "models", "roles", "seed")
+IDENTITY_KEYS = ("method", "harness_id", "gate", "rubric", "inner", "task_verifiable", "models", "roles", "seed")
+
+
+def evaluator_identity(cfg: GenerateConfig) -> dict[str, Any]:
+    """Everything that decides what an evaluation of a harness yields, except the harness and
+    the documents: the evaluator (quality check, solvers, judge: their models and sampling;
+    attempts; open/closed book; gate; rubric policy), the task's answer checking and domain,
+    the harness roles' models and sampling, the budgets and the seed. Concurrency, URLs and
+    timeouts are left out (they do not change what is generated).
+
+    Returns:
+        A JSON-able dict; :func:`identity_hash` of it keys stored evaluations.
+    """
+    inner = asdict(cfg.inner)
+    inner.pop("max_concurrent_documents")
+    roles = {}
+    for name in ("challenger", "main_agent", "self_check", "quality_verifier", "weak_solver", "strong_solver", "judge"):
+        role = cfg.llm.role(name)
+        roles[name] = {**asdict(role), "model": cfg.llm.endpoints[role.endpoint].model}
+        roles[name].pop("endpoint")
+    return {
+        "gate": asdict(cfg.gate),
+        "rubric": asdict(cfg.rubric),
+        "inner": inner,
+        "task": {"name": cfg.task.name, "verifiable": cfg.task.verifiable, "domain": cfg.task.domain},
+        "roles": roles,
+        "seed": cfg.llm.seed,
+        "prompts": {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in sorted(INNER_PROMPTS.glob("*.md"))},
+    }
+
+
+def identity_hash(identity: Any) -> str:
+    """12 hex of a sha256 over the canonical JSON of ``identity``."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def identity_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two identity dicts (``gate.min_gap``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            out += identity_diff(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [prefix.rstrip(".")] if old != new else []
 
 
 def _identity(cfg: GenerateConfig, harness_id: str) -> dict[str, Any]:
@@ -43,6 +89,7 @@ def _identity(cfg: GenerateConfig, harness_id: str) -> dict[str, Any]:
         "method": cfg.method,
         "harness_id": harness_id,
         "gate": asdict(cfg.gate),
+        "rubric": asdict(cfg.rubric),
         "inner": inner,
         "task_verifiable": cfg.task.verifiable,
         "models": {name: ep.model for name, ep in cfg.llm.endpoints.items()},

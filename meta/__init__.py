@@ -2,6 +2,6 @@
 
 Modules, one role each: ``config`` (schema), ``lineage`` (git), ``select`` (archive and
 parent selection), ``analyze`` (analyzer and implementer LLM roles), ``edit``
-(SEARCH/REPLACE edits), ``sandbox`` + ``sandbox_worker`` (harness isolation), ``loop``
+(SEARCH/REPLACE edits), ``loop``
 (the evolution loop), ``export`` and ``cli``. Depends on ``inner``; never the reverse.
 """

@@ -41,12 +41,15 @@ def render_trajectories(trajectories: list[Trajectory], *, max_chars: int) -> st
     share = max(400, max_chars // len(trajectories))
     parts = []
     for t in trajectories:
-        lines = [f"### Document: {t.title} ({t.status}, {len(t.rounds)} rounds)"]
+        lines = [f"### Document: {t.title} ({t.status}: {_cut(t.end_reason, 160)}, {len(t.rounds)} rounds)"]
+        if t.harness_error:
+            lines.append(f"  harness error: {_cut(t.harness_error.strip().splitlines()[-1], 240)}")
+        for e in t.events:
+            if e.kind in ("note", "refused"):
+                lines.append(f"  {e.kind}: {_cut(e.text, 200)}")
         for r in t.rounds:
             lines.append(f"- round {r.round}: {r.failure_mode.value} {'; '.join(r.reasons)}")
             if r.challenge is None:
-                lines.append(f"  invalid challenger output: {_cut(r.challenger_error or r.harness_error, 200)}")
-                lines.append(f"  raw: {_cut(r.challenger_raw[-1] if r.challenger_raw else '', 200)}")
                 continue
             ch = r.challenge
             lines.append(f"  context: {_cut(ch.context, 240)}")

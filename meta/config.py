@@ -12,6 +12,7 @@ from inner.config import (
     TaskConfig,
     _check,
 )
+from inner.scoring import RubricPolicyConfig
 from inner.tracking import LoggerConfig
 from meta.select import STRATEGIES
 
@@ -52,13 +53,17 @@ class MetaConfig:
         in_flight: iterations running concurrently (K, default 2).
         max_iterations / max_tokens / max_wall_s: budgets; the run stops at the first reached.
         seed: seeds parent selection and minibatch sampling.
-        harness_timeout_s: wall-clock limit of one harness call in the sandbox (LLM waits excluded).
-        harness_memory_mb: address-space limit of the sandbox worker, MiB.
         analyzer_chars: characters of trajectories shown to the analyzer.
         history_lines: iterations of history summarized for the analyzer and implementer.
         edit_format: ``blocks`` (SEARCH/REPLACE text), ``json`` (schema-constrained edits,
             rendered as blocks) or ``auto`` (``json`` when the implementer's endpoint uses
             llama.cpp grammars, i.e. the small embedded model; ``blocks`` otherwise).
+        max_consecutive_errors: the run stops cleanly (circuit breaker) after this many
+            consecutive iterations with status ``error`` (infrastructure failures, e.g. the
+            endpoint down after retries); they are redone on resume.
+        allow_evaluator_change: resume a run whose recorded evaluator config differs (the
+            differing keys are logged; earlier evaluations stay keyed by the old config and are
+            not reused). Off by default: a resumed run is refused, naming the keys.
     """
 
     start_harness: str = "baseline"
@@ -70,11 +75,11 @@ class MetaConfig:
     max_tokens: int | None = None
     max_wall_s: float | None = None
     seed: int = 0
-    harness_timeout_s: float = 300.0
-    harness_memory_mb: int = 2048
     analyzer_chars: int = 12000
     history_lines: int = 20
     edit_format: str = "auto"
+    max_consecutive_errors: int = 3
+    allow_evaluator_change: bool = False
 
     def __post_init__(self) -> None:
         _check(
@@ -88,16 +93,10 @@ class MetaConfig:
         _check(self.in_flight >= 1, "meta.in_flight", self.in_flight, "must be >= 1")
         _check(self.max_iterations >= 0, "meta.max_iterations", self.max_iterations, "must be >= 0")
         _check(
-            self.harness_timeout_s > 0,
-            "meta.harness_timeout_s",
-            self.harness_timeout_s,
-            "must be > 0",
-        )
-        _check(
-            self.harness_memory_mb >= 256,
-            "meta.harness_memory_mb",
-            self.harness_memory_mb,
-            "must be >= 256",
+            self.max_consecutive_errors >= 1,
+            "meta.max_consecutive_errors",
+            self.max_consecutive_errors,
+            "must be >= 1",
         )
 
 
@@ -107,6 +106,7 @@ class EvolveConfig:
 
     llm: LLMConfig = field(default_factory=LLMConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    rubric: RubricPolicyConfig = field(default_factory=RubricPolicyConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     inner: InnerConfig = field(default_factory=InnerConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -121,6 +121,7 @@ class EvolveConfig:
             harness=self.meta.start_harness,
             llm=self.llm,
             gate=self.gate,
+            rubric=self.rubric,
             task=self.task,
             inner=self.inner,
             progress=False,

@@ -6,11 +6,22 @@ One iteration, top to bottom (:func:`run_iteration`)::
     evaluate the parent on a minibatch of training documents (the inner loop)
     analyzer: root-cause analysis of the parent's trajectories + the history
     implementer: SEARCH/REPLACE edits of the parent's files
-    apply the edits to a copy (paths outside the harness directory are rejected) and
-    validate the candidate in a sandbox (it imports, it honours the contract)
-    evaluate candidate and parent on the validation documents (harnesses sandboxed)
-    admit iff candidate pass rate > parent pass rate (strictly)
+    apply the edits to a copy (paths outside the harness directory are rejected); a candidate
+    identical to an existing lineage node is a ``duplicate``; validate it in the sandbox
+    evaluate candidate and parent on the validation documents (harnesses sealed, inner.sandbox)
+    admit iff candidate pass rate > parent pass rate (strictly; :func:`admission`)
     commit the candidate to the lineage (tag it if admitted), append history.jsonl + curve.jsonl
+
+Iteration statuses: ``admitted``, ``rejected``, ``invalid-edit``, ``duplicate``, ``crashed``
+(the candidate's own failure: every validation document crashed) and ``error`` (an
+infrastructure failure, e.g. the endpoint down after retries: redone on resume; after
+``meta.max_consecutive_errors`` in a row the run stops cleanly and says why).
+
+Every evaluation has an identity: (harness content hash, evaluator config hash, document set
+hash) names its directory ``evals/<content>/<evaluator>-<docs>/``, so a harness is evaluated
+once on a document set whatever it is called, and only by the parent (the sandbox cannot see
+the run directory). A run records its evaluator config in ``evaluator.json`` and refuses to
+resume under a different one, naming the keys (``meta.allow_evaluator_change=true`` overrides).
 
 Run state lives in the run directory: ``lineage/`` (git), ``archive.json``, ``history.jsonl``
 (the ledger: one line per finished iteration), ``curve.jsonl``, ``splits.json``, ``evals/``
@@ -35,21 +46,22 @@ from typing import Any
 
 from inner.documents import Document, list_document_paths, load_documents
 from inner.errors import ConfigError
-from inner.harness import harness_id, resolve_harness_dir
+from inner.harness import harness_content_hash, harness_id, resolve_harness_dir
+from inner.llm.cache import atomic_write_text
 from inner.llm.client import LLMClient, UsageMeter, track_usage
-from inner.records import FailureMode, Trajectory, append_jsonl, read_jsonl
-from inner.run import evaluate_harness, throughput_gc
+from inner.records import Trajectory, append_jsonl, read_jsonl
+from inner.run import evaluate_harness, evaluator_identity, identity_diff, identity_hash, throughput_gc
+from inner.sandbox import validate_harness
 from inner.tracking import NullTracker, Tracker, build_tracker
 from meta.analyze import analyze, implement
 from meta.config import EvolveConfig
 from meta.edit import EditError, apply_edits, parse_edits
 from meta.lineage import Lineage
-from meta.sandbox import SandboxedHarness, validate_harness
 from meta.select import Archive, ArchiveEntry, select_parent
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("admitted", "rejected", "invalid-edit", "crashed")
+STATUSES = ("admitted", "rejected", "invalid-edit", "duplicate", "crashed", "error")
 
 
 # -- splits --------------------------------------------------------------------------------------
@@ -87,7 +99,7 @@ def make_splits(cfg: EvolveConfig, run_dir: Path) -> dict[str, list[str]]:
     overlap = set(splits["test"]) & (set(splits["train"]) | set(splits["val"]))
     if overlap:
         raise ConfigError(f"split.test_files overlap train/val: {sorted(overlap)}")
-    path.write_text(json.dumps(splits, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(splits, indent=2) + "\n")
     return splits
 
 
@@ -121,60 +133,104 @@ class MetaRun:
         """The files of a lineage commit as a directory under ``harnesses/``."""
         return self.lineage.materialize(commit, self.run_dir / "harnesses" / commit[:12])
 
+    def known_contents(self) -> set[str]:
+        """Content hashes of every harness already in the lineage (root, candidates)."""
+        ids = [e.harness_id for e in self.archive.entries]
+        ids += [h.get("candidate_harness_id") or "" for h in self.history if h.get("status") != "error"]
+        return {i.split("@")[1] for i in ids if "@" in i}
+
     def minibatch(self, iteration: int) -> list[Document]:
         """``meta.minibatch`` training documents, sampled with the iteration's seed."""
         k = min(self.cfg.meta.minibatch, len(self.train))
         return random.Random(f"{self.cfg.meta.seed}:mb:{iteration}").sample(self.train, k)
 
-    async def evaluate(
-        self, harness_dir: Path, docs: list[Document], split: str
-    ) -> tuple[list[Trajectory], dict[str, Any]]:
-        """Run the inner loop with the sandboxed harness on ``docs``.
+    @property
+    def evaluator_hash(self) -> str:
+        """:func:`inner.run.identity_hash` of the evaluator config of every evaluation."""
+        return identity_hash(evaluator_identity(self.cfg.generate_config()))
 
-        Results live in ``evals/<harness id>/<split>-<doc set hash>/`` and are reused: a
-        second evaluation of the same harness on the same documents reads the records (zero
-        LLM calls). Concurrent requests for the same evaluation wait for the first.
+    async def evaluate(self, harness_dir: Path, docs: list[Document], split: str) -> EvalOutcome:
+        """Run the inner loop with the harness (sealed, one sandbox per document) on ``docs``.
+
+        Results live in ``evals/<harness content hash>/<evaluator hash>-<doc set hash>/`` and
+        are reused: a second evaluation of the same content on the same documents under the
+        same evaluator reads the records (zero LLM calls), whatever the harness is called.
+        Concurrent requests for the same evaluation wait for the first.
         """
-        hid = harness_id(harness_dir)
-        key = hashlib.sha256("\n".join(sorted(d.doc_id for d in docs)).encode()).hexdigest()[:8]
-        out = self.run_dir / "evals" / hid / f"{split}-{key}"
+        content = harness_content_hash(harness_dir)
+        docs_key = hashlib.sha256("\n".join(sorted(d.doc_id for d in docs)).encode()).hexdigest()[:8]
+        out = self.run_dir / "evals" / content / f"{self.evaluator_hash}-{docs_key}"
         lock = self._eval_locks.setdefault(str(out), asyncio.Lock())
         async with lock:
             out.mkdir(parents=True, exist_ok=True)
-            harness = SandboxedHarness(
-                harness_dir,
-                timeout_s=self.cfg.meta.harness_timeout_s,
-                memory_mb=self.cfg.meta.harness_memory_mb,
-                log_path=out / "sandbox.log",
+            ident = {"harness_content": content, "evaluator": self.evaluator_hash, "docs": sorted(d.doc_id for d in docs),
+                     "split": split}  # fmt: skip
+            if not (out / "identity.json").exists():
+                atomic_write_text(out / "identity.json", json.dumps(ident, indent=1) + "\n")
+            trajs, stats = await evaluate_harness(
+                out, cfg=self.cfg.generate_config(), docs=docs, harness_dir=harness_dir, client=self.client
             )
-            try:
-                return await evaluate_harness(
-                    out,
-                    cfg=self.cfg.generate_config(),
-                    docs=docs,
-                    harness=harness,
-                    client=self.client,
-                )
-            finally:
-                await harness.aclose()
+            return EvalOutcome.from_trajectories(trajs, stats)
 
 
-def pass_rate(stats: dict[str, Any], n_docs: int) -> float:
-    """Accepted documents / all documents of the evaluation, in [0, 1]."""
-    return stats["accepted"] / n_docs if n_docs else 0.0
+@dataclass
+class EvalOutcome:
+    """What admission needs from one evaluation.
+
+    Attributes:
+        pass_rate: accepted documents / documents, in [0, 1].
+        n_docs / accepted / crashed / errors: document counts (``crashed``: the harness
+            failed; ``errors``: infrastructure failures, redone on resume).
+        crash_reason: the first crashed document's reason.
+        error_reason: the first infrastructure error.
+        stats: the evaluation's ``stats.json``.
+        trajectories: the evaluation's trajectories.
+    """
+
+    pass_rate: float
+    n_docs: int
+    accepted: int
+    crashed: int
+    errors: int
+    crash_reason: str | None = None
+    error_reason: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+    trajectories: list[Trajectory] = field(default_factory=list)
+
+    @classmethod
+    def from_trajectories(cls, trajs: list[Trajectory], stats: dict[str, Any]) -> EvalOutcome:
+        n = len(trajs)
+        accepted = sum(t.status == "accepted" for t in trajs)
+        crashed = [t for t in trajs if t.status == "crashed"]
+        errors = [t for t in trajs if t.status == "error"]
+        crash = (crashed[0].harness_error or crashed[0].end_reason).strip().splitlines()[-1] if crashed else None
+        return cls(
+            pass_rate=accepted / n if n else 0.0, n_docs=n, accepted=accepted, crashed=len(crashed),
+            errors=len(errors), crash_reason=crash, error_reason=errors[0].error if errors else None,
+            stats=stats, trajectories=trajs,
+        )  # fmt: skip
 
 
-def _crash_reason(trajectories: list[Trajectory]) -> str | None:
-    """The harness error if *every* round of the evaluation was a HARNESS_ERROR, else None."""
-    rounds = [r for t in trajectories for r in t.rounds]
-    if rounds and all(r.failure_mode is FailureMode.HARNESS_ERROR for r in rounds):
-        return (rounds[0].harness_error or "harness error").strip().splitlines()[-1]
-    return None
+def admission(candidate: EvalOutcome, parent: EvalOutcome) -> tuple[str, str | None]:
+    """The admission rule (Autodata meta-optimization): a pure function of the two
+    evaluations on the same validation documents under the same evaluator.
 
-
-def _errored(trajectories: list[Trajectory]) -> str | None:
-    bad = [t for t in trajectories if t.status == "error"]
-    return f"{len(bad)} document(s) failed with LLM errors: {bad[0].error}" if bad else None
+    Returns:
+        ``(status, reason)``: ``error`` if either evaluation has infrastructure errors (redone
+        on resume); ``admitted`` iff the candidate's pass rate is strictly greater than the
+        parent's; else ``crashed`` when every candidate document crashed, or ``rejected``.
+    """
+    if candidate.errors or parent.errors:
+        which = candidate if candidate.errors else parent
+        side = "candidate" if candidate.errors else "parent"
+        return "error", f"{which.errors} {side} document(s) failed on infrastructure: {which.error_reason}"
+    if candidate.pass_rate > parent.pass_rate:
+        return "admitted", None
+    if candidate.n_docs and candidate.crashed == candidate.n_docs:
+        return "crashed", f"candidate crashed in the sandbox: {candidate.crash_reason}"
+    return "rejected", (
+        f"validation pass rate {candidate.pass_rate:.3f} is not strictly greater than the parent's {parent.pass_rate:.3f}"
+    )
 
 
 # -- one iteration ------------------------------------------------------------------------------
@@ -191,9 +247,9 @@ async def run_iteration(run: MetaRun, i: int) -> dict[str, Any]:
     with track_usage(meter):
         try:
             rec.update(await _iterate(run, i, rec))
-        except Exception as exc:  # an LLM outage or a bug: record it, keep the run going
-            log.exception("iteration %d crashed", i)
-            rec.update({"status": "crashed", "reason": f"{type(exc).__name__}: {exc}"})
+        except Exception as exc:  # an LLM outage (analyzer, implementer) or a bug: not the candidate's failure
+            log.exception("iteration %d failed", i)
+            rec.update({"status": "error", "reason": f"{type(exc).__name__}: {exc}"})
     rec["tokens"] = {r: u["prompt_tokens"] + u["completion_tokens"] for r, u in meter.as_dict().items()}
     rec["calls"] = {r: u["calls"] for r, u in meter.as_dict().items()}
     rec["wall_s"] = round(time.perf_counter() - t0, 2)
@@ -240,18 +296,18 @@ async def _iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:
 
     # 2. evaluate the parent on a training minibatch
     mb = run.minibatch(i)
-    train_trajs, train_stats = await run.evaluate(parent_dir, mb, "train")
+    train = await run.evaluate(parent_dir, mb, "train")
     rec["train_docs"] = [d.doc_id for d in mb]
-    rec["train_pass_rate"] = pass_rate(train_stats, len(mb))
-    if (err := _errored(train_trajs)) is not None:
-        return {"status": "crashed", "reason": f"parent evaluation: {err}"}
+    rec["train_pass_rate"] = train.pass_rate
+    if train.errors:
+        return {"status": "error", "reason": f"parent evaluation: {train.errors} document(s) failed: {train.error_reason}"}
 
     # 3. analyzer: root-cause analysis
     analysis = await analyze(
         run.client,
         harness_id=parent.harness_id,
         val_pass_rate=parent.val_pass_rate,
-        trajectories=train_trajs,
+        trajectories=train.trajectories,
         history=run.history,
         max_chars=cfg.analyzer_chars,
     )
@@ -277,57 +333,51 @@ async def _iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:
     except EditError as exc:
         return {"status": "invalid-edit", "reason": str(exc), "edit_error": exc.kind}
     cand_id = harness_id(scratch)
-    if cand_id.split("@")[1] == parent.harness_id.split("@")[1]:
+    content = cand_id.split("@")[1]
+    if content == parent.harness_id.split("@")[1]:
         return {"status": "invalid-edit", "reason": "the edits leave the harness unchanged"}
-    problem = await validate_harness(scratch, memory_mb=cfg.harness_memory_mb)
+    if content in run.known_contents():
+        return {"status": "duplicate", "candidate_harness_id": cand_id,
+                "reason": f"the candidate's content {content} equals an existing lineage node"}  # fmt: skip
+    problem = await validate_harness(scratch, memory_mb=run.cfg.inner.harness_memory_mb)
     if problem is not None:
         return {"status": "invalid-edit", "reason": f"candidate fails validation: {problem}"}
 
     # 6. evaluate candidate and parent on the validation documents
-    (cand_trajs, cand_stats), (par_trajs, par_stats) = await asyncio.gather(
-        run.evaluate(scratch, run.val, "val"), run.evaluate(parent_dir, run.val, "val")
-    )
-    cand_val, par_val = pass_rate(cand_stats, len(run.val)), pass_rate(par_stats, len(run.val))
-    rec |= {
-        "candidate_harness_id": cand_id,
-        "candidate_val": cand_val,
-        "parent_val": par_val,
-    }
+    cand, par = await asyncio.gather(run.evaluate(scratch, run.val, "val"), run.evaluate(parent_dir, run.val, "val"))
+    rec |= {"candidate_harness_id": cand_id, "candidate_val": cand.pass_rate, "parent_val": par.pass_rate}
 
-    # 7. admit iff strictly better; commit the candidate either way
-    admitted = cand_val > par_val
-    crash = _crash_reason(cand_trajs)
-    errored = _errored(cand_trajs) or _errored(par_trajs)
-    status = "admitted" if admitted else ("crashed" if crash or errored else "rejected")
-    if errored:
-        admitted, status = False, "crashed"
+    # 7. admit iff strictly better; commit the candidate either way (not on infrastructure errors)
+    status, reason = admission(cand, par)
+    if status == "error":
+        return {"status": status, "reason": reason}
+    admitted = status == "admitted"
     summary = analysis.strip().splitlines()[0][:120] if analysis.strip() else "(empty analysis)"
     message = (
-        f"iter {i}: {status} (val {cand_val:.3f} vs parent {par_val:.3f})\n\n"
-        f"iteration: {i}\nparent: {parent.commit}\nval_pass_rate: {cand_val:.4f}\n"
-        f"parent_val_pass_rate: {par_val:.4f}\nstatus: {status}\nchanged: {', '.join(changed)}\nanalysis: {summary}\n"
+        f"iter {i}: {status} (val {cand.pass_rate:.3f} vs parent {par.pass_rate:.3f})\n\n"
+        f"iteration: {i}\nparent: {parent.commit}\nval_pass_rate: {cand.pass_rate:.4f}\n"
+        f"parent_val_pass_rate: {par.pass_rate:.4f}\nstatus: {status}\nchanged: {', '.join(changed)}\nanalysis: {summary}\n"
     )
     commit = run.lineage.add_candidate(scratch, parent=parent.commit, iteration=i, message=message)
-    rec |= {
-        "candidate": commit,
-        "diff_summary": run.lineage.diff_stat(parent.commit, commit),
-        "admitted": admitted,
-    }
+    rec |= {"candidate": commit, "diff_summary": run.lineage.diff_stat(parent.commit, commit), "admitted": admitted}
     if admitted:
         run.lineage.admit(commit, i)
-        run.archive.add(ArchiveEntry(commit, cand_id, i, parent.commit, cand_val))
-    reason = None
-    if status == "rejected":
-        reason = f"validation pass rate {cand_val:.3f} is not strictly greater than the parent's {par_val:.3f}"
-    elif status == "crashed":
-        reason = f"candidate crashed in the sandbox: {crash}" if crash else errored
+        run.archive.add(ArchiveEntry(commit, cand_id, i, parent.commit, cand.pass_rate))
     return {"status": status, "reason": reason}
 
 
 # -- the run ---------------------------------------------------------------------------------------
 async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> MetaRun:
-    """Splits, lineage root, archive (evaluating the root on validation if new), history."""
+    """Splits, evaluator identity, lineage root, archive (evaluating the root on validation if
+    new), history.
+
+    Raises:
+        ConfigError: the run was made under a different evaluator config (the message names
+            the differing keys; ``meta.allow_evaluator_change=true`` overrides), or the starting
+            harness could not be evaluated.
+    """
     splits = make_splits(cfg, run_dir)
+    check_evaluator(cfg, run_dir, splits)
     lineage = Lineage(run_dir / "lineage")
     archive = Archive(run_dir / "archive.json")
     run = MetaRun(
@@ -340,7 +390,7 @@ async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> MetaRu
         load_split(cfg, splits["val"]),
     )
     run.history = read_jsonl(run.history_path)
-    done = {h["iteration"] for h in run.history}
+    done = {h["iteration"] for h in run.history if h.get("status") != "error"}
     for it in lineage.iteration_refs():
         if it not in done:  # half-made: discard and redo
             lineage.discard_iteration(it)
@@ -356,16 +406,43 @@ async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> MetaRu
         root = lineage.root
         assert root is not None
         root_dir = run.materialize(root)
-        trajs, stats = await run.evaluate(root_dir, run.val, "val")
-        if (err := _errored(trajs)) is not None:
-            raise ConfigError(f"the starting harness could not be evaluated: {err}")
-        archive.add(ArchiveEntry(root, harness_id(root_dir), 0, None, pass_rate(stats, len(run.val))))
+        outcome = await run.evaluate(root_dir, run.val, "val")
+        if outcome.errors:
+            raise ConfigError(
+                f"the starting harness could not be evaluated: {outcome.errors} document(s) failed on "
+                f"infrastructure: {outcome.error_reason}"
+            )
+        archive.add(ArchiveEntry(root, harness_id(root_dir), 0, None, outcome.pass_rate))
         append_jsonl(
             run_dir / "curve.jsonl",
             {"iteration": 0, "status": "root", "candidate_val": archive.entries[0].val_pass_rate,
              "parent_val": None, "best_so_far": archive.entries[0].val_pass_rate, "admitted": True},
         )  # fmt: skip
     return run
+
+
+def check_evaluator(cfg: EvolveConfig, run_dir: Path, splits: dict[str, list[str]]) -> None:
+    """Record the run's evaluator config and splits in ``evaluator.json``; on resume, refuse a
+    different one, naming the differing keys (``meta.allow_evaluator_change=true`` logs them
+    and goes on; evaluations stay keyed by their own evaluator hash, so none is reused across).
+
+    Raises:
+        ConfigError: the recorded evaluator config or splits differ.
+    """
+    path = run_dir / "evaluator.json"
+    current = {"evaluator": evaluator_identity(cfg.generate_config()), "splits": splits}
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        diff = identity_diff(recorded, current)
+        if diff and not cfg.meta.allow_evaluator_change:
+            raise ConfigError(
+                f"{run_dir} was made under a different evaluator config; differing keys: {', '.join(diff[:12])}"
+                f"{' ...' if len(diff) > 12 else ''}. Resume with the same settings, choose a new hydra.run.dir, "
+                "or set meta.allow_evaluator_change=true (earlier evaluations are then not reused)"
+            )
+        if diff:
+            log.warning("evaluator config changed (meta.allow_evaluator_change=true): %s", ", ".join(diff))
+    atomic_write_text(path, json.dumps(current, indent=1, sort_keys=True) + "\n")
 
 
 def budget_reached(run: MetaRun, *, t0: float, launched: int) -> str | None:
@@ -393,10 +470,11 @@ async def evolve(
     t0 = time.monotonic()
     run = await prepare(cfg, run_dir, client)
     run.tracker = tracker or NullTracker()
-    done = {h["iteration"] for h in run.history}
+    done = {h["iteration"] for h in run.history if h.get("status") != "error"}
     todo = (i for i in range(1, 1 << 30) if i not in done)
     running: set[asyncio.Task[dict[str, Any]]] = set()
     stop: str | None = None
+    consecutive_errors = 0
     while True:
         launched = len(done) + len(running)
         stop = stop or budget_reached(run, t0=t0, launched=launched)
@@ -410,7 +488,14 @@ async def evolve(
             timeout = max(0.0, cfg.meta.max_wall_s - (time.monotonic() - t0))
         finished, running = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         for task in finished:
-            done.add(task.result()["iteration"])
+            line = task.result()
+            done.add(line["iteration"])
+            consecutive_errors = consecutive_errors + 1 if line["status"] == "error" else 0
+            if consecutive_errors >= cfg.meta.max_consecutive_errors and stop is None:
+                stop = (
+                    f"circuit breaker: {consecutive_errors} consecutive iterations failed on infrastructure "
+                    f"(last: {line.get('reason')}); fix the endpoint and rerun to redo them"
+                )
         if not finished and timeout is not None:  # wall clock: cancel; redone on resume
             stop = f"max_wall_s={cfg.meta.max_wall_s:g} reached"
             for task in running:
@@ -429,7 +514,7 @@ async def evolve(
         "this_invocation": client.usage.as_dict(),
         "wall_s": round(time.monotonic() - t0, 2),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     run.tracker.summary(summary)
     log.info("stopped: %s", stop)
     return summary

@@ -55,14 +55,13 @@ EPS = 1.0
 """
 
 
-def whole_harness(body: str) -> str:
+def whole_harness(body: str, preamble: str = "") -> str:
     return (
         "FILE: harness.py\n<<<<<<< WHOLE\n"
-        "import os, sys\n"
-        "from inner.records import QVVerdict\n"
-        f"async def propose(ctx, feedback):\n    {body}\n"
-        "async def verify(ctx, challenge):\n    return QVVerdict(passed=True)\n"
-        "async def feedback(ctx, history):\n    return 'x'\n"
+        "import os, sys, json, pathlib\n"
+        "from inner.contract import QVVerdict, Challenge\n"
+        f"{preamble}\n"
+        f"async def run(agent):\n    {body}\n"
         ">>>>>>> WHOLE\n"
     )
 
@@ -114,7 +113,7 @@ def evolve_config(corpus: Path, *overrides: str) -> EvolveConfig:
         "inner.n_strong=1",
         "meta.minibatch=1",
         "meta.in_flight=1",
-        "meta.harness_timeout_s=5",
+        "inner.harness_wall_s=10",
         "meta.edit_format=blocks",
         "llm.endpoints.default.max_retries=1",
         "llm.endpoints.default.timeout_s=20",
@@ -182,7 +181,7 @@ def test_structured_json_edits_for_small_models(meta_corpus, server, tmp_path):
     body = next(b for role, b in srv.requests if role == "implementer")
     schema = body["response_format"]["schema"]
     assert schema["properties"]["edits"]["items"]["properties"]["file"]["enum"] == [
-        "harness.py", "prompts/challenger.md", "prompts/main_agent.md", "prompts/quality_verifier.md",
+        "harness.py", "prompts/challenger.md", "prompts/main_agent.md",
     ]  # fmt: skip
 
 
@@ -195,34 +194,182 @@ def test_edit_outside_harness_rejected_before_evaluation(meta_corpus, server, tm
     assert h["candidate"] is None
     assert (PROJECT_ROOT / "inner" / "gate.py").read_text() == gate_src
     # no candidate was evaluated: only the root's validation and the parent's training runs
-    assert {p.name for p in (tmp_path / "run" / "evals").iterdir()} == {
-        read_jsonl(tmp_path / "run" / "history.jsonl")[0]["parent_harness_id"]
-    }
+    assert {p.name for p in (tmp_path / "run" / "evals").iterdir()} == {h["parent_harness_id"].split("@")[1]}
 
 
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
-        ("raise RuntimeError('boom in propose')", "boom in propose"),
+        ("raise RuntimeError('boom in run')", "boom in run"),
         ("os._exit(3)", "exited with code 3"),
-        ("sys.exit(0)", "exited with code 0"),
+        ("sys.exit(0)", "SystemExit"),
         ("while True: pass", "wall-clock limit"),
     ],
 )
 def test_crashing_or_hanging_harness_is_contained(meta_corpus, server, tmp_path, body, needle):
     srv = server(MetaScenario([whole_harness(body)]))
     summary = evolve(
-        evolve_config(meta_corpus, "meta.max_iterations=1", "meta.harness_timeout_s=2"),
+        evolve_config(meta_corpus, "meta.max_iterations=1", "inner.harness_wall_s=2"),
         tmp_path / "run",
         srv,
     )
     (h,) = read_jsonl(tmp_path / "run" / "history.jsonl")
     assert h["status"] == "crashed" and h["candidate_val"] == 0.0
     assert summary["iterations"] == 1
-    cand_eval = next((tmp_path / "run" / "evals" / h["candidate_harness_id"]).iterdir())
+    cand_eval = next((tmp_path / "run" / "evals" / h["candidate_harness_id"].split("@")[1]).iterdir())
     traj = json.loads(next((cand_eval / "trajectories").glob("*.json")).read_text())
-    assert traj["status"] == "exhausted" and traj["rounds"][0]["failure_mode"] == "HARNESS_ERROR"
-    assert needle in traj["rounds"][0]["harness_error"]
+    assert traj["status"] == "crashed" and traj["rounds"] == []
+    assert needle in (traj["harness_error"] or "") + traj["end_reason"]
+
+
+FORGE = """
+RUN = pathlib.Path({run!r})
+def forge():
+    # write 'accepted' records wherever the evaluation of this candidate could live
+    for d in list(RUN.glob("evals/*/*")) + [RUN]:
+        try:
+            (d / "trajectories").mkdir(parents=True, exist_ok=True)
+            for t in (d / "trajectories").glob("*.json"):
+                t.write_text(t.read_text().replace('"exhausted"', '"accepted"'))
+            with open(d / "dataset.jsonl", "a") as fh:
+                fh.write(json.dumps({{"example_id": "forged"}}) + "\\n")
+            (d / "stats.json").write_text(json.dumps({{"accepted": 99, "pass_rate": 1.0}}))
+        except OSError:
+            pass
+    try:
+        with open(RUN / "history.jsonl", "a") as fh:
+            fh.write("corrupt\\n")
+    except OSError:
+        pass
+forge()
+"""
+
+
+def test_forging_mutant_is_not_admitted(meta_corpus, server, tmp_path):
+    """The implementer submits a candidate that forges its own evaluation records at import
+    time and during its run (the attack that was admitted at 1.000 against 0.500 before)."""
+    run_dir = tmp_path / "run"
+    srv = server(MetaScenario([whole_harness("forge()", FORGE.format(run=str(run_dir)))]))
+    summary = evolve(evolve_config(meta_corpus, "meta.max_iterations=1"), run_dir, srv)
+    (h,) = read_jsonl(run_dir / "history.jsonl")  # history.jsonl is intact: one line, parseable
+    assert h["status"] == "rejected" and h["candidate_val"] == 0.0 and not h["admitted"]
+    assert summary["best_val_pass_rate"] == 0.5
+    for ds in run_dir.glob("evals/*/*/dataset.jsonl"):
+        assert "forged" not in ds.read_text()
+
+
+def test_always_pass_self_check_mutant_is_not_admitted(meta_corpus, server, tmp_path):
+    """A candidate whose own quality check always passes: the frozen check still decides.
+    The scripted frozen quality check rejects every question of an IMPROVED-less harness on V1
+    here, so the only way up would be a self-check that counts: it does not."""
+
+    class RejectingQV(MetaScenario):
+        def __call__(self, role: str, body: dict[str, Any]) -> Any:
+            if role == "quality_verifier":
+                return {"context_leak": True, "generic": False, "multi_part": False, "rubric_covers_answer": True,
+                        "reason": "the context states the answer"}  # fmt: skip
+            return super().__call__(role, body)
+
+    body = (
+        "res = await agent.llm_json('challenger', [{'role': 'user', 'content': agent.document('challenger')}], Challenge)\n"
+        "    await agent.evaluate(res.value, self_check=QVVerdict(passed=True, reason='my own check says fine'))"
+    )
+    srv = server(RejectingQV([whole_harness(body)]))
+    summary = evolve(evolve_config(meta_corpus, "meta.max_iterations=1"), tmp_path / "run", srv)
+    (h,) = read_jsonl(tmp_path / "run" / "history.jsonl")
+    assert h["status"] in ("rejected", "crashed") and h["candidate_val"] == 0.0
+    assert summary["baseline_val_pass_rate"] == 0.0 and summary["best_val_pass_rate"] == 0.0
+    cand_eval = next((tmp_path / "run" / "evals" / h["candidate_harness_id"].split("@")[1]).iterdir())
+    for t in (cand_eval / "trajectories").glob("*.json"):
+        rnd = json.loads(t.read_text())["rounds"][0]
+        assert rnd["failure_mode"] == "FAILED_QV" and rnd["self_check"]["passed"] and not rnd["qv"]["passed"]
+
+
+def test_resume_under_another_evaluator_is_refused_with_the_keys(meta_corpus, server, tmp_path):
+    from inner.errors import ConfigError
+
+    srv = server(MetaScenario([NEUTRAL_EDIT]))
+    evolve(evolve_config(meta_corpus, "meta.max_iterations=1"), tmp_path / "run", srv)
+    with pytest.raises(ConfigError, match=r"gate\.min_gap") as err:
+        evolve(evolve_config(meta_corpus, "meta.max_iterations=2", "gate.min_gap=0.3"), tmp_path / "run", srv)
+    assert "allow_evaluator_change" in str(err.value)
+    with pytest.raises(ConfigError, match=r"roles\.judge\.model"):
+        evolve(
+            evolve_config(meta_corpus, "meta.max_iterations=2", "llm.endpoints.default.model=another-model"),
+            tmp_path / "run", srv,
+        )  # fmt: skip
+    # the documented override goes on; the old evaluations are not reused (new evaluator hash)
+    summary = evolve(
+        evolve_config(meta_corpus, "meta.max_iterations=2", "gate.min_gap=0.3", "meta.allow_evaluator_change=true"),
+        tmp_path / "run", srv,
+    )  # fmt: skip
+    assert summary["iterations"] == 2
+    evaluators = {p.name.split("-")[0] for p in (tmp_path / "run" / "evals").glob("*/*")}
+    assert len(evaluators) == 2
+
+
+def test_an_evaluation_is_keyed_by_content_not_by_name(meta_corpus, server, tmp_path):
+    """The root harness under two directory names is evaluated once per document set."""
+    import shutil
+
+    from inner.harness import HARNESSES_DIR
+
+    copy = tmp_path / "renamed_baseline"
+    shutil.copytree(HARNESSES_DIR / "baseline", copy)
+    srv = server(MetaScenario([NEUTRAL_EDIT]))
+    evolve(evolve_config(meta_corpus, "meta.max_iterations=0"), tmp_path / "run", srv)
+    calls = srv.count()
+    evolve(evolve_config(meta_corpus, "meta.max_iterations=0", f"meta.start_harness={copy}"), tmp_path / "run2", srv)
+    assert srv.count() > calls  # another run directory: evaluated there
+    # same run directory, harness renamed: the stored evaluation is reused
+    from meta.loop import EvalOutcome, admission
+
+    cand = EvalOutcome(pass_rate=0.5, n_docs=2, accepted=1, crashed=0, errors=0)
+    assert admission(cand, cand)[0] == "rejected"
+    assert admission(EvalOutcome(1.0, 2, 2, 0, 0), cand) == ("admitted", None)
+    assert admission(EvalOutcome(0.0, 2, 0, 2, 0, crash_reason="boom"), cand)[0] == "crashed"
+    assert admission(EvalOutcome(1.0, 2, 2, 0, 1, error_reason="down"), cand)[0] == "error"
+
+
+def test_duplicate_candidate_is_not_evaluated(meta_corpus, server, tmp_path):
+    undo = GOOD_EDIT.replace("IMPROVED You", "TMP").replace("You are the challenger", "IMPROVED You are the challenger")
+    back = """FILE: prompts/challenger.md
+<<<<<<< SEARCH
+TMP are the challenger in Agentic Self-Instruct
+=======
+IMPROVED You are the challenger in Agentic Self-Instruct
+>>>>>>> REPLACE
+"""
+    del undo
+    srv = server(MetaScenario([GOOD_EDIT, GOOD_EDIT.replace("IMPROVED You", "TMP"), back]))
+    cfg = evolve_config(meta_corpus, "meta.max_iterations=3", "meta.selection=greedy")
+    evolve(cfg, tmp_path / "run", srv)
+    hist = read_jsonl(tmp_path / "run" / "history.jsonl")
+    assert hist[0]["status"] == "admitted"
+    assert "duplicate" in [h["status"] for h in hist] or "invalid-edit" in [h["status"] for h in hist]
+
+
+def test_circuit_breaker_stops_after_consecutive_infrastructure_errors(meta_corpus, server, tmp_path):
+    from tests.scripted_server import Reply
+
+    class AnalyzerDown(MetaScenario):
+        def __call__(self, role: str, body: dict[str, Any]) -> Any:
+            if role == "analyzer":
+                return Reply(status=503)
+            return super().__call__(role, body)
+
+    srv = server(AnalyzerDown([GOOD_EDIT]))
+    summary = evolve(
+        evolve_config(meta_corpus, "meta.max_iterations=10", "meta.max_consecutive_errors=2"), tmp_path / "run", srv
+    )
+    hist = read_jsonl(tmp_path / "run" / "history.jsonl")
+    assert [h["status"] for h in hist] == ["error", "error"]
+    assert summary["stop_reason"].startswith("circuit breaker")
+    # a rerun with a healthy endpoint redoes them
+    srv2 = server(MetaScenario([GOOD_EDIT]))
+    summary = evolve(evolve_config(meta_corpus, "meta.max_iterations=1"), tmp_path / "run", srv2)
+    hist = read_jsonl(tmp_path / "run" / "history.jsonl")
+    assert hist[-1]["iteration"] == 1 and hist[-1]["status"] == "admitted"
 
 
 def test_export_then_generate(meta_corpus, server, tmp_path):
