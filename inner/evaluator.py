@@ -3,7 +3,7 @@
 It lives in ``inner/`` and runs in the parent process, never in a harness's sandbox, so no
 mutation of a harness can weaken the weak solver, make the judge lenient, pass its own quality
 check or loosen the gate (the reward hack reported for the original Autodata system; see
-``inner/ARCHITECTURE.md``, "Evaluator integrity").
+``ARCHITECTURE.md``, "Evaluator integrity").
 
 - The quality check (``inner/prompts/quality_verifier.md``, role ``quality_verifier``) rejects
   context leaks, generic and multi-part questions, and rubrics that do not cover the answer.
