@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 DEMO_DIR ?= runs/demo
 
-.PHONY: install browser demo demo-cot test test-fast check format bench clean
+.PHONY: install server sandbox browser demo demo-cot test test-fast check format bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,18 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PY) -m pip install $(PIP_FLAGS) -e '.[local,dev]'
 	touch $@
 
-install: $(VENV)/.installed
+# Upstream llama.cpp's llama-server for the embedded backend, built from the llama-cpp-python
+# sdist once per llama-cpp-python version into ~/.cache/autodata/llama-server/<version>/
+# (a second run does nothing). A failed build does not stop the install: llm=local then falls
+# back to llama-cpp-python's server (one request at a time) with a warning.
+server: $(VENV)/.installed
+	-$(PY) -m inner.llm.build_server --jobs 2
+
+# Debian's bubblewrap: every line of harness code runs sealed in it (inner/sandbox.py).
+sandbox:
+	@command -v bwrap >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap)
+
+install: $(VENV)/.installed server sandbox
 
 # Agentic Self-Instruct on 2 short documents of the shipped cs corpus with the embedded model.
 demo: install

@@ -1,14 +1,19 @@
 """Backends: the LLM servers the project starts itself.
 
-- ``local`` (default, offline): llama-cpp-python's OpenAI-compatible server with the embedded
-  Qwen2.5-Coder-0.5B-Instruct GGUF (:mod:`inner.llm.weights`), on a free loopback port.
+- ``local`` (default, offline): a llama.cpp server with the embedded Qwen2.5-Coder-0.5B-Instruct
+  GGUF (:mod:`inner.llm.weights`) on a free loopback port. ``llm.backend.server`` picks it:
+  upstream llama.cpp's ``llama-server`` (parallel slots, continuous batching, prompt-prefix
+  cache; built from the llama-cpp-python sdist by :mod:`inner.llm.build_server`), or
+  llama-cpp-python's ``llama_cpp.server`` (one request at a time), or ``auto``: llama-server
+  if built, else llama-cpp-python's with a warning.
 - ``vllm``: ``vllm serve MODEL`` on a free loopback port (GPU machines); waits for ``/health``.
 - ``openai``: starts nothing; endpoints must set ``base_url`` (and ``api_key_env``).
 
 :func:`start_backend` is a context manager that yields ``{endpoint name: base_url}`` for the
-endpoints whose ``base_url`` is unset, and stops the server on exit, Ctrl-C or error. The
-child gets ``PR_SET_PDEATHSIG`` on Linux so it also dies if this process is killed with
-SIGKILL.
+endpoints whose ``base_url`` is unset, and stops the server on exit, Ctrl-C or error: SIGTERM
+to its process group, SIGKILL after :data:`STOP_GRACE_S`. The child gets ``PR_SET_PDEATHSIG``
+(SIGKILL) on Linux, so it dies at once when this process dies without running its cleanup
+(SIGTERM's default action, SIGKILL), even in the middle of a generation.
 """
 
 from __future__ import annotations
@@ -30,9 +35,20 @@ import httpx
 
 from inner.config import LLMConfig
 from inner.errors import BackendError
+from inner.llm.build_server import built_server, installed_version
 from inner.llm.weights import INSTALL_HINT, ensure_gguf
 
 log = logging.getLogger(__name__)
+
+#: Seconds between SIGTERM and SIGKILL when stopping a server: llama-server exits within a
+#: decode step on SIGTERM; llama-cpp-python's (uvicorn) would first finish its request.
+STOP_GRACE_S = 3.0
+#: ``--cache-reuse``: smallest chunk (tokens) of a slot's cached prompt that llama-server reuses
+#: by shifting it in the KV cache when it follows a differing prefix (0 = only the common prefix).
+CACHE_REUSE_TOKENS = 256
+#: ``--cache-ram``: host-memory prompt cache of llama-server, MiB (its default is 8192).
+CACHE_RAM_MIB = 1024
+BUILD_HINT = "build it with: make install  (or: python -m inner.llm.build_server)"
 
 
 def free_port() -> int:
@@ -71,6 +87,65 @@ def llama_cpp_command(cfg: LLMConfig, model_path: Path, port: int) -> list[str]:
     return cmd + list(b.extra_args)
 
 
+def llama_server_command(cfg: LLMConfig, binary: Path, model_path: Path, port: int) -> list[str]:
+    """Command line of upstream llama.cpp's ``llama-server`` (flags of the llama.cpp vendored in
+    llama-cpp-python 0.3.36).
+
+    ``llm.backend.slots`` parallel slots with continuous batching, ``n_ctx`` tokens per slot
+    (``--ctx-size`` is the total, split evenly: the KV cache is not unified when ``--parallel``
+    is given), prompt caching (on by default) with :data:`CACHE_REUSE_TOKENS` and
+    :data:`CACHE_RAM_MIB`, no web UI. ``extra_args`` come last, so they override (llama.cpp
+    keeps the last value of a repeated flag).
+    """
+    b = cfg.backend
+    cmd = [
+        str(binary),
+        "--model", str(model_path),
+        "--alias", _served_model(cfg),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--ctx-size", str(b.n_ctx * b.slots),
+        "--parallel", str(b.slots),
+        "--threads", str(b.n_threads or os.cpu_count() or 1),
+        "--cont-batching",
+        "--cache-reuse", str(CACHE_REUSE_TOKENS),
+        "--cache-ram", str(CACHE_RAM_MIB),
+        "--no-webui",
+    ]  # fmt: skip
+    return cmd + list(b.extra_args)
+
+
+def local_server(cfg: LLMConfig) -> tuple[str, Path | None]:
+    """Which embedded server ``llm.backend.server`` resolves to: ``("llama-server", binary)``
+    or ``("llama-cpp-python", None)``.
+
+    Raises:
+        BackendError: ``server=llama-server`` but it is not built for the installed
+            llama-cpp-python version (the message says how to build it).
+    """
+    choice = cfg.backend.server
+    if choice == "llama-cpp-python":
+        return choice, None
+    binary = built_server()
+    if binary is not None:
+        return "llama-server", binary
+    try:
+        missing = f"llama-server is not built for llama-cpp-python {installed_version()}"
+    except BackendError as exc:
+        missing = str(exc)
+    if choice == "llama-server":
+        raise BackendError(
+            f"llm.backend.server=llama-server, but {missing}: {BUILD_HINT}; "
+            "or set llm.backend.server=llama-cpp-python (one request at a time)"
+        )
+    log.warning(
+        "%s; falling back to llama-cpp-python's server, which answers one request at a time "
+        "(about 1.5-2x slower with several in flight, see experiments/bench/README.md): %s",
+        missing, BUILD_HINT,
+    )  # fmt: skip
+    return "llama-cpp-python", None
+
+
 def vllm_command(cfg: LLMConfig, port: int) -> list[str]:
     """Command line of ``vllm serve`` for ``llm=vllm``; the served name is the endpoint's model."""
     served = _served_model(cfg)
@@ -92,8 +167,10 @@ def vllm_command(cfg: LLMConfig, port: int) -> list[str]:
 def _set_pdeathsig() -> None:  # runs in the child between fork and exec
     import ctypes
 
+    # SIGKILL, not SIGTERM: a server that gets SIGTERM may first finish the request in hand
+    # (llama-cpp-python's uvicorn did, for 15 s and more).
     with contextlib.suppress(OSError):  # not glibc: the server is still stopped on normal exit
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
 
 
 class ManagedServer:
@@ -159,8 +236,9 @@ class ManagedServer:
         except OSError:
             return "<no log>"
 
-    def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM the process group, then SIGKILL after ``grace_s`` seconds."""
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM the process group, then SIGKILL it after ``grace_s`` seconds; returns once
+        the process is gone (at most ``grace_s`` plus the kill, whatever the server is doing)."""
         if self.proc is None or self.proc.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -168,6 +246,7 @@ class ManagedServer:
         try:
             self.proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
+            log.warning("LLM server still running %.0f s after SIGTERM: SIGKILL", grace_s)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
@@ -188,7 +267,7 @@ def start_backend(cfg: LLMConfig, *, log_dir: Path) -> Iterator[dict[str, str]]:
 
     Raises:
         BackendError / ModelWeightsError: the extra is not installed, weights are missing or
-            corrupt, or the server does not come up.
+            corrupt, ``server=llama-server`` is not built, or the server does not come up.
     """
     served = _served_endpoints(cfg)
     kind = cfg.backend.kind
@@ -200,9 +279,21 @@ def start_backend(cfg: LLMConfig, *, log_dir: Path) -> Iterator[dict[str, str]]:
     if kind == "local":
         if importlib.util.find_spec("llama_cpp") is None:
             raise BackendError(f"llm=local needs llama-cpp-python[server]: {INSTALL_HINT}")
+        which, binary = local_server(cfg)
         model_path = ensure_gguf(Path(cfg.backend.model_cache_dir) if cfg.backend.model_cache_dir else None)
-        cmd = llama_cpp_command(cfg, model_path, port)
-        health = f"{base}/v1/models"
+        if binary is not None:
+            cmd = llama_server_command(cfg, binary, model_path, port)
+            health = f"{base}/health"  # 503 while the model loads, 200 when ready
+        else:
+            cmd = llama_cpp_command(cfg, model_path, port)
+            health = f"{base}/v1/models"
+        for name in served:
+            if cfg.endpoints[name].max_in_flight != cfg.backend.slots and which == "llama-server":
+                log.warning(
+                    "llm.endpoints.%s.max_in_flight=%d but llm.backend.slots=%d: requests beyond the "
+                    "slots wait in the server's queue, and slots beyond max_in_flight stay idle",
+                    name, cfg.endpoints[name].max_in_flight, cfg.backend.slots,
+                )  # fmt: skip
     else:
         if shutil.which("vllm") is None:
             raise BackendError("llm=vllm needs the `vllm` command: pip install vllm (GPU machine)")
