@@ -14,6 +14,8 @@ together by ``report.md``:
 
 from __future__ import annotations
 
+import json
+
 import asyncio
 import contextlib
 import logging
@@ -92,9 +94,14 @@ def meta_eval_runs(meta: MetaRunRecords) -> list[GenerationRun]:
     best = max(meta.archive, key=lambda e: (e["val_pass_rate"], -e["iteration"]))
     out = []
     for entry in [root] + ([best] if best is not root else []):
-        evals = sorted((meta.path / "evals" / entry["harness_id"]).glob("val-*"))
+        content = entry["harness_id"].split("@")[-1]
+        evals = [
+            p.parent
+            for p in sorted((meta.path / "evals" / content).glob("*/identity.json"))
+            if json.loads(p.read_text()).get("split") == "val"
+        ]
         if evals:
-            out.append(load_generation_run(evals[0]))
+            out.append(load_generation_run(evals[-1]))
     return out
 
 
