@@ -100,8 +100,10 @@ def _identity(cfg: GenerateConfig, harness_id: str) -> dict[str, Any]:
 
 def write_run_config(run_dir: Path, cfg: GenerateConfig, harness_id: str) -> None:
     """Write ``config.yaml`` (resolved config + harness id); refuse to resume a run directory
-    that was made with a different method, harness, gate, inner-loop config, models, role
-    sampling or seed (:data:`IDENTITY_KEYS`).
+    that was made with a different method, harness, gate, rubric policy, inner-loop config,
+    models, role sampling or seed (:data:`IDENTITY_KEYS`). A run directory in which no
+    document has finished yet holds no result to keep consistent, so it can be rerun with a
+    corrected endpoint or model (a run that failed wholly on a wrong model name).
 
     Raises:
         ConfigError: the run directory's earlier ``config.yaml`` disagrees (the message says
@@ -113,7 +115,10 @@ def write_run_config(run_dir: Path, cfg: GenerateConfig, harness_id: str) -> Non
         old = yaml.safe_load(path.read_text()) or {}
         old_ident = old.get("identity", {})
         diff = [k for k in IDENTITY_KEYS if k in old_ident and old_ident[k] != ident[k]]
-        if diff:
+        finished = any(t.finished for t in RunWriter(run_dir, readonly=True).load_trajectories())
+        if diff and not finished:
+            log.warning("no document of %s had finished: its identity is replaced (%s changed)", run_dir, ", ".join(diff))
+        elif diff:
             raise ConfigError(
                 f"run directory {run_dir} was made with a different {', '.join(diff)} "
                 f"(e.g. {diff[0]}={old_ident[diff[0]]!r}); resume it with the same settings or "
