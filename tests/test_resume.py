@@ -1,6 +1,6 @@
 """Resuming a run directory after an interruption: no duplicate examples, finished documents
-skipped, cached calls replayed; a real SIGKILL of ``autodata-generate``; the config identity
-check."""
+skipped, cached calls replayed, an unfinished document's recorded rounds reused without new
+evaluator calls; a real SIGKILL of ``autodata-generate``; the config identity check."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,9 @@ ACCEPT = RoundPlan(weak=[0.5, 0.5, 0.5], strong=[0.9, 0.9, 0.9])
 # per document: round 1 TOO_EASY = 1 challenger + 1 QV + 3 weak + 3 judge + 1 main agent = 9,
 # round 2 ACCEPT = 1 + 1 + 3 + 3 + 6 = 14
 PER_DOC_TOO_EASY_THEN_ACCEPT = 9 + 14
+#: the evaluator's calls of a TOO_EASY round (QV + 3 weak + 3 judge): what a recorded round saves
+TOO_EASY_EVALUATOR_CALLS = 7
+EVALUATOR_ROLES = ("quality_verifier", "weak_solver", "strong_solver", "judge")
 GENERATE = Path(sys.executable).parent / "autodata-generate"
 
 
@@ -113,11 +118,62 @@ def test_torn_dataset_line_and_unfinished_trajectories_are_repaired_from_cache(m
     inv = stats["this_invocation"]
     assert sum(u["calls"] for u in inv.values()) == 0
     replayed = sum(u["cached_calls"] for u in inv.values())
-    assert replayed == 2 * PER_DOC_TOO_EASY_THEN_ACCEPT  # B and C only
+    # B and C only, and their recorded round 1 is reused without any evaluator call
+    assert replayed == 2 * (PER_DOC_TOO_EASY_THEN_ACCEPT - TOO_EASY_EVALUATOR_CALLS)
     _assert_complete_without_duplicates(run_dir)
     assert _traj_path(run_dir, "MARK-A").read_bytes() == a_before  # finished: not touched
     for marker in ("MARK-B", "MARK-C"):
         assert len(json.loads(_traj_path(run_dir, marker).read_text())["rounds"]) == 2
+
+
+def test_recorded_rounds_of_an_unfinished_document_are_reused_without_evaluator_calls(make_cfg, server, tmp_path):
+    cfg = make_cfg("inner.max_rounds=2", "task.limit=1")
+    run_dir = tmp_path / "run"
+    run(cfg, run_dir, server(StatelessScenario(TOO_EASY, ACCEPT)))
+    path = _traj_path(run_dir, "MARK-A")
+    traj = json.loads(path.read_text())
+    round_one = traj["rounds"][0]
+    traj["status"], traj["rounds"] = "running", [round_one]  # killed after round 1 was recorded
+    path.write_text(json.dumps(traj))
+    (run_dir / "dataset.jsonl").unlink()
+    shutil.rmtree(run_dir / "llm_cache")  # nothing replayable: every call made would reach the server
+
+    fresh = server(StatelessScenario(TOO_EASY, ACCEPT))
+    stats = run(cfg, run_dir, fresh)
+    assert stats["accepted"] == 1
+    # the harness runs again (challenger and main agent for round 1 too); round 1's challenge
+    # is the recorded one, so the evaluator makes only round 2's calls: 1 QV + 3 + 3 solvers + 6 judge
+    assert Counter(fresh.roles()) == {
+        "challenger": 2, "main_agent": 1, "quality_verifier": 1, "weak_solver": 3, "strong_solver": 3, "judge": 6,
+    }  # fmt: skip
+    after = json.loads(path.read_text())
+    assert after["rounds"][0] == round_one  # the recorded report itself, untouched
+    assert [e["text"] for e in after["events"] if e["kind"] == "evaluate"] == ["recorded report returned", "ACCEPTED"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug in inner/loop.py DocumentSession._evaluate_locked: a recorded ACCEPTED round is returned "
+    "to the harness without ending the document, which then ends 'exhausted'",
+)
+def test_recorded_accepted_round_of_an_unfinished_document_ends_it_accepted(make_cfg, server, tmp_path):
+    # Killed after the accepted round was recorded and its example appended, before the final
+    # trajectory write (the sandbox is being stopped): the rerun must finish the document as
+    # accepted from the record, with no evaluator call and no second example.
+    cfg = make_cfg("inner.max_rounds=2", "task.limit=1")
+    run_dir = tmp_path / "run"
+    srv = server(StatelessScenario(TOO_EASY, ACCEPT))
+    run(cfg, run_dir, srv)
+    n = srv.count()
+    path = _traj_path(run_dir, "MARK-A")
+    traj = json.loads(path.read_text())
+    traj["status"], traj["end_reason"] = "running", ""
+    path.write_text(json.dumps(traj))
+    stats = run(cfg, run_dir, srv)
+    inv = stats["this_invocation"]
+    assert srv.count() == n and all(inv.get(r, {}).get("cached_calls", 0) == 0 for r in EVALUATOR_ROLES)
+    assert json.loads(path.read_text())["status"] == "accepted"
+    assert stats["accepted"] == 1 and len(_dataset(run_dir)) == 1
 
 
 def test_torn_cache_line_is_a_miss(make_cfg, server, tmp_path):
@@ -173,14 +229,18 @@ def test_interrupted_run_resumes_with_fewer_requests(make_cfg, server, tmp_path)
     finished_before = sum(t.finished for t in trajs)
     assert finished_before < 3
 
+    # the evaluator calls of rounds the unfinished documents had recorded are not made again
+    recorded = sum(
+        u.calls + u.cached_calls for t in trajs if not t.finished for r in t.rounds for u in r.usage.values()
+    )
     healthy = server(StatelessScenario(TOO_EASY, ACCEPT))
     stats = run(cfg, run_dir, healthy)
     second = healthy.count()
     inv = stats["this_invocation"]
     cached = sum(u["cached_calls"] for u in inv.values())
     assert sum(u["calls"] for u in inv.values()) == second
-    # the unfinished documents are replayed in full: what was cached is not sent again
-    assert second + cached == n_fresh - finished_before * PER_DOC_TOO_EASY_THEN_ACCEPT
+    # the unfinished documents are replayed: what was cached is not sent again
+    assert second + cached == n_fresh - finished_before * PER_DOC_TOO_EASY_THEN_ACCEPT - recorded
     assert cached > 0 and 0 < second < n_fresh
     assert stats["accepted"] == 3 and stats["errored"] == 0
     _assert_complete_without_duplicates(run_dir)
@@ -203,6 +263,12 @@ def _generate_cmd(srv, corpus: Path, run_dir: Path) -> list[str]:
     ]
 
 
+def _rounds_recorded(run_dir: Path) -> int:
+    if not (run_dir / "trajectories").is_dir():
+        return 0
+    return sum(len(t.rounds) for t in RunWriter(run_dir, readonly=True).load_trajectories())
+
+
 def test_sigkill_mid_run_then_rerun_completes_without_duplicates(server, corpus, tmp_path):
     srv = server(StatelessScenario(TOO_EASY, TOO_EASY, ACCEPT), latency_s=0.2)
     run_dir = tmp_path / "run"
@@ -213,9 +279,9 @@ def test_sigkill_mid_run_then_rerun_completes_without_duplicates(server, corpus,
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
-        while not list((run_dir / "trajectories").glob("*.json")):
+        while not _rounds_recorded(run_dir):  # kill once some round is on disk
             assert proc.poll() is None, (tmp_path / "killed.log").read_text()
-            assert time.monotonic() < deadline, "no trajectory was written"
+            assert time.monotonic() < deadline, "no round was recorded"
             time.sleep(0.02)
     finally:
         if proc.poll() is None:
@@ -224,7 +290,7 @@ def test_sigkill_mid_run_then_rerun_completes_without_duplicates(server, corpus,
         log.close()
     assert proc.returncode == -signal.SIGKILL
     killed = RunWriter(run_dir).load_trajectories()
-    assert killed and not all(t.finished for t in killed)
+    assert killed and not all(t.finished for t in killed) and any(t.rounds for t in killed)
     first = srv.count()
 
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -258,3 +324,14 @@ def test_resuming_with_a_different_method_raises_config_error(make_cfg, server, 
         run(make_cfg("inner.max_rounds=2", "task.limit=1"), tmp_path / "run", srv)
     assert srv.count() == n  # refused before any request
     assert len(_dataset(tmp_path / "run")) == 1
+
+
+def test_resuming_under_a_different_rubric_policy_raises_config_error(make_cfg, server, tmp_path):
+    # the rubric policy is part of the frozen evaluator: examples accepted under two policies
+    # must not be mixed in one run directory
+    srv = server(scenario(ACCEPT))
+    run(make_cfg("inner.max_rounds=1", "task.limit=1"), tmp_path / "run", srv)
+    n = srv.count()
+    with pytest.raises(ConfigError, match="different rubric"):
+        run(make_cfg("inner.max_rounds=1", "task.limit=1", "rubric=published"), tmp_path / "run", srv)
+    assert srv.count() == n
