@@ -41,6 +41,9 @@ class Reply:
         content_type: the ``content-type`` of ``raw_body``.
         no_choices: a 200 chat completion whose ``choices`` list is empty.
         headers: extra response headers, e.g. ``{"retry-after": "1"}``.
+        tool_calls: OpenAI-style tool calls of the reply message (``[{"id", "type":
+            "function", "function": {"name", "arguments"}}]``; ``arguments`` may be a dict, it
+            is JSON-encoded); ``finish_reason`` becomes ``tool_calls`` unless set otherwise.
     """
 
     content: str | dict[str, Any] = ""
@@ -52,6 +55,7 @@ class Reply:
     content_type: str = "application/json"
     no_choices: bool = False
     headers: dict[str, str] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 Script = Callable[[str, dict[str, Any]], "Reply | str | dict[str, Any]"]
@@ -141,6 +145,17 @@ class ScriptedServer:
             )
             return True
         content = reply.content if isinstance(reply.content, str) else json.dumps(reply.content)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        finish_reason = reply.finish_reason
+        if reply.tool_calls:
+            message["content"] = content or None
+            message["tool_calls"] = [
+                {**c, "function": {**c["function"], "arguments": c["function"]["arguments"]
+                                   if isinstance(c["function"]["arguments"], str)
+                                   else json.dumps(c["function"]["arguments"])}}
+                for c in reply.tool_calls
+            ]  # fmt: skip
+            finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
         prompt_tokens = sum(len(str(m.get("content", ""))) for m in req.get("messages", [])) // 4
         self._send(
             writer,
@@ -155,8 +170,8 @@ class ScriptedServer:
                 else [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": reply.finish_reason,
+                        "message": message,
+                        "finish_reason": finish_reason,
                     }
                 ],
                 "usage": {

@@ -170,6 +170,25 @@ def response_format(json_mode: str, schema: dict[str, Any] | None, name: str) ->
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": False}}
 
 
+def _tool_calls(message: Any) -> list[dict[str, Any]] | None:
+    """The tool calls of a reply message as plain dicts ``{"id", "type": "function",
+    "function": {"name", "arguments"}}`` (``arguments`` a JSON string, as sent), or ``None``."""
+    calls = message.get("tool_calls") if isinstance(message, dict) else None
+    if not isinstance(calls, list) or not calls:
+        return None
+    out = []
+    for i, c in enumerate(calls):
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            continue
+        args = fn.get("arguments")
+        if not isinstance(args, str):
+            args = json.dumps(args if args is not None else {})
+        out.append({"id": str(c.get("id") or f"call_{i}"), "type": "function",
+                    "function": {"name": fn["name"], "arguments": args}})  # fmt: skip
+    return out or None
+
+
 class LLMClient:
     """Async client for all roles.
 
@@ -235,6 +254,7 @@ class LLMClient:
         sample_index: int = 0,
         json_schema: dict[str, Any] | None = None,
         schema_name: str = "output",
+        tools: list[dict[str, Any]] | None = None,
     ) -> Completion:
         """One chat completion for ``role``, from the cache when possible.
 
@@ -244,13 +264,17 @@ class LLMClient:
             sample_index: distinguishes repeated samples of the same prompt (cache key and
                 seed ``llm.seed + sample_index``).
             json_schema: constrain the output to this JSON schema where the endpoint supports it.
+            tools: OpenAI-style function tools (``[{"type": "function", "function": {"name",
+                "description", "parameters"}}]``), sent with ``tool_choice="auto"``; the reply's
+                calls come back in ``Completion.tool_calls`` as plain dicts (a reply with tool
+                calls may have empty text). Part of the cache key.
 
         Raises:
             LLMCallError: the call failed after the endpoint's retries; the subtype says how
                 (:class:`~inner.errors.LLMStatusError`, ``LLMTimeoutError``,
                 ``LLMConnectionError``, ``LLMBadResponseError``, ``LLMEmptyError``).
         """
-        return await self._complete(role, messages, sample_index, json_schema, schema_name, None)
+        return await self._complete(role, messages, sample_index, json_schema, schema_name, None, tools)
 
     async def _complete(
         self,
@@ -260,6 +284,7 @@ class LLMClient:
         json_schema: dict[str, Any] | None,
         schema_name: str,
         pending: list[tuple[str, dict[str, Any]]] | None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> Completion:
         """:meth:`complete`; with ``pending``, the cache write is appended there instead of
         done (the caller writes it once the reply proves usable)."""
@@ -273,6 +298,9 @@ class LLMClient:
             "seed": self.cfg.seed + sample_index,
         }
         rf = response_format(ep.json_mode, json_schema, schema_name)
+        if tools:
+            params["tools"] = tools
+            params["tool_choice"] = "auto"
         key = cache_key(
             {
                 "messages": messages,
@@ -289,6 +317,7 @@ class LLMClient:
                 completion_tokens=hit.get("completion_tokens", 0),
                 cached=True,
                 finish_reason=hit.get("finish_reason"),
+                tool_calls=hit.get("tool_calls"),
             )
         else:
             # raises a typed LLMCallError (counted, logged) before anything is cached
@@ -302,6 +331,8 @@ class LLMClient:
                     "completion_tokens": comp.completion_tokens,
                     "finish_reason": comp.finish_reason,
                 }
+                if comp.tool_calls:
+                    entry["tool_calls"] = comp.tool_calls
                 if pending is None:
                     self.cache.put(key, entry)
                 else:
@@ -390,7 +421,10 @@ class LLMClient:
         text = message.get("content") if isinstance(message, dict) else None
         if text is not None and not isinstance(text, str):
             raise err(LLMBadResponseError, "the message content is not text", repr(text)[:200])
-        if not text or not text.strip():
+        tool_calls = _tool_calls(message) if "tools" in body else None
+        if tool_calls:  # a reply that calls tools may have no text
+            text = text or ""
+        elif not text or not text.strip():
             reason = choice.get("finish_reason")
             raise err(LLMEmptyError, "empty message content", f"finish_reason={reason!r}")
         usage = resp.get("usage") or {}
@@ -400,6 +434,7 @@ class LLMClient:
             completion_tokens=usage.get("completion_tokens") or 0,
             latency_s=latency,
             finish_reason=choice.get("finish_reason"),
+            tool_calls=tool_calls,
         )
 
     def _fail(self, exc: LLMCallError, key: str | None) -> NoReturn:
