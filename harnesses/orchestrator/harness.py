@@ -194,12 +194,13 @@ class Orchestrator:
         await self.agent.note(text)
         return "noted"
 
-    async def note_stats(self) -> None:
-        """Note how well the main agent called tools (best effort: the document may be over)."""
+    async def note_stats(self, *, in_flight: int = 0) -> None:
+        """Note how well the main agent called tools (best effort: the document may be over).
+        ``in_flight``: a call being executed now, counted as valid (it parsed and dispatched)."""
         s = self.stats
         try:
             await self.agent.note(
-                f"tool calls ({TOOL_MODE}): {s['valid']}/{s['calls']} valid, {s['text_parsed']} parsed from text, "
+                f"tool calls ({TOOL_MODE}): {s['valid'] + in_flight}/{s['calls']} valid, {s['text_parsed']} parsed from text, "
                 f"{s['no_call']} replies without a call; failures: {'; '.join(self.failures[:3]) or 'none'}"
             )
         except Exception:  # noqa: BLE001 - the document ended (budget, acceptance): nothing to keep
@@ -214,7 +215,9 @@ class Orchestrator:
     async def _evaluate(self, side: str) -> str:
         draft = await self._need_draft()
         if side == "both":  # an accepted report ends the document at once: note the tool-call counts first
-            await self.note_stats()
+            await self.note_stats(
+                in_flight=1 if self.stats["calls"] > self.stats["valid"] + self.stats["invalid"] else 0
+            )
         report = await self.agent.evaluate(draft, side=side, self_check=self.verdict)
         pending = any(r.failure_mode is FailureMode.WEAK_PASSED for r in self.agent.rounds)
         if report.accepted or (len(self.agent.rounds) >= self.agent.max_rounds and not pending):
