@@ -115,8 +115,9 @@ def _system_binds() -> list[str]:
     return args
 
 
-def sandbox_command(harness_dir: Path, *, tmp_mb: int = 64, check: bool = False) -> list[str]:
-    """The bubblewrap command line that runs the sandbox child on ``harness_dir``."""
+def sandbox_command(harness_dir: Path, *, tmp_mb: int = 64, check: bool = False, dry_run: bool = False) -> list[str]:
+    """The bubblewrap command line that runs the sandbox child on ``harness_dir`` (``check``:
+    import only; ``dry_run``: one run against canned replies, :func:`dry_run_harness`)."""
     cmd = [
         bwrap_path(),
         "--unshare-all", "--die-with-parent", "--new-session",
@@ -136,6 +137,8 @@ def sandbox_command(harness_dir: Path, *, tmp_mb: int = 64, check: bool = False)
     ]  # fmt: skip
     if check:
         cmd.append("--check")
+    elif dry_run:
+        cmd.append("--dry-run")
     return cmd
 
 
@@ -226,13 +229,13 @@ class SandboxProcess:
         self._cgroup: _PidsCgroup | None = None
         self._stderr_task: asyncio.Task[None] | None = None
 
-    async def start(self, *, check: bool = False) -> dict[str, Any]:
+    async def start(self, *, check: bool = False, dry_run: bool = False) -> dict[str, Any]:
         """Start the child and wait for its ``ready`` line (the harness imported).
 
         Returns:
             The ready message: ``{"ok": true}`` or ``{"ok": false, "error": ...}``.
         """
-        cmd = sandbox_command(self.harness_dir, check=check)
+        cmd = sandbox_command(self.harness_dir, check=check, dry_run=dry_run)
         self._cgroup = _PidsCgroup(self.max_procs)
         self.proc = await asyncio.create_subprocess_exec(
             *cmd,
@@ -340,3 +343,66 @@ async def validate_harness(harness_dir: Path, *, timeout_s: float = 60.0, memory
     finally:
         await sb.kill()
     return None if ready.get("ok") else str(ready.get("error"))
+
+
+#: LLM calls a harness may make in its dry run before the canned budget stops it
+DRY_RUN_MAX_CALLS = 40
+
+
+async def dry_run_harness(
+    harness_dir: Path,
+    *,
+    timeout_s: float = 60.0,
+    memory_mb: int = 2048,
+    cpu_s: int = 120,
+    roles: tuple[str, ...] | None = None,
+    max_rounds: int = 2,
+    max_calls: int = DRY_RUN_MAX_CALLS,
+    domain: str = "research paper",
+) -> str | None:
+    """Run ``harness_dir`` once in the sandbox with no LLM and no evaluator (the child's
+    ``--dry-run``, :func:`inner.sandbox_child.dry_run`): every ``agent.llm`` gets a canned
+    minimal instance of its JSON schema, every ``agent.evaluate`` a canned TOO_EASY report;
+    a harness that returns, or stops on the canned call/round budget, passes.
+
+    Args:
+        timeout_s: wall-clock limit of the whole dry run, seconds (no LLM waits in it).
+        roles: the roles the harness may call (default :data:`inner.config.HARNESS_ROLES`).
+        max_rounds / max_calls: the canned budgets.
+
+    Returns:
+        ``None`` if the harness ran, else what went wrong: the import error, the harness's
+        traceback, how the process ended, or the timeout.
+
+    Raises:
+        SandboxError: bubblewrap is missing or unusable.
+    """
+    if roles is None:
+        from inner.config import HARNESS_ROLES
+
+        roles = HARNESS_ROLES
+    sb = SandboxProcess(harness_dir, memory_mb=memory_mb, cpu_s=cpu_s)
+
+    async def go() -> str | None:
+        ready = await sb.start(dry_run=True)
+        if not ready.get("ok"):
+            return str(ready.get("error"))
+        await sb.send({"t": "dry_run", "roles": list(roles), "max_rounds": max_rounds, "max_calls": max_calls,
+                       "domain": domain})  # fmt: skip
+        msg = await sb.readline()
+        if msg is None:
+            if sb.proc is not None:
+                await sb.proc.wait()
+            return f"the harness process {sb.exit_description()} during the dry run (crash, sys.exit or os._exit)"
+        if msg.get("t") != "done":
+            return f"unexpected message from the dry run: {str(msg)[:200]}"
+        return None if msg.get("ok") else f"the harness raised in the dry run:\n{msg.get('error', '')}"
+
+    try:
+        return await asyncio.wait_for(go(), timeout_s)
+    except TimeoutError:
+        return f"the dry run did not finish within {timeout_s:g} s (a loop that never ends, or a hang)"
+    except HarnessError as exc:
+        return str(exc)
+    finally:
+        await sb.kill()

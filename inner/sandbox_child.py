@@ -1,6 +1,7 @@
 """The child side of the sealed harness sandbox (runs *inside* bubblewrap, never in the parent).
 
-Started by :mod:`inner.sandbox` as ``python -I /sdk/inner/sandbox_child.py /harness [--check]``
+Started by :mod:`inner.sandbox` as
+``python -I /sdk/inner/sandbox_child.py /harness [--check | --dry-run]``
 with only the harness SDK (:mod:`inner.contract`, :mod:`inner.templates`, :mod:`inner.errors`
 and this file) and the harness directory visible. It imports the harness, builds the
 :class:`Agent` and runs ``await harness.run(agent)`` on the one document the parent sends.
@@ -16,6 +17,13 @@ private duplicate of stdout; the harness's own prints go to stderr)::
 
 The parent enforces roles and budgets and writes every record; nothing the child says is
 trusted beyond being a request.
+
+``--dry-run`` runs the harness once with no LLM and no evaluator (:func:`dry_run`): after
+``ready`` the parent sends one ``{"t": "dry_run", "roles", "max_rounds", "max_calls"}`` line;
+``agent.llm`` answers with a canned minimal instance of the requested JSON schema (or a call of
+each offered tool in turn), ``agent.evaluate`` with a canned TOO_EASY report, and the child ends
+with ``{"t": "done", "ok": ..., "calls", "rounds"}``. It catches a harness that raises, renders
+a prompt with a missing placeholder or never returns, before any evaluation is spent.
 """
 
 from __future__ import annotations
@@ -40,9 +48,11 @@ from pydantic import BaseModel
 from inner.contract import (
     Challenge,
     Completion,
+    FailureMode,
     JSONResult,
     QVVerdict,
     RoundRecord,
+    challenge_key,
     json_with_repair,
 )
 from inner.errors import BudgetExhausted, HarnessError, LLMCallError
@@ -302,8 +312,156 @@ async def _serve(module: Any, conn: _Connection) -> None:
         started.cancel()
 
 
+# -- dry run ---------------------------------------------------------------------------------
+DRY_RUN_DOCUMENT = """Title: A dry-run document
+
+1 Introduction
+
+This paper studies how a cache of intermediate results changes the cost of a recurrent computation. It finds that reuse halves the cost when inputs repeat.
+
+2 Method
+
+The method stores each intermediate result under a hash of its inputs and looks it up before recomputing. Entries are evicted in least-recently-used order.
+
+3 Results
+
+On three workloads the cache cut the wall time by 40 to 55 percent; it did not help when inputs never repeated.
+
+4 Limitations
+
+The cache costs memory proportional to the number of distinct inputs.
+"""
+
+
+def schema_instance(schema: Any, tag: str = "") -> Any:
+    """A minimal value that satisfies a JSON schema (enum/const first, every listed object
+    property, ``minItems`` items (at least one), strings padded to ``minLength``, numbers within
+    ``minimum``/``maximum``): the dry run's canned structured reply. ``tag`` is appended to
+    every string, so that successive replies differ."""
+    if not isinstance(schema, dict):
+        return None
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        options = [o for o in schema.get(key, []) if isinstance(o, dict) and o.get("type") != "null"]
+        if options:
+            return schema_instance(options[0], tag)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or (kind is None and "properties" in schema):
+        return {name: schema_instance(sub, tag) for name, sub in schema.get("properties", {}).items()}
+    if kind == "array":
+        n = max(1, int(schema.get("minItems", 1)))
+        if "maxItems" in schema:
+            n = min(n, int(schema["maxItems"]))
+        return [schema_instance(schema.get("items", {}), f"{tag}.{i}") for i in range(n)]
+    if kind in ("integer", "number"):
+        lo, hi = schema.get("minimum"), schema.get("maximum")
+        value = 1 if (lo is None or lo <= 1) and (hi is None or hi >= 1) else (lo if lo is not None else hi)
+        return int(value) if kind == "integer" else float(value)
+    if kind == "boolean":
+        return False
+    if kind == "null":
+        return None
+    text = f"dry-run text {tag}".strip()
+    return text + "x" * max(0, int(schema.get("minLength", 0)) - len(text))
+
+
+class _DryConnection:
+    """Answers the agent's requests inside the sandbox, with no parent, no LLM, no evaluator."""
+
+    def __init__(self, *, roles: list[str], max_rounds: int, max_calls: int) -> None:
+        self.roles, self.max_rounds, self.max_calls = roles, max_rounds, max_calls
+        self.calls = 0
+        self.reports: dict[str, dict[str, Any]] = {}
+
+    async def request(self, op: str, **args: Any) -> Any:
+        await asyncio.sleep(0)
+        if op == "llm":
+            return self._llm(**args)
+        if op == "evaluate":
+            return self._evaluate(**args)
+        if op == "note":
+            return None
+        if op == "budget":
+            return {"rounds": self.max_rounds - len(self.reports), "calls": self.max_calls - self.calls,
+                    "tokens": 10**6, "seconds": 60.0}  # fmt: skip
+        raise HarnessError(f"unknown request {op!r}")
+
+    def _llm(self, *, role: str, messages: Any, json_schema: Any = None, tools: Any = None, **_: Any) -> dict[str, Any]:
+        if role not in self.roles:
+            raise HarnessError(f"a harness may only call the roles {tuple(self.roles)}, not {role!r}")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise HarnessError("messages must be a list of {role, content} objects")
+        json.dumps(messages)  # what the parent would have to send: must be JSON
+        if self.calls >= self.max_calls:
+            raise BudgetExhausted(f"dry run: LLM call budget spent ({self.max_calls} calls)")
+        self.calls += 1
+        reply: dict[str, Any] = {"text": "dry-run reply", "finish_reason": "stop", "prompt_tokens": 1,
+                                 "completion_tokens": 1, "cached": False, "tool_calls": None}  # fmt: skip
+        if json_schema is not None:
+            reply["text"] = json.dumps(schema_instance(json_schema, str(self.calls)))
+        elif tools:  # each offered tool in turn
+            tool = tools[(self.calls - 1) % len(tools)]
+            fn = tool.get("function", {}) if isinstance(tool, dict) else {}
+            args = schema_instance(fn.get("parameters") or {"type": "object"}, str(self.calls))
+            reply.update(text="", finish_reason="tool_calls", tool_calls=[
+                {"id": f"dry_{self.calls}", "type": "function",
+                 "function": {"name": str(fn.get("name", "tool")), "arguments": json.dumps(args or {})}}])  # fmt: skip
+        return reply
+
+    def _evaluate(self, *, challenge: Any, side: str = "both", self_check: Any = None) -> dict[str, Any]:
+        if side not in ("weak", "both"):
+            raise HarnessError(f"side must be 'weak' or 'both', not {side!r}")
+        ch = Challenge.model_validate(challenge)
+        key = challenge_key(ch)
+        if key not in self.reports:
+            if len(self.reports) >= self.max_rounds:
+                raise BudgetExhausted(f"dry run: round budget spent ({self.max_rounds} rounds)")
+            self.reports[key] = RoundRecord(
+                round=len(self.reports) + 1, key=key, side=side, challenge=ch,
+                self_check=QVVerdict.model_validate(self_check) if self_check else None,
+                qv=QVVerdict(passed=True, reason="dry run"), weak_scores=[1.0], weak_avg=1.0,
+                failure_mode=FailureMode.TOO_EASY, reasons=["dry run: canned report (no solver ran)"],
+            ).model_dump(mode="json")  # fmt: skip
+        return self.reports[key]
+
+
+async def dry_run(module: Any, msg: dict[str, Any]) -> dict[str, Any]:
+    """Run ``module.run(agent)`` on a canned document against canned replies.
+
+    Returns:
+        ``{"t": "done", "ok": True, "calls", "rounds"}`` when the harness returned or ran out of
+        its dry-run budget, else ``ok: False`` with the traceback in ``error``.
+    """
+    conn = _DryConnection(
+        roles=list(msg.get("roles") or ["challenger", "main_agent", "self_check"]),
+        max_rounds=int(msg.get("max_rounds", 2)),
+        max_calls=int(msg.get("max_calls", 40)),
+    )
+    agent = Agent(
+        doc=DocumentView("dry-run", "A dry-run document", DRY_RUN_DOCUMENT),
+        domain=str(msg.get("domain", "research paper")),
+        max_rounds=conn.max_rounds,
+        budget_limits={"calls": conn.max_calls, "rounds": conn.max_rounds},
+        doc_chars={r: 2000 for r in conn.roles},
+        _conn=conn,  # type: ignore[arg-type]
+    )
+    try:
+        await module.run(agent)
+    except BudgetExhausted:
+        pass  # the normal end of a harness that keeps going until a budget stops it
+    except BaseException:  # noqa: BLE001 - every failure of harness code is reported
+        return {"t": "done", "ok": False, "error": traceback.format_exc(limit=12), "calls": conn.calls,
+                "rounds": len(conn.reports)}  # fmt: skip
+    return {"t": "done", "ok": True, "calls": conn.calls, "rounds": len(conn.reports)}
+
+
 def main() -> None:
-    """Entry point inside the sandbox: ``sandbox_child.py HARNESS_DIR [--check]``.
+    """Entry point inside the sandbox: ``sandbox_child.py HARNESS_DIR [--check | --dry-run]``.
 
     Sends ``{"t": "ready", "ok": true}`` once the harness is imported (or ``ok: false`` with
     the error, exit 3), then serves one document."""
@@ -319,6 +477,11 @@ def main() -> None:
     out.write(json.dumps({"t": "ready", "ok": True}) + "\n")
     out.flush()
     if "--check" in sys.argv[2:]:
+        os._exit(0)
+    if "--dry-run" in sys.argv[2:]:
+        msg = json.loads(sys.stdin.readline() or "{}")
+        out.write(json.dumps(asyncio.run(dry_run(module, msg))) + "\n")
+        out.flush()
         os._exit(0)
     asyncio.run(_serve(module, _Connection(out)))
     out.flush()

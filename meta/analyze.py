@@ -5,7 +5,10 @@
   the history, and writes a root-cause analysis of systematic failure patterns
   (``meta/prompts/analyzer.md``).
 - :func:`implement` turns the analysis, the history and the harness's current files into
-  SEARCH/REPLACE edits (``meta/prompts/implementer.md``; format in :mod:`meta.edit`).
+  SEARCH/REPLACE edits of its code and prompts (``meta/prompts/implementer.md``; format in
+  :mod:`meta.edit`). The prompt carries the harness contract and the ``agent`` API, rendered
+  from the docstring of :mod:`inner.harness` (one source of truth). An edit that fails to apply
+  or to validate is sent back once with the error (``repair``).
 
 Both use the ``analyzer`` / ``implementer`` roles of ``llm.roles`` (default: the challenger's
 endpoint and sampling).
@@ -16,10 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import inner.harness
 from inner.llm.client import LLMClient
 from inner.records import Trajectory
 from inner.templates import render
-from meta.edit import Edit, edit_plan_model, edits_to_blocks
+from meta.edit import MAX_JSON_EDITS, Edit, edit_plan_model, edits_to_blocks
 
 PROMPTS = Path(__file__).parent / "prompts"
 
@@ -73,9 +77,11 @@ def render_trajectories(trajectories: list[Trajectory], *, max_chars: int) -> st
 
 
 def history_summary(history: list[dict[str, Any]], *, last: int = 20) -> str:
-    """One line per earlier iteration (the last ``last``), oldest first."""
+    """One line per earlier iteration (the last ``last``; none when ``last`` is 0), oldest first."""
     if not history:
         return "(no earlier iterations)"
+    if last <= 0:
+        return "(history not shown: meta.history_lines=0)"
     lines = []
     for h in history[-last:]:
         cand = h.get("candidate_val")
@@ -87,6 +93,11 @@ def history_summary(history: list[dict[str, Any]], *, last: int = 20) -> str:
             + (f"; reason: {_cut(h.get('reason'), 120)}" if h.get("reason") else "")
         )
     return "\n".join(lines)
+
+
+def contract_text() -> str:
+    """The harness contract and the ``agent`` API, from :mod:`inner.harness`'s docstring."""
+    return (inner.harness.__doc__ or "").strip()
 
 
 def render_files(files: dict[str, str]) -> str:
@@ -102,9 +113,11 @@ async def analyze(
     trajectories: list[Trajectory],
     history: list[dict[str, Any]],
     max_chars: int,
+    history_lines: int = 20,
     sample_index: int = 0,
 ) -> str:
-    """The analyzer's root-cause analysis (plain text).
+    """The analyzer's root-cause analysis (plain text); ``history_lines`` earlier iterations
+    are summarized (``meta.history_lines``).
 
     Raises:
         LLMCallError: the request failed after retries.
@@ -113,7 +126,7 @@ async def analyze(
         PROMPTS / "analyzer.md",
         harness_id=harness_id,
         val_pass_rate=f"{val_pass_rate:.3f}",
-        history=history_summary(history),
+        history=history_summary(history, last=history_lines),
         trajectories=render_trajectories(trajectories, max_chars=max_chars),
     )
     return (await client.complete("analyzer", messages, sample_index=sample_index)).text.strip()
@@ -126,24 +139,46 @@ async def implement(
     history: list[dict[str, Any]],
     files: dict[str, str],
     structured: bool = False,
+    history_lines: int = 20,
+    repair: tuple[str, str] | None = None,
     sample_index: int = 0,
 ) -> str:
     """The implementer's reply as edit blocks (parsed by :func:`meta.edit.parse_edits`).
 
     Args:
+        history: the iterations so far; the last ``history_lines`` are summarized.
+        files: the parent harness's files (relative path -> text).
         structured: ask for the edits as schema-constrained JSON (``{"edits": [{"file",
             "search", "replace"}]}``, file names as an enum) and render them as blocks. For
             small grammar-constrained models, which rarely write the block format unaided.
             A reply that does not validate is returned raw (and then fails to parse).
+        repair: ``(earlier reply, error)``: the same request followed by that reply and the
+            error it caused (it did not apply, or the candidate failed validation), asking for
+            corrected edits against the same files.
 
     Raises:
         LLMCallError: the request failed after retries.
     """
-    values = {"analysis": analysis, "history": history_summary(history), "files": render_files(files)}
+    values = {
+        "analysis": analysis,
+        "history": history_summary(history, last=history_lines),
+        "files": render_files(files),
+        "contract": contract_text(),
+        "max_edits": MAX_JSON_EDITS,
+    }
+    messages = render(PROMPTS / ("implementer_json.md" if structured else "implementer.md"), **values)
+    if repair is not None:
+        earlier, error = repair
+        messages += [
+            {"role": "assistant", "content": earlier},
+            {
+                "role": "user",
+                "content": f"Your edit could not be used: {error}\n\nReply again with corrected edits against the "
+                "current files shown above (they are unchanged; your earlier edit was not kept).",
+            },
+        ]
     if not structured:
-        messages = render(PROMPTS / "implementer.md", **values)
         return (await client.complete("implementer", messages, sample_index=sample_index)).text
-    messages = render(PROMPTS / "implementer_json.md", **values)
     res = await client.complete_json(
         "implementer", messages, edit_plan_model(tuple(sorted(files))), sample_index=sample_index
     )

@@ -16,6 +16,9 @@ from inner.scoring import RubricPolicyConfig
 from inner.tracking import LoggerConfig
 from meta.select import STRATEGIES
 
+#: how the implementer writes edits (``meta.edit_format``)
+EDIT_FORMATS = ("auto", "blocks", "json")
+
 
 @dataclass
 class SplitConfig:
@@ -54,7 +57,8 @@ class MetaConfig:
         max_iterations / max_tokens / max_wall_s: budgets; the run stops at the first reached.
         seed: seeds parent selection and minibatch sampling.
         analyzer_chars: characters of trajectories shown to the analyzer.
-        history_lines: iterations of history summarized for the analyzer and implementer.
+        history_lines: the most recent iterations summarized for the analyzer and the
+            implementer (0: none).
         edit_format: ``blocks`` (SEARCH/REPLACE text), ``json`` (schema-constrained edits,
             rendered as blocks) or ``auto`` (``json`` when the implementer's endpoint uses
             llama.cpp grammars, i.e. the small embedded model; ``blocks`` otherwise).
@@ -92,6 +96,9 @@ class MetaConfig:
         _check(self.minibatch >= 1, "meta.minibatch", self.minibatch, "must be >= 1")
         _check(self.in_flight >= 1, "meta.in_flight", self.in_flight, "must be >= 1")
         _check(self.max_iterations >= 0, "meta.max_iterations", self.max_iterations, "must be >= 0")
+        _check(self.history_lines >= 0, "meta.history_lines", self.history_lines, "must be >= 0 (0: no history)")
+        _check(self.edit_format in EDIT_FORMATS, "meta.edit_format", self.edit_format, f"use one of {EDIT_FORMATS}")
+        _check(self.analyzer_chars >= 1, "meta.analyzer_chars", self.analyzer_chars, "must be >= 1")
         _check(
             self.max_consecutive_errors >= 1,
             "meta.max_consecutive_errors",

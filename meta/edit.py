@@ -30,11 +30,16 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from string import Template
 from typing import Literal
 
 from pydantic import BaseModel, conlist, create_model
 
+from inner.templates import USER_MARK
+
 FUZZY_MIN_RATIO = 0.9
+#: edits per structured (JSON) implementer reply
+MAX_JSON_EDITS = 6
 
 _BLOCK = re.compile(
     r"FILE:\s*(?P<path>[^\n]+?)\s*\n(?:```[^\n]*\n)?"
@@ -75,7 +80,7 @@ def edits_to_blocks(edits: list[Edit]) -> str:
 @functools.lru_cache(maxsize=64)
 def edit_plan_model(files: tuple[str, ...]) -> type[BaseModel]:
     """Pydantic model of structured edits over ``files``: ``{"edits": [{"file", "search",
-    "replace"}]}`` with 1-4 edits and ``file`` restricted to the harness's files (an empty
+    "replace"}]}`` with 1 to :data:`MAX_JSON_EDITS` edits and ``file`` restricted to the harness's files (an empty
     ``search`` means a whole-file rewrite)."""
     item = create_model(
         "FileEdit",
@@ -83,7 +88,7 @@ def edit_plan_model(files: tuple[str, ...]) -> type[BaseModel]:
         search=(str, ""),
         replace=(str, ...),
     )
-    return create_model("EditPlan", edits=(conlist(item, min_length=1, max_length=4), ...))
+    return create_model("EditPlan", edits=(conlist(item, min_length=1, max_length=MAX_JSON_EDITS), ...))
 
 
 def parse_edits(text: str) -> list[Edit]:
@@ -183,3 +188,33 @@ def apply_edits(edits: list[Edit], root: Path) -> list[str]:
         if e.path not in changed:
             changed.append(e.path)
     return changed
+
+
+def check_prompt_files(root: Path) -> str | None:
+    """Check every ``prompts/*.md`` of the harness at ``root`` the way
+    :func:`inner.templates.render` will read it: the ``=== USER ===`` line between the system
+    and the user part, valid ``$placeholders`` (a literal dollar is ``$$``), and, for a file
+    the code names, every placeholder named somewhere in the harness's Python code (the values
+    it passes).
+
+    Returns:
+        ``None`` if every prompt file is usable, else the problems, one per file.
+    """
+    code = "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in sorted(root.rglob("*.py")))
+    problems = []
+    for path in sorted((root / "prompts").glob("*.md")) if (root / "prompts").is_dir() else []:
+        rel = path.relative_to(root).as_posix()
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if USER_MARK not in text:
+            problems.append(f"{rel} lacks the line {USER_MARK!r} between the system and the user part")
+            continue
+        template = Template(text)
+        if not template.is_valid():
+            problems.append(f"{rel} has an invalid placeholder (write a literal dollar sign as $$)")
+            continue
+        if path.name not in code:  # a prompt file no code renders cannot break a run
+            continue
+        unknown = [n for n in template.get_identifiers() if not re.search(rf"\b{re.escape(n)}\b", code)]
+        if unknown:
+            problems.append(f"{rel} uses ${', $'.join(unknown)}, which no harness code passes")
+    return "; ".join(problems) or None

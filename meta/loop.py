@@ -5,9 +5,11 @@ One iteration, top to bottom (:func:`run_iteration`)::
     select a parent from the archive (Boltzmann over validation pass rates, T = 0.1)
     evaluate the parent on a minibatch of training documents (the inner loop)
     analyzer: root-cause analysis of the parent's trajectories + the history
-    implementer: SEARCH/REPLACE edits of the parent's files
+    implementer: SEARCH/REPLACE edits of the parent's files (code and prompts)
     apply the edits to a copy (paths outside the harness directory are rejected); a candidate
-    identical to an existing lineage node is a ``duplicate``; validate it in the sandbox
+    identical to an existing lineage node is a ``duplicate``; validate it: prompt files parse,
+    and one dry run in the sandbox against canned replies; an edit that fails to apply or to
+    validate goes back to the implementer once with the error (``invalid-edit`` if it fails again)
     evaluate candidate and parent on the validation documents (harnesses sealed, inner.sandbox)
     admit iff candidate pass rate > parent pass rate (strictly; :func:`admission`)
     commit the candidate to the lineage (tag it if admitted), append history.jsonl + curve.jsonl
@@ -51,11 +53,11 @@ from inner.llm.cache import atomic_write_text
 from inner.llm.client import LLMClient, UsageMeter, track_usage
 from inner.records import Trajectory, append_jsonl, read_jsonl
 from inner.run import evaluate_harness, evaluator_identity, identity_diff, identity_hash, throughput_gc
-from inner.sandbox import validate_harness
+from inner.sandbox import dry_run_harness
 from inner.tracking import NullTracker, Tracker, build_tracker
 from meta.analyze import analyze, implement
 from meta.config import EvolveConfig
-from meta.edit import EditError, apply_edits, parse_edits
+from meta.edit import EditError, apply_edits, check_prompt_files, parse_edits
 from meta.lineage import Lineage
 from meta.select import Archive, ArchiveEntry, select_parent
 
@@ -233,6 +235,60 @@ def admission(candidate: EvalOutcome, parent: EvalOutcome) -> tuple[str, str | N
     )
 
 
+# -- edits ---------------------------------------------------------------------------------------
+#: further implementer calls after an edit that fails to apply or to validate (with the error)
+EDIT_REPAIRS = 1
+#: the dry run's wall-clock limit: inner.harness_wall_s, kept within these bounds (seconds)
+DRY_RUN_TIMEOUT_S = (10.0, 120.0)
+
+
+@dataclass
+class EditAttempt:
+    """One implementer reply applied to a scratch copy of the parent.
+
+    Attributes:
+        error: why it cannot be a candidate (parse, no match, outside, unchanged, validation);
+            ``None`` if it can.
+        kind: the error's kind (:class:`meta.edit.EditError` kinds, ``unchanged``, ``validation``).
+        duplicate: the result equals an existing lineage node (never evaluated again).
+        changed: the paths it changed; harness_id: the candidate's id.
+    """
+
+    error: str | None = None
+    kind: str | None = None
+    duplicate: bool = False
+    changed: list[str] = field(default_factory=list)
+    harness_id: str = ""
+
+
+async def try_edit(run: MetaRun, parent_dir: Path, scratch: Path, reply: str, *, parent_content: str) -> EditAttempt:
+    """Apply ``reply`` to a fresh copy of ``parent_dir`` at ``scratch`` and validate the result
+    before any evaluation is spent: every prompt file parses and names only placeholders the
+    code passes (:func:`meta.edit.check_prompt_files`), and the harness runs once in the
+    sandbox against canned replies (:func:`inner.sandbox.dry_run_harness`)."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copytree(parent_dir, scratch, ignore=shutil.ignore_patterns(".complete", "__pycache__"))
+    try:
+        changed = apply_edits(parse_edits(reply), scratch)
+    except EditError as exc:
+        return EditAttempt(error=str(exc), kind=exc.kind)
+    cand_id = harness_id(scratch)
+    content = cand_id.split("@")[1]
+    if content == parent_content:
+        return EditAttempt(error="the edits leave the harness unchanged", kind="unchanged")
+    if content in run.known_contents():
+        return EditAttempt(duplicate=True, harness_id=cand_id)
+    inner = run.cfg.inner
+    lo, hi = DRY_RUN_TIMEOUT_S
+    problem = check_prompt_files(scratch) or await dry_run_harness(
+        scratch, timeout_s=min(max(inner.harness_wall_s, lo), hi), memory_mb=inner.harness_memory_mb,
+        cpu_s=inner.harness_cpu_s, max_rounds=min(2, inner.max_rounds), domain=run.cfg.task.domain,
+    )  # fmt: skip
+    if problem is not None:
+        return EditAttempt(error=f"candidate fails validation: {problem}", kind="validation", harness_id=cand_id)
+    return EditAttempt(changed=changed, harness_id=cand_id)
+
+
 # -- one iteration ------------------------------------------------------------------------------
 async def run_iteration(run: MetaRun, i: int) -> dict[str, Any]:
     """One iteration; returns its history line (also appended to ``history.jsonl``)."""
@@ -310,38 +366,39 @@ async def _iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:
         trajectories=train.trajectories,
         history=run.history,
         max_chars=cfg.analyzer_chars,
+        history_lines=cfg.history_lines,
     )
     rec["analysis"] = analysis
 
-    # 4. implementer: edits of the parent's files
+    # 4-5. implementer: edits of the parent's files, applied to a scratch copy (paths outside the
+    # harness directory rejected), checked for duplicates, validated (prompt files + a dry run
+    # in the sandbox); an edit that fails to apply or to validate goes back once with the error
     files = run.lineage.files(parent.commit)
     structured = cfg.edit_format == "json" or (
         cfg.edit_format == "auto"
         and run.cfg.llm.endpoints[run.cfg.llm.role("implementer").endpoint].json_mode == "llama_cpp"
     )
-    reply = await implement(
-        run.client, analysis=analysis, history=run.history[-cfg.history_lines :], files=files, structured=structured
-    )
-    rec["implementer_reply"] = reply
-
-    # 5. apply to a scratch copy; reject edits outside the harness directory; validate
     scratch = run.run_dir / "scratch" / f"iter-{i:04d}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    shutil.copytree(parent_dir, scratch, ignore=shutil.ignore_patterns(".complete", "__pycache__"))
-    try:
-        changed = apply_edits(parse_edits(reply), scratch)
-    except EditError as exc:
-        return {"status": "invalid-edit", "reason": str(exc), "edit_error": exc.kind}
-    cand_id = harness_id(scratch)
-    content = cand_id.split("@")[1]
-    if content == parent.harness_id.split("@")[1]:
-        return {"status": "invalid-edit", "reason": "the edits leave the harness unchanged"}
-    if content in run.known_contents():
-        return {"status": "duplicate", "candidate_harness_id": cand_id,
-                "reason": f"the candidate's content {content} equals an existing lineage node"}  # fmt: skip
-    problem = await validate_harness(scratch, memory_mb=run.cfg.inner.harness_memory_mb)
-    if problem is not None:
-        return {"status": "invalid-edit", "reason": f"candidate fails validation: {problem}"}
+    replies: list[str] = []
+    errors: list[str] = []
+    for _ in range(1 + EDIT_REPAIRS):
+        reply = await implement(
+            run.client, analysis=analysis, history=run.history, files=files, structured=structured,
+            history_lines=cfg.history_lines, repair=(replies[-1], errors[-1]) if replies else None,
+        )  # fmt: skip
+        replies.append(reply)
+        rec |= {"implementer_reply": reply, "implementer_replies": list(replies)}
+        attempt = await try_edit(run, parent_dir, scratch, reply, parent_content=parent.harness_id.split("@")[1])
+        if attempt.duplicate:
+            return {"status": "duplicate", "candidate_harness_id": attempt.harness_id,
+                    "reason": f"the candidate's content {attempt.harness_id.split('@')[1]} equals an existing lineage node"}  # fmt: skip
+        if attempt.error is None:
+            break
+        errors.append(attempt.error)
+        rec["edit_errors"] = list(errors)
+    else:
+        return {"status": "invalid-edit", "reason": errors[-1], "edit_error": attempt.kind}
+    changed, cand_id = attempt.changed, attempt.harness_id
 
     # 6. evaluate candidate and parent on the validation documents
     cand, par = await asyncio.gather(run.evaluate(scratch, run.val, "val"), run.evaluate(parent_dir, run.val, "val"))

@@ -207,7 +207,9 @@ def test_edit_outside_harness_rejected_before_evaluation(meta_corpus, server, tm
     ],
 )
 def test_crashing_or_hanging_harness_is_contained(meta_corpus, server, tmp_path, body, needle):
-    srv = server(MetaScenario([whole_harness(body)]))
+    # it misbehaves only on real documents, so it passes the dry run (which catches the rest,
+    # tests/test_implementer.py) and is evaluated: the sandbox contains it
+    srv = server(MetaScenario([whole_harness("if 'MARK' not in agent.doc.text:\n        return\n    " + body)]))
     summary = evolve(
         evolve_config(meta_corpus, "meta.max_iterations=1", "inner.harness_wall_s=2"),
         tmp_path / "run",
@@ -331,22 +333,36 @@ def test_an_evaluation_is_keyed_by_content_not_by_name(meta_corpus, server, tmp_
     assert admission(EvalOutcome(1.0, 2, 2, 0, 1, error_reason="down"), cand)[0] == "error"
 
 
-def test_duplicate_candidate_is_not_evaluated(meta_corpus, server, tmp_path):
-    undo = GOOD_EDIT.replace("IMPROVED You", "TMP").replace("You are the challenger", "IMPROVED You are the challenger")
-    back = """FILE: prompts/challenger.md
-<<<<<<< SEARCH
-TMP are the challenger in Agentic Self-Instruct
-=======
-IMPROVED You are the challenger in Agentic Self-Instruct
->>>>>>> REPLACE
-"""
-    del undo
-    srv = server(MetaScenario([GOOD_EDIT, GOOD_EDIT.replace("IMPROVED You", "TMP"), back]))
+def test_duplicate_candidate_is_not_evaluated(meta_corpus, server, tmp_path, monkeypatch):
+    """Iteration 2 makes candidate C2 from the admitted C1 (rejected: equal score); iteration 3
+    makes C2 again from C1: a ``duplicate``, recorded without a commit and never evaluated."""
+    from meta.loop import MetaRun
+
+    evaluated: list[tuple[str, str]] = []
+    real = MetaRun.evaluate
+
+    async def spy(self, harness_dir, docs, split):  # type: ignore[no-untyped-def]
+        from inner.harness import harness_content_hash
+
+        evaluated.append((harness_content_hash(harness_dir), split))
+        return await real(self, harness_dir, docs, split)
+
+    monkeypatch.setattr(MetaRun, "evaluate", spy)
+    srv = server(MetaScenario([GOOD_EDIT, NEUTRAL_EDIT, NEUTRAL_EDIT]))
     cfg = evolve_config(meta_corpus, "meta.max_iterations=3", "meta.selection=greedy")
-    evolve(cfg, tmp_path / "run", srv)
+    summary = evolve(cfg, tmp_path / "run", srv)
     hist = read_jsonl(tmp_path / "run" / "history.jsonl")
-    assert hist[0]["status"] == "admitted"
-    assert "duplicate" in [h["status"] for h in hist] or "invalid-edit" in [h["status"] for h in hist]
+    assert [h["status"] for h in hist] == ["admitted", "rejected", "duplicate"]
+    c2 = hist[1]["candidate_harness_id"].split("@")[1]
+    assert hist[2]["candidate_harness_id"].split("@")[1] == c2 and c2 in hist[2]["reason"]
+    assert hist[2]["candidate"] is None and hist[2]["candidate_val"] is None and not hist[2]["admitted"]
+    assert hist[2]["parent"] == hist[0]["candidate"]  # greedy: C1 again
+    assert evaluated.count((c2, "val")) == 1  # in iteration 2 only
+    assert summary["statuses"]["duplicate"] == 1
+    repo = git.Repo(tmp_path / "run" / "lineage")
+    assert sorted(h.name for h in repo.heads if h.name.startswith("candidates/")) == [
+        "candidates/iter-0001", "candidates/iter-0002",
+    ]  # fmt: skip
 
 
 def test_circuit_breaker_stops_after_consecutive_infrastructure_errors(meta_corpus, server, tmp_path):
