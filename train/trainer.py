@@ -168,15 +168,17 @@ class MetricsCallback:
         return _Callback(*args, **kwargs)
 
 
+#: grpo settings a resumed run may change: training length and bookkeeping
+RESUMABLE_CHANGES = ("max_steps", "num_train_epochs", "save_steps", "save_total_limit", "logging_steps")
+
+
 def _identity(cfg: TrainConfig, dataset: Path, n_examples: int) -> dict[str, Any]:
     return {
         "dataset": str(dataset.resolve()),
         "examples": n_examples,
         "policy": asdict(cfg.policy),
         "reward": asdict(cfg.reward),
-        "grpo": {
-            k: v for k, v in asdict(cfg.grpo).items() if k not in ("save_steps", "save_total_limit", "logging_steps")
-        },
+        "grpo": {k: v for k, v in asdict(cfg.grpo).items() if k not in RESUMABLE_CHANGES},
     }
 
 
@@ -196,6 +198,15 @@ def _check_resume(out_dir: Path, ident: dict[str, Any], resume: str) -> str | No
     if last and path.is_file():
         old = json.loads(path.read_text())
         diff = [k for k in ident if old.get(k) != ident[k]]
+        diff = [
+            f"{k}.{sub}" if isinstance(ident[k], dict) and isinstance(old.get(k), dict) else k
+            for k in diff
+            for sub in (
+                [s for s in ident[k] if old[k].get(s) != ident[k][s]]
+                if isinstance(ident[k], dict) and isinstance(old.get(k), dict)
+                else [None]
+            )
+        ]
         if diff:
             raise ConfigError(
                 f"output directory {out_dir} holds a training run with a different {', '.join(diff)}; "
