@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import difflib
+import gc
 import logging
 import os
 import signal
@@ -202,6 +203,11 @@ def run_async(main: Coroutine[Any, Any, T], *, grace_s: float = STOP_GRACE_S) ->
         try:
             _cancel_pending(loop)
             loop.run_until_complete(loop.shutdown_asyncgens())
+            if received:
+                # let the exits of killed child processes reach their transports, and drop
+                # those transports, while the loop is open (else each complains at exit)
+                loop.run_until_complete(asyncio.sleep(0.2))
+                gc.collect()
         finally:
             asyncio.set_event_loop(None)
             loop.close()

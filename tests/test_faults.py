@@ -131,7 +131,10 @@ def test_ten_percent_faults_over_a_thousand_calls_then_a_healthy_rerun(server, t
     failed = [c for c in calls if c["error"]]
     kinds = Counter(c["error"] for c in failed)
     assert set(kinds) <= {"status", "timeout", "connection", "bad_response", "empty", "schema"}
-    assert stats["failures"] == len(failed) == sum(u["failures"] for u in stats["this_invocation"].values())
+    assert stats["failures"] == len(failed) == sum(u["failures"] for u in stats["this_invocation"].values()), (
+        stats["failures_by_kind"],
+        failed,
+    )
     assert stats["failures_by_kind"] == dict(kinds)
     # the sticky faults persisted through the retries: every kind of failure is there
     assert set(kinds) == {"status", "timeout", "connection", "bad_response", "empty", "schema"}, kinds
