@@ -18,6 +18,7 @@ from typing import Any
 
 from inner.errors import AutodataError, ConfigError
 from inner.harness import harness_id
+from inner.llm.cache import atomic_write_text, fsync_dir
 from inner.records import read_jsonl
 from meta.lineage import Lineage
 from meta.select import Archive
@@ -74,10 +75,11 @@ def export_harness(run_dir: Path, out: Path | None = None, *, harness: str = "be
         "source_run": str(run_dir.resolve()),
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(tmp / "MANIFEST.json", json.dumps(manifest, indent=2) + "\n")
     if out.exists():
         out.rmdir()
-    tmp.rename(out)
+    tmp.rename(out)  # the export appears whole or not at all
+    fsync_dir(out.parent)
     return out, manifest
 
 
