@@ -57,6 +57,12 @@ log = logging.getLogger(__name__)
 EVENT_TEXT_CHARS = 4000
 #: requests a sandbox may have in flight at once (more wait; a flood cannot exhaust memory)
 MAX_PENDING = 32
+#: events kept per document beyond those of LLM calls and evaluations (notes, refusals); more
+#: end the document, so a flood cannot grow the trajectory without bound
+MAX_OTHER_EVENTS = 200
+#: HTTP statuses that mean "this request is malformed" (bad messages, a prompt over the context
+#: window): on a harness role that is the harness's failure, not an infrastructure error
+HARNESS_FAULT_STATUSES = (400, 413, 422)
 
 
 class LoopObserver:
@@ -126,6 +132,7 @@ class DocumentSession:
         self._eval_lock = asyncio.Lock()
         self._pending = asyncio.Semaphore(MAX_PENDING)
         self._usage: dict[str, RoleUsageRecord] = {}
+        self._other_events = 0
 
     # -- budgets ------------------------------------------------------------------------------
     def harness_seconds(self) -> float:
@@ -148,6 +155,13 @@ class DocumentSession:
             self.ended.set_result(_End(status, reason, error=error))
 
     def event(self, kind: str, **kw: Any) -> None:
+        """Record one harness event; notes and refusals beyond :data:`MAX_OTHER_EVENTS` end the
+        document instead."""
+        if kind in ("note", "refused"):
+            self._other_events += 1
+            if self._other_events > MAX_OTHER_EVENTS:
+                self.end("exhausted", f"event budget spent ({MAX_OTHER_EVENTS} notes and refused requests)")
+                return
         self.traj.events.append(HarnessEvent(kind=kind, t=round(time.monotonic() - self.t0, 3), **kw))
 
     # -- the run ------------------------------------------------------------------------------
@@ -254,6 +268,12 @@ class DocumentSession:
             await sb.send({"t": "resp", "id": rid, "ok": False, "kind": "budget", "error": end.reason})
             self.end(end.status, end.reason, error=end.error)
         except LLMCallError as exc:
+            if op == "llm" and getattr(exc, "status", None) in HARNESS_FAULT_STATUSES:
+                # the harness's own request was malformed (e.g. a prompt over the context window):
+                # its failure, answered as a refusal, never laundered into an infrastructure error
+                self.event("refused", role=str(msg.get("role")), text=f"the endpoint rejected the request: {exc}")
+                await sb.send({"t": "resp", "id": rid, "ok": False, "kind": "refused", "error": str(exc)})
+                return
             await sb.send({"t": "resp", "id": rid, "ok": False, "kind": "transport", "error": str(exc)})
             self.end("error", f"an LLM request failed after retries: {exc}", error=f"{type(exc).__name__}: {exc}")
         except HarnessError as exc:
@@ -284,11 +304,19 @@ class DocumentSession:
             fp = hashlib.sha256(json.dumps([role, messages, schema, tools], sort_keys=True).encode()).hexdigest()
             sample = self._samples[fp]
             self._samples[fp] += 1
-        comp: Completion = await self.eng.client.complete(
-            role, messages, sample_index=int(sample), json_schema=schema,
-            schema_name=str(msg.get("schema_name") or "output"),
-            **({"tools": tools} if tools else {}),
-        )  # fmt: skip
+        try:
+            comp: Completion = await self.eng.client.complete(
+                role, messages, sample_index=int(sample), json_schema=schema,
+                schema_name=str(msg.get("schema_name") or "output"),
+                **({"tools": tools} if tools else {}),
+            )  # fmt: skip
+        except asyncio.CancelledError:  # the document ended with this call in flight: keep a trace
+            self._usage.setdefault(role, RoleUsageRecord()).calls += 1
+            self.traj.events.append(
+                HarnessEvent(kind="llm", role=role, text="(cancelled: the document ended while this call was in flight)",
+                             t=round(time.monotonic() - self.t0, 3))
+            )  # fmt: skip
+            raise
         self.tokens += comp.prompt_tokens + comp.completion_tokens
         u = self._usage.setdefault(role, RoleUsageRecord())
         u.cached_calls += comp.cached
@@ -347,8 +375,13 @@ class DocumentSession:
         self.event("evaluate", role=side, round=round_no, text=rec.failure_mode.value)
         if rec.failure_mode is FailureMode.JUDGE_ERROR:
             traj.judge_errors += 1
-            eng.writer.write_trajectory(traj)
-            raise _End("error", "a judge grade stayed unusable after a retry (redone on the next run)")
+            if traj.judge_errors <= 1:  # infrastructure the first time: the document is redone
+                eng.writer.write_trajectory(traj)
+                raise _End("error", "a judge grade stayed unusable after a retry (redone on the next run)")
+            # again after a redo, with new judge samples: the challenge cannot be graded; it is
+            # a failed round of the harness (so a rubric made to break the judge cannot launder
+            # a failed document into an infrastructure error)
+            rec.reasons.append("the judge could not grade this challenge, again after a redo: counted as a failed round")
         if rec.accepted:
             eng.writer.append_example(make_example(eng, self.doc, rec))
             eng.writer.write_trajectory(traj)

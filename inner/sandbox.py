@@ -5,11 +5,14 @@ the evaluator's process, on every path (``autodata-generate harness=...`` and
 One sandbox process per document, started with bubblewrap (Debian's ``bubblewrap``, installed
 by ``make install``) as ``python -I /sdk/inner/sandbox_child.py /harness``:
 
-- **file system**: a fresh root with read-only ``/usr`` (and the ``/bin``, ``/lib`` links),
+- **privileges**: no capabilities at all (``--cap-drop ALL``), no nested user namespaces, so
+  nothing can be remounted writable;
+- **file system**: a fresh read-only root with read-only ``/usr`` (and the ``/bin``, ``/lib`` links),
   the Python installation and the virtual environment's packages, the harness SDK at ``/sdk``
   (:mod:`inner.contract`, :mod:`inner.templates`, :mod:`inner.errors`,
   :mod:`inner.sandbox_child`; no other project source), the harness directory read-only at
-  ``/harness``, and a private size-limited ``/tmp`` as its working directory. The run
+  ``/harness``, a private size-limited ``/tmp`` as its working directory and a small
+  ``/dev/shm``; ``/`` and ``/dev`` are read-only. The run
   directory, records, lineage, ``splits.json``, the corpus, the project sources, ``$HOME`` and
   ``/etc`` do not exist inside;
 - **environment**: cleared (no API keys, tokens or proxy variables); ``PATH``, ``HOME=/tmp``
@@ -17,9 +20,11 @@ by ``make install``) as ``python -I /sdk/inner/sandbox_child.py /harness``:
 - **network**: a new, empty network namespace (not even the parent's loopback ports);
 - **processes**: new PID, IPC, UTS and user namespaces and a new session; the whole sandbox
   dies with its parent (``--die-with-parent``) and is killed whole when the document ends;
-  a pids cgroup caps its process count where the cgroup v1 ``pids`` hierarchy is writable;
-- **resources**: ``RLIMIT_AS`` (memory), ``RLIMIT_CPU`` (CPU seconds), ``RLIMIT_NOFILE``,
-  ``RLIMIT_FSIZE``, and the wall-clock limit enforced by :mod:`inner.loop`;
+  cgroups cap its process count (``pids``) and its memory in total (``memory``) where the
+  cgroup v1 hierarchies are writable, as on these machines;
+- **resources**: ``RLIMIT_AS`` (memory per process), ``RLIMIT_CPU`` (CPU seconds),
+  ``RLIMIT_NOFILE``, ``RLIMIT_FSIZE``, the memory cgroup (all processes together, tmpfs
+  included), and the wall-clock limit enforced by :mod:`inner.loop`;
 - **LLM access**: only through the parent (:class:`inner.loop.DocumentSession`), restricted
   to the harness roles and a per-document budget of calls and tokens.
 
@@ -120,12 +125,15 @@ def sandbox_command(harness_dir: Path, *, tmp_mb: int = 64, check: bool = False,
     import only; ``dry_run``: one run against canned replies, :func:`dry_run_harness`)."""
     cmd = [
         bwrap_path(),
-        "--unshare-all", "--die-with-parent", "--new-session",
+        "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL",
+        "--die-with-parent", "--new-session",
         *_system_binds(),
         "--ro-bind", str(sdk_dir()), "/sdk",
         "--ro-bind", str(Path(harness_dir).resolve()), "/harness",
         "--size", str(tmp_mb << 20), "--tmpfs", "/tmp",
-        "--proc", "/proc", "--dev", "/dev",
+        "--proc", "/proc",
+        "--dev", "/dev", "--size", str(4 << 20), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
+        "--remount-ro", "/",
         "--chdir", "/tmp",
         "--clearenv",
         "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
@@ -142,48 +150,72 @@ def sandbox_command(harness_dir: Path, *, tmp_mb: int = 64, check: bool = False,
     return cmd
 
 
-class _PidsCgroup:
-    """A cgroup v1 ``pids`` group capping the sandbox's processes (best effort: used where the
-    hierarchy is writable, as on these machines; RLIMIT_NPROC cannot limit root)."""
+class _Cgroups:
+    """cgroup v1 ``pids`` and ``memory`` groups for one sandbox: its process count and its
+    memory in total (all processes, tmpfs pages included). Best effort: used where the
+    hierarchies are writable, as on these machines (RLIMIT_NPROC cannot limit root, and
+    RLIMIT_AS is per process)."""
 
-    def __init__(self, max_procs: int) -> None:
-        self.path: Path | None = None
-        try:
-            path = PIDS_CGROUP / "autodata" / uuid.uuid4().hex[:12]
-            path.mkdir(parents=True)
-            (path / "pids.max").write_text(str(max_procs))
-            self.path = path
-        except OSError:
-            self.path = None
+    def __init__(self, max_procs: int, memory_mb: int) -> None:
+        name = f"autodata/{uuid.uuid4().hex[:12]}"
+        self.paths: list[Path] = []
+        for root, limits in (
+            (PIDS_CGROUP, {"pids.max": str(max_procs)}),
+            (_own_memory_cgroup(), {"memory.limit_in_bytes": str(memory_mb << 20)}),
+        ):
+            if root is None:
+                continue
+            try:
+                path = root / name
+                path.mkdir(parents=True)
+                for key, value in limits.items():
+                    (path / key).write_text(value)
+                self.paths.append(path)
+            except OSError:
+                continue
 
     def enter(self) -> None:
-        """In the child between fork and exec: join the group."""
-        if self.path is not None:
+        """In the child between fork and exec: join the groups."""
+        for path in self.paths:
             with contextlib.suppress(OSError):
-                (self.path / "cgroup.procs").write_text(str(os.getpid()))
+                (path / "cgroup.procs").write_text(str(os.getpid()))
 
     def destroy(self) -> None:
-        """Kill whatever is left in the group and remove it."""
-        if self.path is None:
-            return
-        for _ in range(50):
-            try:
-                pids = [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
-            except OSError:
-                break
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-            import time
+        """Kill whatever is left in the groups and remove them."""
+        import time
 
-            time.sleep(0.02)
-        with contextlib.suppress(OSError):
-            self.path.rmdir()
+        for path in self.paths:
+            for _ in range(100):
+                try:
+                    pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+                except OSError:
+                    break
+                if not pids:
+                    break
+                for pid in pids:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                time.sleep(0.02)
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        self.paths = []
 
 
-def _preexec(*, memory_mb: int, cpu_s: int, cgroup: _PidsCgroup) -> Any:
+@functools.lru_cache(maxsize=1)
+def _own_memory_cgroup() -> Path | None:
+    """This process's cgroup v1 memory directory (sandboxes nest under it), if any."""
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, rel = line.split(":", 2)
+            if "memory" in controllers.split(","):
+                path = Path("/sys/fs/cgroup/memory") / rel.lstrip("/")
+                return path if path.is_dir() else None
+    except OSError:
+        return None
+    return None
+
+
+def _preexec(*, memory_mb: int, cpu_s: int, cgroup: _Cgroups) -> Any:
     def apply() -> None:  # in the child between fork and exec
         import ctypes
         import resource
@@ -226,7 +258,7 @@ class SandboxProcess:
         self.memory_mb, self.cpu_s, self.max_procs = memory_mb, cpu_s, max_procs
         self.log_path, self.log_bytes = log_path, log_bytes
         self.proc: asyncio.subprocess.Process | None = None
-        self._cgroup: _PidsCgroup | None = None
+        self._cgroup: _Cgroups | None = None
         self._stderr_task: asyncio.Task[None] | None = None
 
     async def start(self, *, check: bool = False, dry_run: bool = False) -> dict[str, Any]:
@@ -236,7 +268,7 @@ class SandboxProcess:
             The ready message: ``{"ok": true}`` or ``{"ok": false, "error": ...}``.
         """
         cmd = sandbox_command(self.harness_dir, check=check, dry_run=dry_run)
-        self._cgroup = _PidsCgroup(self.max_procs)
+        self._cgroup = _Cgroups(self.max_procs, self.memory_mb)
         self.proc = await asyncio.create_subprocess_exec(
             *cmd,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

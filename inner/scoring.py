@@ -16,6 +16,7 @@ rubric that breaks it is an INVALID_CHALLENGE with the reason, never clamped or 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -97,10 +98,24 @@ def rubric_score(rubric: Sequence[Criterion], verdicts: Mapping[str, float]) -> 
     return min(1.0, max(0.0, (gained - lost) / positive))
 
 
+#: a criterion id: short and plain, so a judge can reproduce it (policy-independent)
+CRITERION_ID = re.compile(r"[A-Za-z0-9_.-]{1,16}")
+#: longest criterion text, characters (policy-independent)
+MAX_CRITERION_CHARS = 600
+
+
 def check_rubric_policy(rubric: Sequence[Criterion], policy: RubricPolicyConfig) -> str | None:
     """``None`` if ``rubric`` honours ``policy``, else the reason it breaks it (one sentence
-    naming every violated rule)."""
+    naming every violated rule). Whatever the policy, ids must match :data:`CRITERION_ID` and
+    criteria be at most :data:`MAX_CRITERION_CHARS` long (ids the judge cannot reproduce would
+    make every grade unusable)."""
     problems = []
+    bad_ids = [c.id[:20] for c in rubric if not CRITERION_ID.fullmatch(c.id)]
+    if bad_ids:
+        problems.append(f"criterion ids must be 1-16 letters, digits, '_', '.' or '-': {bad_ids[:5]}")
+    long = [c.id[:20] for c in rubric if len(getattr(c, "criterion", "")) > MAX_CRITERION_CHARS]
+    if long:
+        problems.append(f"criteria longer than {MAX_CRITERION_CHARS} characters: {long[:5]}")
     n = len(rubric)
     if not policy.min_criteria <= n <= policy.max_criteria:
         problems.append(f"{n} criteria (policy {policy.name!r} wants {policy.min_criteria}-{policy.max_criteria})")

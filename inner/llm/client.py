@@ -303,6 +303,9 @@ class LLMClient:
             params["tool_choice"] = "auto"
         key = cache_key(
             {
+                # the role is part of the key: a harness role can never fill (or read) the
+                # cache entry of a frozen role, even when both are sampled alike
+                "role": role,
                 "messages": messages,
                 "params": params,
                 "response_format": rf,
