@@ -100,7 +100,8 @@ class RoleConfig:
 
 @dataclass
 class RolesConfig:
-    """The roles of the inner loop (DESIGN.md "Roles") and of the meta loop.
+    """The roles of the inner loop (arXiv 2606.25996; ARCHITECTURE.md, "The frozen evaluator")
+    and of the meta loop.
 
     Harness roles (called by harness code, through the parent, within its budget):
     ``challenger``, ``main_agent``, ``self_check``. Frozen evaluator roles: ``quality_verifier``,
@@ -209,8 +210,8 @@ class LLMConfig:
 
 @dataclass
 class GateConfig:
-    """The acceptance gate. Rubric defaults are the deployed Autodata thresholds (DESIGN.md,
-    "Acceptance gate"): weak_avg <= 0.65, max weak <= 0.75, no weak 0,
+    """The acceptance gate. Rubric defaults are the deployed Autodata thresholds (ARCHITECTURE.md,
+    "The frozen evaluator"; arXiv 2606.25996): weak_avg <= 0.65, max weak <= 0.75, no weak 0,
     0.60 <= strong_avg < 0.95, no strong 0, strong_avg - weak_avg >= 0.20.
 
     Verifiable tasks follow the paper's scientific-reasoning setting (arXiv 2606.25996):
@@ -296,7 +297,7 @@ class InnerConfig:
     """The document loop, the frozen evaluator's attempts, and the harness's budgets.
 
     Attributes:
-        max_rounds: distinct challenges evaluated per document (DESIGN.md default 5).
+        max_rounds: distinct challenges evaluated per document (default 5).
         n_weak / n_strong: solver attempts per rubric round, run in parallel (default 3 each).
         n_verifiable: solver attempts per side in verifiable rounds (the paper's k = 4).
         weak_open_book / strong_open_book: whether the solver sees the source document

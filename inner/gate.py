@@ -1,8 +1,8 @@
 """The acceptance gate (part of the frozen evaluator: no harness can change it).
 
-Rubric mode, defaults from the deployed Autodata thresholds (DESIGN.md, "Acceptance gate"):
-QV passed; weak_avg <= 0.65; max weak <= 0.75; no weak score of 0; 0.60 <= strong_avg < 0.95;
-no strong score of 0; strong_avg - weak_avg >= 0.20.
+Rubric mode, defaults from the deployed Autodata thresholds (arXiv 2606.25996; ARCHITECTURE.md,
+"The frozen evaluator"): QV passed; weak_avg <= 0.65; max weak <= 0.75; no weak score of 0;
+0.60 <= strong_avg < 0.95; no strong score of 0; strong_avg - weak_avg >= 0.20.
 
 The weak side is checked first (:func:`check_weak`): if it already fails, the strong solver
 is skipped (the weak-first short-circuit).

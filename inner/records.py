@@ -1,4 +1,4 @@
-"""Records: what the inner loop writes to the run directory (DESIGN.md, "Records").
+"""Records: what the inner loop writes to the run directory (ARCHITECTURE.md, "Records").
 
 - ``dataset.jsonl``            one :class:`Example` per accepted challenge (append-only)
 - ``trajectories/<doc>.json``  one :class:`Trajectory` per document, rewritten atomically

