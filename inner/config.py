@@ -109,14 +109,20 @@ class RolesConfig:
     (arXiv 2606.25996), each attempt with its own seed.
     """
 
-    challenger: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.8, max_tokens=700))
-    main_agent: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.3, max_tokens=300, doc_chars=0))
+    # The defaults are the default backend's (conf/llm/local.yaml, the source of backend-specific
+    # values; every conf/llm/*.yaml sets all of them): equal numbers, checked by tests/test_defaults.py.
+    challenger: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.8, max_tokens=600, doc_chars=5000))
+    main_agent: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.3, max_tokens=160, doc_chars=0))
     #: a harness's own checks; ``None`` = the challenger's endpoint and sampling
     self_check: RoleConfig | None = None
-    quality_verifier: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.0, max_tokens=200))
-    weak_solver: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=1.0, max_tokens=400, doc_chars=0))
-    strong_solver: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=1.0, max_tokens=400))
-    judge: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.0, max_tokens=300, doc_chars=0))
+    quality_verifier: RoleConfig = field(
+        default_factory=lambda: RoleConfig(temperature=0.0, max_tokens=160, doc_chars=5000)
+    )
+    weak_solver: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=1.0, max_tokens=300, doc_chars=0))
+    strong_solver: RoleConfig = field(
+        default_factory=lambda: RoleConfig(temperature=1.0, max_tokens=300, doc_chars=5000)
+    )
+    judge: RoleConfig = field(default_factory=lambda: RoleConfig(temperature=0.0, max_tokens=200, doc_chars=0))
     #: meta-optimization roles; ``None`` = use the challenger's endpoint and sampling
     analyzer: RoleConfig | None = None
     implementer: RoleConfig | None = None
