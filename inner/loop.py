@@ -432,6 +432,13 @@ async def run_document(eng: Engine, doc: Document, prev: Trajectory | None = Non
     if prev is not None:  # an unfinished document of an earlier run: keep its rounds
         traj = prev.model_copy(update={"status": "running", "events": [], "error": None, "harness_error": None,
                                        "end_reason": "", "harness_id": eng.harness_id})  # fmt: skip
+        accepted = next((r for r in traj.rounds if r.accepted), None)
+        if accepted is not None:  # killed after the accepted round was recorded: finish it
+            eng.writer.append_example(make_example(eng, doc, accepted))  # a no-op if already there
+            traj.status, traj.end_reason = "accepted", f"round {accepted.round} passed the gate"
+            eng.writer.write_trajectory(traj)
+            eng.observer.document_finished(traj)
+            return traj
     else:
         traj = Trajectory(
             doc_id=doc.doc_id, doc_path=doc.path, title=doc.title, method=eng.cfg.method, harness_id=eng.harness_id

@@ -151,11 +151,6 @@ def test_recorded_rounds_of_an_unfinished_document_are_reused_without_evaluator_
     assert [e["text"] for e in after["events"] if e["kind"] == "evaluate"] == ["recorded report returned", "ACCEPTED"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in inner/loop.py DocumentSession._evaluate_locked: a recorded ACCEPTED round is returned "
-    "to the harness without ending the document, which then ends 'exhausted'",
-)
 def test_recorded_accepted_round_of_an_unfinished_document_ends_it_accepted(make_cfg, server, tmp_path):
     # Killed after the accepted round was recorded and its example appended, before the final
     # trajectory write (the sandbox is being stopped): the rerun must finish the document as
