@@ -111,7 +111,9 @@ def test_native_tool_calls_end_to_end(make_cfg, server, tmp_path):
     assert results[2].startswith("PASSED") and "WEAK_PASSED" in results[3]
     (traj,) = RunWriter(tmp_path / "run").load_trajectories()
     assert traj.rounds[0].side == "both" and traj.rounds[0].self_check is not None
-    assert any(n.startswith("tool calls (native): 5/5 valid, 0 parsed from text, 0 replies") for n in notes(tmp_path / "run"))
+    assert any(
+        n.startswith("tool calls (native): 5/5 valid, 0 parsed from text, 0 replies") for n in notes(tmp_path / "run")
+    )
 
 
 def test_bad_tool_calls_are_answered_and_text_calls_parsed(make_cfg, server, tmp_path):
