@@ -267,11 +267,10 @@ def test_judge_and_solvers_see_only_what_they_may(make_cfg, server, tmp_path, on
 
 
 def test_closed_book_strong_solver_never_sees_the_document(make_cfg, server, tmp_path, one_shot):
-    # a max_tokens of its own: with the weak solver's model, prompt and seeds the strong
-    # solver's samples would be the weak solver's (one cache key), and never reach the server
+    # same model, prompt, sampling and seeds as the weak solver: the strong solver's samples are
+    # still its own requests (the role is part of the response cache key)
     srv = server(RubricScript(EVOLVED))
-    overrides = ("inner.strong_open_book=false", "llm.roles.strong_solver.max_tokens=123")
-    run(make_cfg(f"harness={one_shot}", "task.limit=1", *overrides), tmp_path / "run", srv)
+    run(make_cfg(f"harness={one_shot}", "task.limit=1", "inner.strong_open_book=false"), tmp_path / "run", srv)
     strong = _bodies(srv, "strong_solver")
     assert len(strong) == 3 and not any(DOC_SENTENCE in _text(b) for b in strong)
 
