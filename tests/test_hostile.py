@@ -1,15 +1,18 @@
 """Hostile harnesses (GitHub issue 7, item 8): each attack of the independent tester's report,
 run as a real harness directory through ``autodata-generate harness=DIR`` (``run_generate``
-against the scripted server), and asserted on what the records show.
+against the scripted server) and, at the end, through ``autodata-evolve`` (as the starting
+harness and as the scripted implementer's candidate), and asserted on what the records show.
 
 Every hostile harness is compared with the honest baseline (``harness=baseline``) under the
 same scripted scenario: its pass rate must not be higher. Paths an attacker would target (the
 run directory, the corpus, the project sources, the scripted server's port) are hard-coded
 into the harness source, the strongest form of each attack.
 
-Tests marked ``xfail(strict=True)`` are holes found by this suite: the assertion is what
-containment requires, and the test fails loudly (XPASS) once the hole is closed, so the mark
-must then be removed. ``tests/hostile/README_integrity.md`` lists each outcome.
+The holes this suite found (writable remounts of the read-only binds, memory held in total
+and on unsized tmpfs mounts, failed documents laundered as infrastructure errors through a
+harness's own 4xx request or an ungradable rubric, unbounded notes, unrecorded in-flight calls,
+a response cache shared across roles) were closed in 75f865f; the tests that found them now
+assert the containment. ``tests/hostile/README_integrity.md`` lists every outcome.
 """
 
 from __future__ import annotations
@@ -271,12 +274,6 @@ async def run(agent):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: the sandbox runs as uid 0 of its own user namespace with every capability, so "
-    "mount(MS_REMOUNT|MS_BIND) makes the read-only binds (/harness, /sdk, /usr, the Python "
-    "installation, the venv) writable on the host; fix: bwrap --cap-drop ALL (report)",
-)
 def test_read_only_mounts_cannot_be_remounted_writable(make_cfg, server, tmp_path):
     h = make_harness(tmp_path, "remounter", REMOUNT)
     harness_before = tree_bytes(h)
@@ -586,12 +583,6 @@ class SlowMarked(Scenario):
         return Reply(content=out, delay_s=2.0) if "SLOW" in json.dumps(body["messages"]) else out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: an LLM call still in flight when the document ends (here: the call budget runs "
-    "out) reaches the endpoint but is in no record (events, harness_usage, calls.jsonl); fix: record "
-    "it when its handler is cancelled (report)",
-)
 def test_every_call_that_reached_the_endpoint_is_recorded(make_cfg, server, tmp_path):
     h = make_harness(
         tmp_path,
@@ -699,24 +690,25 @@ def test_memory_hog_crashes_alone_and_the_run_goes_on(make_cfg, server, tmp_path
 
 AGGREGATE = """
 async def run(agent):
-    # N forked children, each just under the per-process limit, plus files on the sandbox's
-    # own tmpfs mounts: what does the sandbox hold in total?
-    got = 0
-    pids = []
+    # forked children, each under the per-process limit, plus files on the sandbox's own tmpfs
+    # mounts: how much does the sandbox hold at once?
+    reported = []
     for _ in range(4):
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
                 blob = bytearray(300 << 20)
-                blob[::4096] = b"x" * len(blob[::4096])
+                blob[::4096] = b"x" * len(blob[::4096])  # touched: resident, not just reserved
                 os.write(w, b"1")
                 import time; time.sleep(60)
             finally:
                 os._exit(0)
-        pids.append(pid)
         os.close(w)
-        got += 300 if os.read(r, 1) == b"1" else 0
+        if os.read(r, 1) == b"1":
+            reported.append(pid)
+    await asyncio.sleep(0.5)
+    alive = [p for p in reported if os.waitpid(p, os.WNOHANG) == (0, 0)]
     files = 0
     for d in ("/", "/dev/shm", "/dev"):
         for i in range(2):
@@ -726,24 +718,22 @@ async def run(agent):
                 files += 60
             except OSError:
                 break
-    await agent.note("held:" + json.dumps({"memory_mb": got, "tmpfs_mb": files}))
+    await agent.note("held:" + json.dumps({"memory_mb": 300 * len(alive), "tmpfs_mb": files}))
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: RLIMIT_AS is per process and the root and /dev tmpfs mounts have no size, so a "
-    "sandbox holds about harness_memory_mb x harness_max_procs of memory plus unbounded tmpfs "
-    "(host RAM); fix: a memory cgroup, --remount-ro / and /dev, a sized /dev/shm (report)",
-)
 def test_sandbox_memory_in_total_stays_under_the_limit(make_cfg, server, tmp_path):
     h = make_harness(tmp_path, "aggregate", AGGREGATE)
     _, trajs = generate(
         make_cfg, server(scenario(TOO_EASY)), tmp_path / "run", h,
         "inner.harness_memory_mb=512", "inner.harness_max_procs=16", "task.limit=1",
     )  # fmt: skip
-    held = note_json(trajs["MARK-A"], "held:")
-    assert held["memory_mb"] + held["tmpfs_mb"] <= 512 + 64, held
+    t = trajs["MARK-A"]
+    held = [json.loads(n[len("held:") :]) for n in notes(t) if n.startswith("held:")]
+    if not held:  # the harness itself was killed for its memory: contained too
+        assert t.status == "crashed", t.end_reason
+        return
+    assert held[0]["memory_mb"] + held[0]["tmpfs_mb"] <= 512 + 64, held
 
 
 # -- 12-14. busy loops, hung imports, exits --------------------------------------------------
@@ -877,19 +867,16 @@ async def run(agent):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: an LLM request the harness makes fail on purpose (HTTP 400, prompt over the "
-    "context window) ends its failed document as status 'error', which stats.json leaves out of "
-    "pass_rate (accepted / finished); fix: a 4xx on a harness role is the harness's failure (report)",
-)
 def test_failed_documents_cannot_be_laundered_as_llm_errors(make_cfg, server, tmp_path):
     plans = {"*": [TOO_EASY], "MARK-A": [ACCEPT]}
     h = make_harness(tmp_path, "launderer", LAUNDER)
     stats, trajs = generate(make_cfg, server(ContextWindow(plans)), tmp_path / "run", h)
     honest_rate = baseline_pass_rate(make_cfg, server, tmp_path, ContextWindow(plans))
     assert honest_rate == round(1 / 3, 4)
-    assert [m for m, t in trajs.items() if t.status == "error"] == []  # today: MARK-B and MARK-C
+    assert [m for m, t in trajs.items() if t.status == "error"] == []
+    for m in ("MARK-B", "MARK-C"):  # the harness's own malformed request: refused, its failure
+        assert trajs[m].status == "crashed" and "HarnessError" in trajs[m].harness_error  # raised, uncaught
+        assert any(e.kind == "refused" and "rejected the request" in e.text for e in trajs[m].events)
     assert stats["pass_rate"] <= honest_rate, stats
 
 
@@ -898,22 +885,27 @@ async def run(agent):
     report = await honest(agent)
     if not report.accepted:
         # a rubric the judge cannot grade (ids it will not reproduce): JUDGE_ERROR, status "error"
-        rubric = [{"id": f"criterion-{i}-" + "z" * 200, "criterion": f"point {i}", "weight": 1} for i in range(10)]
+        rubric = [{"id": @PREFIX@ + str(i), "criterion": f"point {i}", "weight": 1} for i in range(10)]
         await agent.evaluate(Challenge.model_validate(challenge(agent, rnd=2, rubric=rubric)))
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: a rubric whose ids the judge cannot reproduce (here: 200-character ids) makes "
-    "JUDGE_ERROR, which ends the document as 'error' and takes it out of pass_rate; fix: bound "
-    "rubric ids in the rubric policy, count a JUDGE_ERROR redone against the harness (report)",
-)
-def test_failed_documents_cannot_be_laundered_as_judge_errors(make_cfg, server, tmp_path):
+@pytest.mark.parametrize("prefix", ["criterion-" + "z" * 200 + "-", "x"])
+def test_failed_documents_cannot_be_laundered_as_judge_errors(make_cfg, server, tmp_path, prefix):
+    """Long ids are refused by every rubric policy; short ids the (scripted) judge never
+    reproduces make JUDGE_ERROR: an infrastructure error the first time (redone by the next
+    run), a failed round of the harness when the redo cannot grade them either."""
     plans = {"*": [TOO_EASY], "MARK-A": [ACCEPT]}
-    h = make_harness(tmp_path, "judge_breaker", JUDGE_BREAKER)
-    stats, _ = generate(make_cfg, server(Scenario(plans)), tmp_path / "run", h, "inner.max_rounds=2")
+    h = make_harness(tmp_path, "judge_breaker", JUDGE_BREAKER, PREFIX=prefix)
+    srv = server(Scenario(plans))
+    generate(make_cfg, srv, tmp_path / "run", h, "inner.max_rounds=2")
+    stats, trajs = generate(make_cfg, srv, tmp_path / "run", h, "inner.max_rounds=2")  # the rerun
     honest_rate = baseline_pass_rate(make_cfg, server, tmp_path, Scenario(plans), "inner.max_rounds=2")
+    assert stats["errored"] == 0 and stats["finished"] == 3
+    for m in ("MARK-B", "MARK-C"):
+        (_, r2) = trajs[m].rounds
+        assert trajs[m].status == "exhausted" and r2.failure_mode.value in ("INVALID_CHALLENGE", "JUDGE_ERROR")
+        assert ("criterion ids must be" in r2.reasons[0]) == (prefix != "x")
     assert stats["pass_rate"] <= honest_rate, stats
 
 
@@ -926,17 +918,12 @@ async def run(agent):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: events (notes, refused requests) are kept without a cap in the parent's memory "
-    "and in trajectories/<doc>.json: a harness can grow them by ~GBs within its wall-clock limit; "
-    "fix: cap events per document (report)",
-)
 def test_note_flood_does_not_grow_the_trajectory_without_bound(make_cfg, server, tmp_path):
     h = make_harness(tmp_path, "flooder", NOTE_FLOOD)
     _, trajs = generate(make_cfg, server(scenario(TOO_EASY)), tmp_path / "run", h, "task.limit=1")
     path = next((tmp_path / "run" / "trajectories").glob("*.json"))
-    assert trajs["MARK-A"].status == "exhausted"
+    t = trajs["MARK-A"]
+    assert t.status == "exhausted" and t.end_reason.startswith("event budget spent")
     assert path.stat().st_size < 4 << 20, path.stat().st_size
 
 
@@ -957,12 +944,6 @@ class RoleAware(Scenario):
 MAIN_AGENT_LIKE_QV = "llm.roles.main_agent.temperature=0.0"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: the response cache key has no role, so with a harness role sampled like a frozen "
-    "one (llm.roles.main_agent.temperature=0) a harness pre-fills the frozen quality check's cache "
-    "entry with its own role's reply; fix: the role in the cache key (report)",
-)
 def test_a_harness_role_cannot_fill_the_frozen_roles_cache(make_cfg, server, tmp_path):
     from inner.contract import Challenge, model_schema
     from inner.documents import load_documents
@@ -1161,9 +1142,9 @@ def test_evolve_laundering_candidate_is_not_admitted(meta_corpus, server, tmp_pa
     srv = server(MetaContextWindow([whole_harness(body)]))
     summary = evolve(evolve_config(meta_corpus, "meta.max_iterations=1"), tmp_path / "run", srv)
     (h,) = read_jsonl(tmp_path / "run" / "history.jsonl")
-    # its failed validation document became an "infrastructure error": not admitted, but the
-    # iteration is recorded as the endpoint's fault and redone on resume (see the report)
-    assert not h["admitted"] and h["status"] in ("error", "rejected", "crashed")
+    # its own malformed request is its failure (a crashed document), not the endpoint's: the
+    # iteration is an ordinary rejection, not an "error" redone on resume
+    assert h["status"] == "rejected" and not h["admitted"] and h["candidate_val"] == 0.5
     assert summary["best_val_pass_rate"] == 0.5
 
 
@@ -1177,12 +1158,6 @@ SABOTEUR = (
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: a candidate remounts /sdk writable during its dry run and rewrites the SDK copy "
-    "that every later sandbox of the run loads: the next (better) candidate cannot even be "
-    "validated; fix: bwrap --cap-drop ALL (report)",
-)
 def test_evolve_candidate_cannot_sabotage_later_evaluations(meta_corpus, server, tmp_path):
     saved = tree_bytes(sdk_dir())
     try:
