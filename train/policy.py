@@ -57,6 +57,11 @@ def embedded_checkpoint(cache_dir: Path | None = None) -> Path:
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The tensors are dequantized already; transformers still marks the model as GGUF-quantized
+    # and refuses to save it, so drop that marker: the saved checkpoint is a plain one.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.to(torch.bfloat16).save_pretrained(tmp)
     tok.save_pretrained(tmp)
     (tmp / "DONE").write_text(json.dumps({"gguf": gguf.name, "sha256": GGUF_SHA256}) + "\n")
