@@ -50,6 +50,9 @@ from inner.records import (
 from inner.scoring import check_rubric_policy, rubric_score
 from inner.templates import INNER_PROMPTS, render
 
+#: sample-index offset of the strong solver's attempts (weak attempt i: seed + i; strong: + 1000)
+STRONG_SEED_OFFSET = 1000
+
 _FINAL = re.compile(r"final answer\s*(?:is)?\s*[:：]\s*(.+)", re.IGNORECASE)
 _BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
 _TEXT = re.compile(r"\\(?:text|mathrm|textbf)\{([^{}]*)\}")
@@ -243,7 +246,8 @@ class Evaluator:
     def quality_messages(self, doc: Document, challenge: Challenge) -> list[dict[str, str]]:
         """Prompt of the frozen quality check (``inner/prompts/quality_verifier.md``)."""
         rubric = "\n".join(
-            f"- {c.id} (weight {c.weight}{', pitfall' if c.weight < 0 else ''}): {c.criterion}" for c in challenge.rubric
+            f"- {c.id} (weight {c.weight}{', pitfall' if c.weight < 0 else ''}): {c.criterion}"
+            for c in challenge.rubric
         )
         return render(
             INNER_PROMPTS / "quality_verifier.md",
@@ -298,14 +302,19 @@ class Evaluator:
         Raises:
             LLMCallError: a solver or judge request failed after retries.
         """
+        # each side has its own seeds: with one model in one mode, strong attempt i must not
+        # replay weak attempt i on a seed-deterministic server
         comp = await self.client.complete(
-            f"{side}_solver", self.solver_messages(side, doc, challenge), sample_index=index
-        )
+            f"{side}_solver", self.solver_messages(side, doc, challenge),
+            sample_index=index + (STRONG_SEED_OFFSET if side == "strong" else 0),
+        )  # fmt: skip
         answer = comp.text
         if verifiable:
             final = extract_final_answer(answer)
             ok = answers_equivalent(final, challenge.reference_answer)
-            return SolverAttempt(index=index, answer=answer, extracted=normalize_answer(final), score=1.0 if ok else 0.0)
+            return SolverAttempt(
+                index=index, answer=answer, extracted=normalize_answer(final), score=1.0 if ok else 0.0
+            )
         verdict = await judge_answer(
             _SampleShift(self.client, judge_offset + 2 * index),
             context=challenge.context,
@@ -373,7 +382,9 @@ class Evaluator:
         usage = {role: RoleUsageRecord(**vars(u)) for role, u in meter.roles.items()}
         for role, u in usage.items():
             old = rec.usage.get(role)
-            rec.usage[role] = u if old is None else RoleUsageRecord(**{k: getattr(old, k) + getattr(u, k) for k in u.model_fields})
+            rec.usage[role] = (
+                u if old is None else RoleUsageRecord(**{k: getattr(old, k) + getattr(u, k) for k in u.model_fields})
+            )
         rec.wall_s = round(rec.wall_s + time.perf_counter() - t0, 3)
         return rec
 
@@ -418,7 +429,10 @@ class Evaluator:
         rec.gap = round(rec.strong_avg - (rec.weak_avg or 0.0), 4)
         if rec.verifiable:
             decision = check_verifiable(
-                [s == 1.0 for s in rec.weak_scores], [s == 1.0 for s in rec.strong_scores], qv_passed=rec.qv.passed, cfg=gate
+                [s == 1.0 for s in rec.weak_scores],
+                [s == 1.0 for s in rec.strong_scores],
+                qv_passed=rec.qv.passed,
+                cfg=gate,
             )
         else:
             decision = check_rubric(rec.weak_scores, rec.strong_scores, qv_passed=rec.qv.passed, cfg=gate)
@@ -432,5 +446,7 @@ class _SampleShift:
     def __init__(self, client: LLMClient, offset: int) -> None:
         self._client, self._offset = client, offset
 
-    async def complete_json(self, role: str, messages: list[dict[str, str]], model: Any, *, sample_index: int = 0) -> Any:
+    async def complete_json(
+        self, role: str, messages: list[dict[str, str]], model: Any, *, sample_index: int = 0
+    ) -> Any:
         return await self._client.complete_json(role, messages, model, sample_index=sample_index + self._offset)

@@ -68,6 +68,11 @@ class RubricPolicyConfig:
                 f"rubric.min_weight={self.min_weight}, rubric.max_weight={self.max_weight} are invalid: "
                 "need -10 <= min_weight <= max_weight <= 10 and max_weight > 0"
             )
+        if self.min_positive < 1:
+            raise ConfigError(
+                f"rubric.min_positive={self.min_positive} is invalid: must be >= 1 (the score divides by the "
+                "positive weights)"
+            )
         if self.min_pitfalls > self.max_pitfalls:
             raise ConfigError(
                 f"rubric.min_pitfalls={self.min_pitfalls} is invalid: must be <= rubric.max_pitfalls={self.max_pitfalls}"

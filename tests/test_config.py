@@ -196,16 +196,7 @@ def test_shipped_corpora_load(task):
         (["rubric.min_weight=-11"], "rubric.min_weight", "-11"),
         (["rubric=published", "rubric.max_pitfalls=2"], "rubric.min_pitfalls", "3"),
         (["rubric.max_pitfalls=3", "rubric.min_pitfalls=1"], "rubric.min_pitfalls", "1"),
-        pytest.param(
-            ["rubric=published", "rubric.min_positive=0"],
-            "rubric.min_positive",
-            "0",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="inner/scoring.py RubricPolicyConfig does not check min_positive >= 1: a policy with "
-                "negative weights then admits all-pitfall rubrics, and rubric_score raises ValueError mid-round",
-            ),
-        ),
+        (["rubric=published", "rubric.min_positive=0"], "rubric.min_positive", "0"),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_key(overrides, key, value):

@@ -66,7 +66,7 @@ class RubricScript:
                 "reason": "fine" if self.qv else "the context states the answer",
             }
         if role in SOLVERS:
-            return f"ANSWER side={role.split('_')[0]} i={body['seed']}"
+            return f"ANSWER side={role.split('_')[0]} i={body['seed'] % 1000}"
         if role == "judge":
             side, i = re.search(r"ANSWER side=(\w+) i=(\d+)", user).groups()  # type: ignore[union-attr]
             chosen = self.verdicts[side][int(i)]
@@ -260,10 +260,11 @@ def test_judge_and_solvers_see_only_what_they_may(make_cfg, server, tmp_path, on
     # the closed-book weak solver never sees the document; the open-book strong solver does
     assert not any(DOC_SENTENCE in _text(b) for b in weak)
     assert all(DOC_SENTENCE in _text(b) for b in strong)
-    # solvers sample at temperature 1.0, each attempt with its own seed
+    # solvers sample at temperature 1.0, each attempt with its own seed, each side its own seeds
     for side in (weak, strong):
         assert [b["temperature"] for b in side] == [1.0] * 3
-        assert sorted(b["seed"] for b in side) == [0, 1, 2]
+    assert sorted(b["seed"] for b in weak) == [0, 1, 2]
+    assert sorted(b["seed"] for b in strong) == [1000, 1001, 1002]
 
 
 def test_closed_book_strong_solver_never_sees_the_document(make_cfg, server, tmp_path, one_shot):
@@ -273,6 +274,9 @@ def test_closed_book_strong_solver_never_sees_the_document(make_cfg, server, tmp
     run(make_cfg(f"harness={one_shot}", "task.limit=1", "inner.strong_open_book=false"), tmp_path / "run", srv)
     strong = _bodies(srv, "strong_solver")
     assert len(strong) == 3 and not any(DOC_SENTENCE in _text(b) for b in strong)
+    # the same prompt as the weak solver's, but never the same seed: no sample is replayed
+    weak_seeds = {b["seed"] for b in _bodies(srv, "weak_solver")}
+    assert weak_seeds.isdisjoint(b["seed"] for b in strong)
 
 
 def _garbage_judge(script: RubricScript, bad_seed) -> Any:
