@@ -108,6 +108,7 @@ def test_native_tool_calls_end_to_end(make_cfg, server, tmp_path):
     assert asked == answered == ["call_1", "call_2", "call_3", "call_4"]
     results = [m["content"] for m in msgs if m["role"] == "tool"]
     assert results[0].startswith("## Title: Paper MARK-A") and "QMARK-A r1" in results[1]
+    assert results[0].endswith("Next: call draft_challenge with a focus taken from this section.")
     assert results[2].startswith("PASSED") and "WEAK_PASSED" in results[3]
     (traj,) = RunWriter(tmp_path / "run").load_trajectories()
     assert traj.rounds[0].side == "both" and traj.rounds[0].self_check is not None
@@ -130,7 +131,8 @@ def test_bad_tool_calls_are_answered_and_text_calls_parsed(make_cfg, server, tmp
     results = [m["content"] for m in msgs if m["role"] == "tool"]
     assert results[0].startswith("error: unknown tool 'fly'")
     assert results[1].startswith("error: the arguments are not valid JSON")
-    assert json.loads(results[2])["question"] == "QMARK-A r1"
+    draft, hint = results[2].split("\nNext: ")
+    assert json.loads(draft)["question"] == "QMARK-A r1" and hint.startswith("call self_check")
     focus = [b for r, b in srv.requests if r == "challenger"][0]["messages"][1]["content"]
     assert "## Focus\nthe result" in focus
     assert any(n.startswith("tool calls (native): 2/4 valid, 1 parsed from text") for n in notes(tmp_path / "run"))
@@ -166,3 +168,17 @@ def test_json_action_mode_for_endpoints_without_tools(make_cfg, server, tmp_path
     assert "stop" in schema["properties"]["tool"]["enum"]
     assert bodies[-1]["messages"][-1]["content"].startswith("Result of evaluate_weak: round 1 (weak): WEAK_PASSED")
     assert any(n.startswith("tool calls (json): 3/3 valid") for n in notes(tmp_path / "run"))
+
+
+def test_repeated_and_excess_reads_are_refused_with_the_next_step(make_cfg, server, tmp_path):
+    """A small model loops on read_section: the repeat and the fourth read are answered with
+    the next step instead of being executed."""
+    read = [Reply(tool_calls=[call("read_section", {"heading": h}, i)]) for i, h in enumerate("AABCD")]
+    srv = server(ScriptedMainAgent([*read, Reply(tool_calls=[call("evaluate_both", {}, 9)])]))
+    stats = run(one_doc(make_cfg), tmp_path / "run", srv)
+    assert stats["accepted"] == 1
+    msgs = [b for r, b in srv.requests if r == "main_agent"][-1]["messages"]
+    results = [m["content"] for m in msgs if m["role"] == "tool"]
+    assert results[1].startswith("error: you just called read_section with these arguments; call draft_challenge")
+    assert not results[2].startswith("error") and not results[3].startswith("error")
+    assert results[4] == "error: you have read 3 sections: call draft_challenge with a focus from them"

@@ -55,6 +55,8 @@ MAX_STEPS = 14
 MAX_NUDGES = 2
 # Draft and evaluate once without the main agent if it ended without evaluating anything.
 FALLBACK_EVALUATE = True
+# Sections the main agent may read per document before it is told to draft.
+MAX_READS = 3
 # Characters of a section or of a tool result shown to the main agent.
 SECTION_CHARS = 2500
 RESULT_CHARS = 1500
@@ -134,9 +136,14 @@ class Orchestrator:
         self.done = False
         self.stats = {"calls": 0, "valid": 0, "invalid": 0, "text_parsed": 0, "no_call": 0}
         self.failures: list[str] = []
+        self.reads = 0
+        self.last_call: tuple[str, str] | None = None
 
     # -- tools --------------------------------------------------------------------------------
     async def read_section(self, heading: str = "", **_: Any) -> str:
+        if self.reads >= MAX_READS:
+            raise ToolError(f"you have read {MAX_READS} sections: call draft_challenge with a focus from them")
+        self.reads += 1
         sections = self.agent.doc.sections()
         want = heading.strip().lower()
         for h, body in sections:
@@ -243,13 +250,29 @@ class Orchestrator:
                 arguments = {param: next(iter(arguments.values()))}
             if not param:
                 arguments = {}
-            result = await getattr(self, name)(**{k: str(v) for k, v in arguments.items()})
+            args = {k: str(v) for k, v in arguments.items()}
+            this = (name, json.dumps(args, sort_keys=True))
+            if this == self.last_call and name in ("read_section", "self_check", "write_note"):
+                raise ToolError(f"you just called {name} with these arguments; {NEXT[name]}")
+            self.last_call = this
+            result = await getattr(self, name)(**args)
+            if name in NEXT and name not in ("evaluate_weak", "evaluate_both"):  # reports carry their own hint
+                result = f"{result[: RESULT_CHARS - 120]}\nNext: {NEXT[name]}"
         except ToolError as exc:
             self.stats["invalid"] += 1
             self.failures.append(str(exc)[:120])
             return f"error: {exc}"
         self.stats["valid"] += 1
         return result[:RESULT_CHARS]
+
+
+#: the usual next step after each tool, appended to its result (small models need the nudge)
+NEXT = {
+    "read_section": "call draft_challenge with a focus taken from this section.",
+    "draft_challenge": "call self_check, then evaluate_weak.",
+    "self_check": "if it PASSED call evaluate_weak; if it FAILED call draft_challenge with another focus.",
+    "write_note": "continue with draft_challenge or evaluate_weak.",
+}
 
 
 class ToolError(Exception):
