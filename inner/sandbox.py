@@ -348,6 +348,11 @@ class SandboxProcess:
                     self.proc.kill()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.proc.wait(), 10)
+            # close the pipes now, not when the event loop is gone (no "Event loop is closed")
+            transport = getattr(self.proc, "_transport", None)
+            if transport is not None:
+                with contextlib.suppress(Exception):
+                    transport.close()
         if self._cgroup is not None:
             await asyncio.to_thread(self._cgroup.destroy)
             self._cgroup = None
