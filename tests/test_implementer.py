@@ -16,7 +16,7 @@ import pytest
 import inner.harness
 from inner.contract import Challenge, model_schema
 from inner.errors import ConfigError
-from inner.harness import HARNESSES_DIR
+from inner.harness import HARNESSES_DIR, harness_content_hash
 from inner.records import read_jsonl
 from inner.sandbox import dry_run_harness
 from inner.sandbox_child import schema_instance
@@ -24,6 +24,7 @@ from inner.templates import render
 from meta.analyze import PROMPTS, contract_text, history_summary
 from meta.edit import check_prompt_files, edit_plan_model
 from tests.conftest import write_corpus, write_harness
+from tests.test_harness_conformance import ACCEPT, TOO_EASY, ConformanceScenario, response_schema
 from tests.test_meta import GOOD_EDIT, NEUTRAL_EDIT, WORSE_EDIT, MetaScenario, evolve, evolve_config, whole_harness
 
 CODE_EDIT = """FILE: harness.py
@@ -283,3 +284,55 @@ def test_check_prompt_files(tmp_path):
     assert "challenger.md has an invalid placeholder" in (check_prompt_files(h) or "")
     challenger.write_text(challenger.read_text().replace("5 $ per", "5 $$ per") + "$unknown_thing\n")
     assert check_prompt_files(h) == "prompts/challenger.md uses $unknown_thing, which no harness code passes"
+
+
+class PaperMetaScenario(ConformanceScenario):
+    """The conformance scenario (paper challenger schema, self-checks, judge over any ids) with
+    the meta roles of :class:`~tests.test_meta.MetaScenario`: validation doc MARK-V1 accepted,
+    the rest too easy."""
+
+    def __init__(self, edits: list[str]) -> None:
+        super().__init__({"*": [TOO_EASY], "MARK-V1": [ACCEPT]})
+        self.edits = edits
+        self.implementer_calls = 0
+
+    def __call__(self, role: str, body: dict[str, Any]) -> Any:
+        if role == "analyzer":
+            return "Root cause: the advisor adds nothing; drop it."
+        if role == "implementer":
+            with self._lock:
+                self.implementer_calls += 1
+                return self.edits[min(self.implementer_calls, len(self.edits)) - 1]
+        return super().__call__(role, body)
+
+
+def test_evolve_starts_from_the_paper_baseline_under_the_published_policy(meta_corpus, server, tmp_path):
+    edit = "FILE: harness.py\n<<<<<<< SEARCH\nUSE_ADVISOR = True\n=======\nUSE_ADVISOR = False\n>>>>>>> REPLACE\n"
+    srv = server(PaperMetaScenario([edit]))
+    cfg = evolve_config(meta_corpus, "meta.max_iterations=1", "meta.start_harness=paper_baseline", "rubric=published")
+    summary = evolve(cfg, tmp_path / "run", srv)
+    (h,) = read_jsonl(tmp_path / "run" / "history.jsonl")
+    assert h["parent_harness_id"].split("@")[1] == harness_content_hash(HARNESSES_DIR / "paper_baseline")
+    assert summary["baseline_val_pass_rate"] == 0.5  # published rubrics with pitfalls pass the policy
+    assert h["status"] == "rejected" and h["candidate_val"] == 0.5  # a code edit, evaluated, not better
+    # the candidate's challenger requests still carried the published rubric schema
+    assert all("pitfalls" in response_schema(b)["properties"] for r, b in srv.requests if r == "challenger")
+
+
+def test_demo_experiment_composes_with_the_paper_baseline():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from inner.harness import resolve_harness_dir
+    from meta.config import EvolveConfig, register_configs
+    from tests.conftest import CONF_DIR
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        dcfg = compose(config_name="evolve", overrides=["+experiment=demo", "meta.start_harness=paper_baseline"])
+    cfg = OmegaConf.to_object(dcfg)
+    assert isinstance(cfg, EvolveConfig) and cfg.meta.max_iterations == 2
+    assert resolve_harness_dir(cfg.meta.start_harness) == (HARNESSES_DIR / "paper_baseline").resolve()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        paper = OmegaConf.to_object(compose(config_name="evolve", overrides=["+experiment=autodata_paper"]))
+    assert paper.meta.start_harness == "paper_baseline" and paper.rubric.name == "published"  # type: ignore[union-attr]
