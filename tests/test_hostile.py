@@ -31,9 +31,10 @@ import pytest
 from inner.paths import PROJECT_ROOT
 from inner.records import RunWriter, Trajectory, read_jsonl
 from inner.sandbox import PIDS_CGROUP, sdk_dir
-from tests.conftest import run, scenario
+from tests.conftest import run, scenario, write_corpus
 from tests.scenario import RoundPlan, Scenario
 from tests.scripted_server import Reply, ScriptedServer
+from tests.test_meta import GOOD_EDIT, MetaScenario, evolve, evolve_config, whole_harness
 
 ACCEPT = RoundPlan(weak=[0.5, 0.5, 0.5], strong=[0.9, 0.9, 0.9])
 TOO_EASY = RoundPlan(weak=[0.9, 0.9, 0.9])
@@ -989,13 +990,10 @@ def test_a_harness_role_cannot_fill_the_frozen_roles_cache(make_cfg, server, tmp
 # == the same attacks through autodata-evolve ===================================================
 # The hostile harness is the starting harness (meta.start_harness, meta.max_iterations=0: its
 # validation evaluation runs in prepare()) or the scripted implementer's candidate.
-from tests.test_meta import GOOD_EDIT, MetaScenario, evolve, evolve_config, whole_harness  # noqa: E402
 
 
 @pytest.fixture
 def meta_corpus(tmp_path: Path) -> Path:
-    from tests.conftest import write_corpus
-
     return write_corpus(tmp_path / "corpus", ["MARK-T1", "MARK-T2", "MARK-V1", "MARK-V2", "MARK-S1"])
 
 
