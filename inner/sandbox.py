@@ -157,6 +157,7 @@ class _Cgroups:
     RLIMIT_AS is per process)."""
 
     def __init__(self, max_procs: int, memory_mb: int) -> None:
+        _sweep_stale_cgroups()
         name = f"autodata/{uuid.uuid4().hex[:12]}"
         self.paths: list[Path] = []
         for root, limits in (
@@ -199,6 +200,18 @@ class _Cgroups:
             with contextlib.suppress(OSError):
                 path.rmdir()
         self.paths = []
+
+
+@functools.lru_cache(maxsize=1)
+def _sweep_stale_cgroups() -> None:
+    """Remove empty sandbox cgroups left by killed runs (once per process)."""
+    for root in (PIDS_CGROUP, _own_memory_cgroup()):
+        if root is None:
+            continue
+        for path in (root / "autodata").glob("*"):
+            with contextlib.suppress(OSError):
+                if not (path / "cgroup.procs").read_text().strip():
+                    path.rmdir()
 
 
 @functools.lru_cache(maxsize=1)
@@ -332,8 +345,9 @@ class SandboxProcess:
         code = self.proc.returncode if self.proc else None
         if code is None:
             return "still running"
-        if code < 0:
-            name = signal.Signals(-code).name
+        signo = -code if code < 0 else code - 128 if code > 128 else 0  # bwrap reports 128 + signal
+        if signo in {s.value for s in signal.Signals}:
+            name = signal.Signals(signo).name
             why = {"SIGXCPU": " (CPU time limit)", "SIGKILL": " (killed)"}.get(name, "")
             return f"killed by {name}{why}"
         return f"exited with code {code}"
