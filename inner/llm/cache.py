@@ -11,16 +11,24 @@ reads all segments into an index of ``key -> (segment, offset, length)``, and a 
 ``pread``. A torn last line (a kill during a write) is skipped. One file per entry was
 measured at ~0.3 ms of CPU per call (an ``open`` per lookup and per write) and capped the
 inner loop below its throughput target (``experiments/bench/README.md``).
+
+The index (:class:`_Index`) keeps about 20 bytes per entry (sorted arrays of the key's first
+8 bytes and the location, plus a small dict of recent entries), not the ~330 bytes of a dict
+of key strings and tuples: at 14 calls per document that was ~4.6 KB of memory per finished
+document, the largest growth of a long run (``experiments/bench/README.md``, "Memory").
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import json
 import os
 import tempfile
 import time
+from array import array
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +77,76 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class _Index:
+    """``key -> (segment, offset, length)`` in about 20 bytes per entry.
+
+    Entries live in three parallel arrays sorted by the key's first 8 bytes (as a signed
+    64-bit int); new entries go to a dict of at most :attr:`MERGE` entries that is merged into
+    the arrays when full. A prefix may (very rarely) be shared by two keys, so :meth:`find`
+    yields every candidate location and the caller checks the full key stored with the entry.
+    """
+
+    MERGE = 4096
+
+    def __init__(self) -> None:
+        self.prefixes = array("q")
+        self.where = array("q")  # segment << 40 | offset: segments < 2**23, offsets < 1 TiB
+        self.lengths = array("l")
+        self.recent: dict[str, tuple[int, int, int]] = {}
+
+    @staticmethod
+    def prefix(key: str) -> int:
+        """The first 8 bytes of a hex key (of its sha256 for any other string), signed."""
+        try:
+            head = bytes.fromhex(key[:16])
+        except ValueError:
+            head = b""
+        if len(head) < 8:
+            head = hashlib.sha256(key.encode("utf-8")).digest()
+        return int.from_bytes(head[:8], "big", signed=True)
+
+    def __len__(self) -> int:
+        return len(self.prefixes) + len(self.recent)
+
+    def add(self, key: str, seg: int, offset: int, length: int) -> None:
+        self.recent[key] = (seg, offset, length)
+        if len(self.recent) >= self.MERGE:
+            self._merge()
+
+    def find(self, key: str) -> Iterator[tuple[int, int, int]]:
+        """Candidate locations of ``key``, the most recent first."""
+        hit = self.recent.get(key)
+        if hit is not None:
+            yield hit
+        k = self.prefix(key)
+        i = bisect.bisect_left(self.prefixes, k)
+        while i < len(self.prefixes) and self.prefixes[i] == k:
+            w = self.where[i]
+            yield w >> 40, w & ((1 << 40) - 1), self.lengths[i]
+            i += 1
+
+    def _merge(self) -> None:
+        """Merge the recent entries into the sorted arrays (C-level slice copies between the
+        insertion points)."""
+        new = sorted((self.prefix(k), (seg << 40) | off, n) for k, (seg, off, n) in self.recent.items())
+        prefixes, where, lengths = array("q"), array("q"), array("l")
+        lo = 0
+        for k, w, n in new:
+            i = bisect.bisect_left(self.prefixes, k, lo)
+            prefixes.extend(self.prefixes[lo:i])
+            where.extend(self.where[lo:i])
+            lengths.extend(self.lengths[lo:i])
+            prefixes.append(k)
+            where.append(w)
+            lengths.append(n)
+            lo = i
+        prefixes.extend(self.prefixes[lo:])
+        where.extend(self.where[lo:])
+        lengths.extend(self.lengths[lo:])
+        self.prefixes, self.where, self.lengths = prefixes, where, lengths
+        self.recent = {}
+
+
 class ResponseCache:
     """Append-only response cache in ``root`` (see the module docstring).
 
@@ -80,7 +158,7 @@ class ResponseCache:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self._index: dict[str, tuple[int, int, int]] = {}
+        self._index = _Index()
         self._fds: list[int] = []
         self._out: Any = None
         self._out_seg = -1
@@ -101,22 +179,23 @@ class ResponseCache:
                     except (ValueError, KeyError, TypeError):
                         key = None
                     if key:
-                        self._index[key] = (n, offset, len(line))
+                        self._index.add(key, n, offset, len(line))
                 offset += len(line)
 
     def __len__(self) -> int:
+        """Entries stored (a key written twice, e.g. by two processes, counts twice)."""
         return len(self._index)
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The stored entry, or ``None`` if absent."""
-        where = self._index.get(key)
-        if where is None:
-            return None
-        n, offset, length = where
-        try:
-            return json.loads(os.pread(self._fds[n], length, offset))["entry"]
-        except (OSError, ValueError, KeyError):
-            return None
+        for n, offset, length in self._index.find(key):
+            try:
+                rec = json.loads(os.pread(self._fds[n], length, offset))
+            except (OSError, ValueError):
+                continue
+            if isinstance(rec, dict) and rec.get("key") == key and "entry" in rec:
+                return rec["entry"]
+        return None
 
     def put(self, key: str, entry: dict[str, Any]) -> None:
         """Append ``entry`` (JSON-serialisable) under ``key``; flushed before returning."""
@@ -130,7 +209,7 @@ class ResponseCache:
         offset = self._out.tell()
         self._out.write(line)
         self._out.flush()
-        self._index[key] = (self._out_seg, offset, len(line))
+        self._index.add(key, self._out_seg, offset, len(line))
 
     def close(self) -> None:
         """Close the segment files (the cache is unusable afterwards)."""
