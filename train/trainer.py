@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import TrainerCallback
 
 from inner.errors import ConfigError
 from inner.llm.cache import atomic_write_text
@@ -125,47 +126,45 @@ def grpo_config(cfg: TrainConfig, out_dir: Path) -> Any:
     )
 
 
-class MetricsCallback:
+class MetricsCallback(TrainerCallback):
     """Writes every TRL log line to ``metrics.jsonl`` and the experiment tracker, and one
     summary line per step to the log (reward mean/std, truncation rate, completion length, KL,
-    loss, seconds per step). Built lazily as a ``transformers.TrainerCallback`` subclass."""
+    loss); measures seconds per optimizer step.
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        from transformers import TrainerCallback
+    Args:
+        path: the ``metrics.jsonl`` to append to.
+        tracker: an :class:`inner.tracking.Tracker` (W&B or nothing).
+    """
 
-        class _Callback(TrainerCallback):
-            def __init__(self, path: Path, tracker: Any) -> None:
-                self.path, self.tracker = path, tracker
-                self.t_last: float | None = None
-                self.step_last = 0
-                self.step_times: list[float] = []
+    def __init__(self, path: Path, tracker: Any) -> None:
+        self.path, self.tracker = path, tracker
+        self.t_last: float | None = None
+        self.step_last = 0
+        #: wall seconds of each optimizer step of this invocation
+        self.step_times: list[float] = []
 
-            def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-                if self.t_last is None:
-                    self.t_last, self.step_last = time.perf_counter(), state.global_step
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self.t_last is None:
+            self.t_last, self.step_last = time.perf_counter(), state.global_step
 
-            def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-                now = time.perf_counter()
-                if self.t_last is not None and state.global_step > self.step_last:
-                    self.step_times.append((now - self.t_last) / (state.global_step - self.step_last))
-                self.t_last, self.step_last = now, state.global_step
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        now = time.perf_counter()
+        if self.t_last is not None and state.global_step > self.step_last:
+            self.step_times.append((now - self.t_last) / (state.global_step - self.step_last))
+        self.t_last, self.step_last = now, state.global_step
 
-            def on_log(
-                self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
-            ) -> None:
-                if not logs:
-                    return
-                row = {"step": state.global_step, "epoch": state.epoch, **logs}
-                if self.step_times:
-                    row["step_s"] = self.step_times[-1]
-                with self.path.open("a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(row, default=float) + "\n")
-                self.tracker.log({k: v for k, v in row.items() if isinstance(v, int | float)}, step=state.global_step)
-                parts = [f"{k.split('/')[-1]}={logs[k]:.4g}" for k in STEP_KEYS if isinstance(logs.get(k), int | float)]
-                if parts:
-                    log.info("step %d: %s", state.global_step, " ".join(parts))
-
-        return _Callback(*args, **kwargs)
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        if not logs:
+            return
+        row = {"step": state.global_step, "epoch": state.epoch, **logs}
+        if self.step_times:
+            row["step_s"] = self.step_times[-1]
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, default=float) + "\n")
+        self.tracker.log({k: v for k, v in row.items() if isinstance(v, int | float)}, step=state.global_step)
+        parts = [f"{k.split('/')[-1]}={logs[k]:.4g}" for k in STEP_KEYS if isinstance(logs.get(k), int | float)]
+        if parts:
+            log.info("step %d: %s", state.global_step, " ".join(parts))
 
 
 #: grpo settings a resumed run may change: training length and bookkeeping
