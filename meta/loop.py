@@ -238,8 +238,9 @@ def admission(candidate: EvalOutcome, parent: EvalOutcome) -> tuple[str, str | N
 # -- edits ---------------------------------------------------------------------------------------
 #: further implementer calls after an edit that fails to apply or to validate (with the error)
 EDIT_REPAIRS = 1
-#: the dry run's wall-clock limit: inner.harness_wall_s, kept within these bounds (seconds)
-DRY_RUN_TIMEOUT_S = (10.0, 120.0)
+#: the dry run's wall-clock limit: inner.harness_wall_s kept within these bounds, seconds (the lower
+#: bound leaves room for a slow sandbox start on a loaded machine; no LLM waits happen in it)
+DRY_RUN_TIMEOUT_S = (30.0, 120.0)
 
 
 @dataclass
