@@ -11,7 +11,9 @@ length on both servers). ``C`` requests are kept in flight (a closed loop) until
 
 Figures per (server, concurrency): aggregate completion tokens/s and prompt tokens/s (token
 counts from the responses' ``usage``, divided by the wall time of the measurement), mean
-request latency, and prompt tokens served from llama-server's prompt cache. Measurements
+request latency, prompt tokens served from llama-server's prompt cache, and the 1-minute load
+average before and after (the machine may be shared; ``--autogroup-nice -20`` gives each server
+nearly all of the CPU when other sessions are busy). Measurements
 alternate between the servers in one sitting (server order flips every repetition) so that
 load from other processes hits both alike.
 
@@ -23,7 +25,12 @@ Run from the repository root::
     .venv/bin/python experiments/bench/embedded_server.py --shared-excerpt  # prefix-cache case
 
 ``--shared-excerpt`` gives every request of a measurement the same excerpt (different
-questions after it), as the roles of one round do. Results: a Markdown table on stdout and
+questions after it), as the roles of one round do; ``--vary-system`` alternates two system
+prompts before it, one per wave of ``C`` requests (as when the next role of a round reads
+the excerpt the previous one read), so only ``--cache-reuse`` (chunks after a differing prefix)
+can reuse it. ``--n K`` asks for ``K`` completions per request (llama-server's ``n``: the prompt is
+processed once and its KV cache copied to ``K - 1`` more slots, child ``j`` sampled with seed + j),
+with ``C / K`` requests in flight, as the ``K`` attempts of a solver could be sent. Results: a Markdown table on stdout and
 one JSON line per measurement in ``--out`` (default ``runs/bench-embedded/results.jsonl``).
 """
 
@@ -32,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import sys
@@ -45,6 +53,9 @@ if str(ROOT) not in sys.path:
 
 CORPUS = ROOT / "experiments" / "corpora" / "cs"
 SYSTEM = "You are a careful research assistant. Answer from the document excerpt, precisely and in full sentences."
+#: a second role's system prompt (``--vary-system``): same excerpt, different prefix, as when the
+#: challenger, quality verifier and strong solver of one round read the same excerpt
+SYSTEM_2 = "You are a strict reviewer of exam questions. Read the document excerpt and answer the question about it."
 QUESTIONS = (
     "What problem does this excerpt address, and what approach does it take?",
     "Summarize the main technical contribution described here and its assumptions.",
@@ -75,6 +86,8 @@ class Measurement:
     completion_tok_s: float
     prompt_tok_s: float
     mean_latency_s: float
+    load_before: float
+    load_after: float
     overrides: list[str]
 
 
@@ -114,7 +127,7 @@ def build_cfg(server: str, slots: int, overrides: list[str]):
     return cfg.llm
 
 
-async def _measure(url: str, prompts: list[list[dict]], concurrency: int, max_tokens: int, model: str):
+async def _measure(url: str, prompts: list[list[dict]], concurrency: int, max_tokens: int, model: str, n: int = 1):
     import httpx
 
     sem = asyncio.Semaphore(concurrency)
@@ -132,11 +145,18 @@ async def _measure(url: str, prompts: list[list[dict]], concurrency: int, max_to
                     "temperature": 0.7,
                     "seed": i,
                     "logit_bias": EOS_BIAS,
+                    **({"n": n} if n > 1 else {}),
                 },
             )
             r.raise_for_status()
             body = r.json()
+            assert len(body["choices"]) == n, f"asked for {n} completions, got {len(body['choices'])}"
             usage = body["usage"]
+            if n > 1:
+                # llama-server's usage counts one choice only; every choice runs to max_tokens
+                # (EOS is banned), and the prompt counts once per choice, as n requests would
+                assert all(c["finish_reason"] == "length" for c in body["choices"])
+                usage = {**usage, "prompt_tokens": n * usage["prompt_tokens"], "completion_tokens": n * max_tokens}
             results.append(
                 {
                     "latency_s": time.perf_counter() - t,
@@ -158,6 +178,23 @@ async def _measure(url: str, prompts: list[list[dict]], concurrency: int, max_to
     return wall, results
 
 
+def _prioritize_server(nice: int) -> None:
+    """Give the server started by this process the autogroup nice value ``nice``.
+
+    The server runs in its own session, so with ``kernel.sched_autogroup_enabled=1`` the CPU is
+    shared between sessions first and a process's own nice value hardly matters; the
+    autogroup's does (``/proc/<pid>/autogroup``; negative values need root).
+    """
+    me = str(os.getpid())
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:  # ppid
+            (stat.parent / "autogroup").write_text(str(nice))
+
+
 def run_one(
     server: str,
     concurrency: int,
@@ -171,7 +208,8 @@ def run_one(
 
     slots = args.slots or concurrency
     cfg = build_cfg(server, slots, args.set)
-    n = args.rounds * concurrency
+    # --n K: each request asks for K completions of one prompt, so K times fewer requests
+    n = args.rounds * concurrency // args.n
     seed = 1000 * rep + concurrency
     if args.shared_excerpt:
         pieces = excerpts(1, args.excerpt_chars, seed=seed) * n
@@ -179,14 +217,20 @@ def run_one(
         pieces = excerpts(n, args.excerpt_chars, seed=seed)
     prompts = [
         [
-            {"role": "system", "content": SYSTEM},
+            {"role": "system", "content": SYSTEM_2 if args.vary_system and (i // concurrency) % 2 else SYSTEM},
             {"role": "user", "content": f"Document excerpt:\n{p}\n\nQuestion: {QUESTIONS[i % len(QUESTIONS)]}"},
         ]
         for i, p in enumerate(pieces)
     ]
     model = cfg.endpoints["default"].model
+    load_before = os.getloadavg()[0]
     with start_backend(cfg, log_dir=log_dir) as urls:
-        wall, res = asyncio.run(_measure(urls["default"], prompts, concurrency, args.max_tokens, model))
+        if args.autogroup_nice is not None:
+            _prioritize_server(args.autogroup_nice)
+        wall, res = asyncio.run(
+            _measure(urls["default"], prompts, max(1, concurrency // args.n), args.max_tokens, model, args.n)
+        )
+    load_after = os.getloadavg()[0]
     pt = sum(r["prompt_tokens"] for r in res)
     ct = sum(r["completion_tokens"] for r in res)
     return Measurement(
@@ -202,6 +246,8 @@ def run_one(
         completion_tok_s=round(ct / wall, 2),
         prompt_tok_s=round(pt / wall, 2),
         mean_latency_s=round(statistics.mean(r["latency_s"] for r in res), 2),
+        load_before=round(load_before, 2),
+        load_after=round(load_after, 2),
         overrides=list(args.set),
     )
 
@@ -243,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--excerpt-chars", type=int, default=3000, help="about 4 characters per token")
     ap.add_argument("--max-tokens", type=int, default=150)
     ap.add_argument("--shared-excerpt", action="store_true", help="one excerpt for all requests")
+    ap.add_argument(
+        "--autogroup-nice", type=int, default=None, help="e.g. -20 on a shared machine: the server's CPU priority"
+    )
+    ap.add_argument("--n", type=int, default=1, help="completions per request (llama-server's n)")
+    ap.add_argument("--vary-system", action="store_true", help="alternate two system prompts per wave")
     ap.add_argument("--set", action="append", default=[], help="extra Hydra override (repeatable)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-embedded" / "results.jsonl")
     args = ap.parse_args(argv)
@@ -261,11 +312,18 @@ def main(argv: list[str] | None = None) -> int:
                 ms.append(m)
                 print(
                     f"{server:17s} in flight {c} rep {rep}: {m.completion_tok_s:6.2f} completion tok/s, "
-                    f"{m.prompt_tok_s:7.1f} prompt tok/s, {m.wall_s:6.1f} s, cached {m.cached_prompt_tokens}",
+                    f"{m.prompt_tok_s:7.1f} prompt tok/s, {m.wall_s:6.1f} s, cached {m.cached_prompt_tokens}, "
+                    f"load {m.load_before:.1f}->{m.load_after:.1f}",
                     flush=True,
                 )
                 with args.out.open("a") as f:
-                    f.write(json.dumps({**asdict(m), "shared_excerpt": args.shared_excerpt}) + "\n")
+                    row = {
+                        **asdict(m),
+                        "shared_excerpt": args.shared_excerpt,
+                        "vary_system": args.vary_system,
+                        "n": args.n,
+                    }
+                    f.write(json.dumps(row) + "\n")
     print()
     print(table(ms))
     return 0

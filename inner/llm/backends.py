@@ -43,9 +43,11 @@ log = logging.getLogger(__name__)
 #: Seconds between SIGTERM and SIGKILL when stopping a server: llama-server exits within a
 #: decode step on SIGTERM; llama-cpp-python's (uvicorn) would first finish its request.
 STOP_GRACE_S = 3.0
-#: ``--cache-reuse``: smallest chunk (tokens) of a slot's cached prompt that llama-server reuses
-#: by shifting it in the KV cache when it follows a differing prefix (0 = only the common prefix).
-CACHE_REUSE_TOKENS = 256
+#: ``--cache-reuse``: 0 = reuse only a cached prompt's common *prefix* (exact). Chunk reuse by
+#: KV shifting scans the cache for the new prompt's tokens right after the common prefix, so it
+#: cannot reuse an excerpt that follows a different system prompt (measured: 0 tokens reused,
+#: experiments/bench/README.md), and shifted KV is only an approximation of a recompute.
+CACHE_REUSE_TOKENS = 0
 #: ``--cache-ram``: host-memory prompt cache of llama-server, MiB (its default is 8192).
 CACHE_RAM_MIB = 1024
 BUILD_HINT = "build it with: make install  (or: python -m inner.llm.build_server)"
@@ -93,7 +95,9 @@ def llama_server_command(cfg: LLMConfig, binary: Path, model_path: Path, port: i
 
     ``llm.backend.slots`` parallel slots with continuous batching, ``n_ctx`` tokens per slot
     (``--ctx-size`` is the total, split evenly: the KV cache is not unified when ``--parallel``
-    is given), prompt caching (on by default) with :data:`CACHE_REUSE_TOKENS` and
+    is given), prompt caching (on by default: a request goes to the idle slot whose cached
+    prompt shares the longest prefix with it, above 10 % of its length, or else the
+    ``--cache-ram`` host cache is searched) with :data:`CACHE_REUSE_TOKENS` and
     :data:`CACHE_RAM_MIB`, no web UI. ``extra_args`` come last, so they override (llama.cpp
     keeps the last value of a repeated flag).
     """
