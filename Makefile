@@ -45,8 +45,8 @@ demo-cot: install
 # the trained model (mean@2, best@2, truncation) in-domain (cs test split) and out of domain
 # (legal). Rerunning resumes from the checkpoints and replays the judge from its cache.
 train-demo: install
-	$(VENV)/bin/autodata-export-dataset train/demo/runs/cs --out $(TRAIN_DEMO_DIR)/dataset-cs --test-fraction 0.34 --overwrite
-	$(VENV)/bin/autodata-export-dataset train/demo/runs/legal --out $(TRAIN_DEMO_DIR)/dataset-legal --test-fraction 0 --overwrite
+	$(VENV)/bin/autodata-export-dataset train/demo/source/cs --out $(TRAIN_DEMO_DIR)/dataset-cs --test-fraction 0.34 --overwrite
+	$(VENV)/bin/autodata-export-dataset train/demo/source/legal --out $(TRAIN_DEMO_DIR)/dataset-legal --test-fraction 0 --overwrite
 	$(VENV)/bin/autodata-train +experiment=train_demo data.dataset=$(TRAIN_DEMO_DIR)/dataset-cs hydra.run.dir=$(TRAIN_DEMO_DIR)/train
 	$(VENV)/bin/autodata-eval models=[embedded,$(TRAIN_DEMO_DIR)/train/final] labels=[base,grpo] k=2 \
 		max_completion_length=96 'sets=[{name: in_domain_cs, dataset: $(TRAIN_DEMO_DIR)/dataset-cs, split: test}, {name: ood_legal, dataset: $(TRAIN_DEMO_DIR)/dataset-legal, split: all}]' \

@@ -1,7 +1,7 @@
 """GRPO step benchmark: seconds per step, rollout tokens/s and peak memory of ``autodata-train``.
 
 Runs ``train.trainer.run_train`` (TRL's GRPOTrainer, the project's rewards) for a few steps on
-the demo examples (``train/demo/runs``, exported to a temporary directory) and prints one JSON
+the demo examples (``train/demo/source``, exported to a temporary directory) and prints one JSON
 line of results. The first step (model warm-up, allocator growth) is reported separately and
 left out of the means.
 
@@ -75,7 +75,15 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=4, help="completions per prompt (GRPO group)")
     ap.add_argument("--max-completion-length", type=int, default=64)
     ap.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of all weights")
-    ap.add_argument("--runs", nargs="*", default=[str(ROOT / "train/demo/runs/cs"), str(ROOT / "train/demo/runs/legal")])
+    ap.add_argument(
+        "--random-init",
+        metavar="DIR",
+        help="build the model from DIR's config.json and tokenizer with random weights (machines without the "
+        "weights: same architecture and cost per token; a random model rarely stops, so completions run to the limit)",
+    )
+    ap.add_argument(
+        "--runs", nargs="*", default=[str(ROOT / "train/demo/source/cs"), str(ROOT / "train/demo/source/legal")]
+    )
     args = ap.parse_args()
 
     if args.device == "cpu":
@@ -89,6 +97,16 @@ def main() -> None:
 
     cuda = torch.cuda.is_available()
     dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    scratch = tempfile.TemporaryDirectory(prefix="grpo-bench-model-")
+    if args.random_init:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.random_init))
+        model.save_pretrained(scratch.name)
+        AutoTokenizer.from_pretrained(args.random_init).save_pretrained(scratch.name)
+        args.model = scratch.name
+        del model
     register_configs()
     overrides = [
         f"policy.model={args.model}",
@@ -120,7 +138,7 @@ def main() -> None:
     per_step_tok_s = [tok / s for s, tok in gen if s > 0]
     result = {
         "bench": "grpo_step",
-        "model": args.model,
+        "model": f"random init of {args.random_init}" if args.random_init else args.model,
         "device": "cuda" if cuda else "cpu",
         "device_name": torch.cuda.get_device_name(0) if cuda else f"cpu x{torch.get_num_threads()} threads",
         "dtype": dtype,

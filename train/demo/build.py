@@ -1,6 +1,6 @@
 """Build the demo run directories of ``make train-demo`` from ``train/demo/examples.yaml``.
 
-``python -m train.demo.build --out train/demo/runs`` writes one run directory per domain
+``python -m train.demo.build --out train/demo/source`` writes one run directory per domain
 (``cs``, ``legal``) with ``config.yaml`` and ``dataset.jsonl``, using the project's record
 writer (:class:`inner.records.RunWriter`). The examples are written by hand (the embedded 0.5B
 model is too weak to produce examples that pass the published gate), so the runs record
@@ -144,7 +144,7 @@ async def _build(out: Path, scratch: Path, n: int, llm: LLMConfig, urls: dict[st
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=HERE / "runs")
+    ap.add_argument("--out", type=Path, default=HERE / "source")
     ap.add_argument("--scratch", type=Path, default=Path("runs/train-demo-build"), help="LLM cache and server log")
     ap.add_argument("--n", type=int, default=1, help="weak and strong solver attempts per example")
     args = ap.parse_args()
