@@ -387,12 +387,9 @@ class DocumentSession:
             eng.writer.write_trajectory(traj)
             self.end("accepted", f"round {round_no} passed the gate")
             return rec
+        # With every round used the harness may still note what it learnt; a new challenge
+        # then ends the document (round budget), and its call, token and time budgets bound it.
         eng.writer.write_trajectory(traj)
-        if len(traj.rounds) >= eng.max_rounds and all(r.failure_mode is not FailureMode.WEAK_PASSED for r in traj.rounds):
-            # no round left and nothing pending: the report goes back, then the document ends
-            asyncio.get_running_loop().call_later(
-                0.05, self.end, "exhausted", f"all {eng.max_rounds} rounds used (inner.max_rounds)"
-            )
         return rec
 
 

@@ -61,7 +61,8 @@ def meta_run(tmp_path, server) -> tuple[Path, Any]:
     from tests.test_meta import write_corpus
 
     corpus = write_corpus(tmp_path / "corpus", ["MARK-T1", "MARK-T2", "MARK-V1", "MARK-V2", "MARK-S1"])
-    srv = server(TaxonomyScript(MetaScenario([GOOD_EDIT, OUTSIDE_EDIT, NEUTRAL_EDIT])))
+    # iteration 2: an edit outside the harness, and again in its one repair attempt: invalid-edit
+    srv = server(TaxonomyScript(MetaScenario([GOOD_EDIT, OUTSIDE_EDIT, OUTSIDE_EDIT, NEUTRAL_EDIT])))
     evolve(
         evolve_config(corpus, "meta.max_iterations=3", "meta.selection=greedy"),
         tmp_path / "evo",
