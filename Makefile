@@ -6,7 +6,7 @@ PIP_FLAGS ?= --quiet --disable-pip-version-check
 DEMO_DIR ?= runs/demo
 TRAIN_DEMO_DIR ?= runs/train-demo
 
-.PHONY: install server sandbox browser demo demo-cot train-demo test test-fast check format bench clean
+.PHONY: install server sandbox browser demo demo-rubric demo-cot train-demo test test-fast check format bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,13 +32,18 @@ sandbox:
 
 install: $(VENV)/.installed server sandbox
 
-# Agentic Self-Instruct on 2 short documents of the shipped cs corpus with the embedded model.
+# Agentic Self-Instruct on 2 short documents of the shipped cs corpus with the embedded model,
+# with the embedded profile (conf/experiment/embedded_exact.yaml: the verifiable path, the gate
+# unchanged). `make demo-rubric` runs the rubric path with the baseline harness instead.
 demo: install
-	$(VENV)/bin/autodata-generate +experiment=generate_demo hydra.run.dir=$(DEMO_DIR)
+	$(VENV)/bin/autodata-generate '+experiment=[generate_demo,embedded_exact]' hydra.run.dir=$(DEMO_DIR)
+
+demo-rubric: install
+	$(VENV)/bin/autodata-generate +experiment=generate_demo hydra.run.dir=$(DEMO_DIR)-rubric
 
 # The CoT Self-Instruct baseline on the same documents, same solvers and gate.
 demo-cot: install
-	$(VENV)/bin/autodata-generate +experiment=generate_demo method=cot_self_instruct hydra.run.dir=$(DEMO_DIR)-cot
+	$(VENV)/bin/autodata-generate '+experiment=[generate_demo,embedded_exact]' method=cot_self_instruct hydra.run.dir=$(DEMO_DIR)-cot
 
 # GRPO on the embedded model, CPU only: export the shipped demo runs (hand-written examples,
 # train/demo/), train a LoRA for 4 steps with the judge on llm=local, then compare the base and

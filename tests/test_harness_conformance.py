@@ -197,3 +197,24 @@ def test_rubric_policy_is_enforced_for_a_harness_written_for_another(make_cfg, s
                 tmp_path / "run", srv)  # fmt: skip
     assert stats["failure_modes"] == {"INVALID_CHALLENGE": 1}
     assert srv.count("weak_solver") == 0
+
+
+def test_embedded_exact_is_accepted_on_the_verifiable_path(make_cfg, server, tmp_path):
+    """The embedded profile's harness (issue 11): the exact term comes from the document, the
+    challenger only phrases the question; the frozen verifiable gate decides (weak 0 of 4,
+    strong 4 of 4 equivalent to the reference)."""
+    corpus = tmp_path / "exact-corpus"
+    corpus.mkdir()
+    (corpus / "doc-mark-a.txt").write_text(
+        "Title: Paper MARK-A\n\nThis paper (MARK-A) studies weight banding.\n\n"
+        "The banding is most visible in layer mixed_5b of the network, where it dominates.\n"
+    )
+    plan = RoundPlan(weak_answers=["conv_1"] * 4, strong_answers=["mixed_5b"] * 4)
+    srv = server(Scenario({"*": [plan]}))
+    cfg = make_cfg(f"task.corpus={corpus}", "+experiment=embedded_exact", "inner.max_rounds=2")
+    stats = run(cfg, tmp_path / "run", srv)
+    assert stats["accepted"] == 1 and stats["crashed"] == 0
+    (ex,) = RunWriter(tmp_path / "run").load_examples()
+    assert ex.verifiable and ex.reference_answer == "mixed_5b"
+    assert ex.weak_scores == [0.0] * 4 and ex.strong_scores == [1.0] * 4
+    assert "mixed_5b" not in ex.question and srv.count("judge") == 0
