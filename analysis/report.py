@@ -14,10 +14,9 @@ together by ``report.md``:
 
 from __future__ import annotations
 
-import json
-
 import asyncio
 import contextlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -341,8 +341,17 @@ class InnerConfig:
     harness_doc_chars: int = 20_000
 
     def __post_init__(self) -> None:
-        for key in ("max_rounds", "n_weak", "n_strong", "n_verifiable", "max_concurrent_documents",
-                    "harness_max_calls", "harness_max_tokens", "harness_cpu_s", "harness_max_procs"):
+        for key in (
+            "max_rounds",
+            "n_weak",
+            "n_strong",
+            "n_verifiable",
+            "max_concurrent_documents",
+            "harness_max_calls",
+            "harness_max_tokens",
+            "harness_cpu_s",
+            "harness_max_procs",
+        ):
             _check(getattr(self, key) >= 1, f"inner.{key}", getattr(self, key), "must be >= 1")  # fmt: skip
         _check(self.harness_wall_s > 0, "inner.harness_wall_s", self.harness_wall_s, "must be > 0 seconds")
         _check(self.harness_memory_mb >= 256, "inner.harness_memory_mb", self.harness_memory_mb, "must be >= 256")

@@ -180,7 +180,9 @@ class RoundRecord(BaseModel):
 def challenge_key(challenge: Challenge) -> str:
     """16 hex of a sha256 over the challenge's content (context, question, reference answer,
     rubric): two evaluations of the same content are one round."""
-    blob = json.dumps(challenge.model_dump(include={"context", "question", "reference_answer", "rubric"}), sort_keys=True)
+    blob = json.dumps(
+        challenge.model_dump(include={"context", "question", "reference_answer", "rubric"}), sort_keys=True
+    )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
@@ -309,5 +311,3 @@ def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
         return node
 
     return walk(schema)
-
-

@@ -92,7 +92,9 @@ def check_verifiable_weak(weak_correct: list[bool], cfg: GateConfig) -> GateDeci
     if n > cfg.verifiable_weak_max_correct:
         return GateDecision(
             FailureMode.TOO_EASY,
-            [f"{n} of {len(weak_correct)} weak answers match the reference (at most {cfg.verifiable_weak_max_correct} allowed)"],
+            [
+                f"{n} of {len(weak_correct)} weak answers match the reference (at most {cfg.verifiable_weak_max_correct} allowed)"
+            ],
         )
     return None
 
@@ -111,6 +113,8 @@ def check_verifiable(
     if n < cfg.verifiable_strong_min_correct:
         return GateDecision(
             FailureMode.FAILED_STRONG,
-            [f"{n} of {len(strong_correct)} strong answers match the reference (at least {cfg.verifiable_strong_min_correct} needed)"],
+            [
+                f"{n} of {len(strong_correct)} strong answers match the reference (at least {cfg.verifiable_strong_min_correct} needed)"
+            ],
         )
     return GateDecision(FailureMode.ACCEPTED)

@@ -281,7 +281,9 @@ class DocumentSession:
             await sb.send({"t": "resp", "id": rid, "ok": False, "kind": "refused", "error": str(exc)})
         except Exception as exc:  # a bad request shape: the harness's mistake, answered, not fatal
             self.event("refused", text=f"{type(exc).__name__}: {exc}")
-            await sb.send({"t": "resp", "id": rid, "ok": False, "kind": "refused", "error": f"{type(exc).__name__}: {exc}"})
+            await sb.send(
+                {"t": "resp", "id": rid, "ok": False, "kind": "refused", "error": f"{type(exc).__name__}: {exc}"}
+            )
         finally:
             self._pending.release()
 
@@ -294,7 +296,9 @@ class DocumentSession:
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise HarnessError("messages must be a list of {role, content} objects")
         if self.calls >= self.cfg.harness_max_calls:
-            raise _End("exhausted", f"LLM call budget spent ({self.cfg.harness_max_calls} calls, inner.harness_max_calls)")
+            raise _End(
+                "exhausted", f"LLM call budget spent ({self.cfg.harness_max_calls} calls, inner.harness_max_calls)"
+            )
         if self.tokens >= self.cfg.harness_max_tokens:
             raise _End("exhausted", f"token budget spent ({self.tokens} tokens, inner.harness_max_tokens)")
         self.calls += 1
@@ -381,7 +385,9 @@ class DocumentSession:
             # again after a redo, with new judge samples: the challenge cannot be graded; it is
             # a failed round of the harness (so a rubric made to break the judge cannot launder
             # a failed document into an infrastructure error)
-            rec.reasons.append("the judge could not grade this challenge, again after a redo: counted as a failed round")
+            rec.reasons.append(
+                "the judge could not grade this challenge, again after a redo: counted as a failed round"
+            )
         if rec.accepted:
             eng.writer.append_example(make_example(eng, self.doc, rec))
             eng.writer.write_trajectory(traj)

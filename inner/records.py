@@ -17,11 +17,10 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel
 
 from inner.contract import (  # noqa: F401  (re-exported: records and the harness SDK share them)
     Challenge,

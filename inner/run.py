@@ -63,7 +63,9 @@ def evaluator_identity(cfg: GenerateConfig) -> dict[str, Any]:
         "task": {"name": cfg.task.name, "verifiable": cfg.task.verifiable, "domain": cfg.task.domain},
         "roles": roles,
         "seed": cfg.llm.seed,
-        "prompts": {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in sorted(INNER_PROMPTS.glob("*.md"))},
+        "prompts": {
+            p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in sorted(INNER_PROMPTS.glob("*.md"))
+        },
     }
 
 
@@ -117,7 +119,9 @@ def write_run_config(run_dir: Path, cfg: GenerateConfig, harness_id: str) -> Non
         diff = [k for k in IDENTITY_KEYS if k in old_ident and old_ident[k] != ident[k]]
         finished = any(t.finished for t in RunWriter(run_dir, readonly=True).load_trajectories())
         if diff and not finished:
-            log.warning("no document of %s had finished: its identity is replaced (%s changed)", run_dir, ", ".join(diff))
+            log.warning(
+                "no document of %s had finished: its identity is replaced (%s changed)", run_dir, ", ".join(diff)
+            )
         elif diff:
             raise ConfigError(
                 f"run directory {run_dir} was made with a different {', '.join(diff)} "

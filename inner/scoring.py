@@ -127,11 +127,11 @@ def check_rubric_policy(rubric: Sequence[Criterion], policy: RubricPolicyConfig)
     ids = [c.id for c in rubric]
     if len(set(ids)) != len(ids):
         problems.append("criterion ids are not unique")
-    bad = [f"{c.id}={c.weight}" for c in rubric if c.weight == 0 or not policy.min_weight <= c.weight <= policy.max_weight]
+    bad = [
+        f"{c.id}={c.weight}" for c in rubric if c.weight == 0 or not policy.min_weight <= c.weight <= policy.max_weight
+    ]
     if bad:
-        problems.append(
-            f"weights out of range [{policy.min_weight}, {policy.max_weight}] without 0: {', '.join(bad)}"
-        )
+        problems.append(f"weights out of range [{policy.min_weight}, {policy.max_weight}] without 0: {', '.join(bad)}")
     pos = sum(1 for c in rubric if c.weight > 0)
     neg = sum(1 for c in rubric if c.weight < 0)
     if pos < policy.min_positive:

@@ -357,7 +357,10 @@ async def _iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:
     rec["train_docs"] = [d.doc_id for d in mb]
     rec["train_pass_rate"] = train.pass_rate
     if train.errors:
-        return {"status": "error", "reason": f"parent evaluation: {train.errors} document(s) failed: {train.error_reason}"}
+        return {
+            "status": "error",
+            "reason": f"parent evaluation: {train.errors} document(s) failed: {train.error_reason}",
+        }
 
     # 3. analyzer: root-cause analysis
     analysis = await analyze(

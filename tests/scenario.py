@@ -47,7 +47,9 @@ def challenge_json(question: str, *, reference: str = "the reference answer") ->
         "context": "A researcher studies the setting described in the paper.",
         "question": question,
         "reference_answer": reference,
-        "rubric": [{"id": f"c{i}", "criterion": f"states key point {i}", "weight": 1} for i in range(1, N_CRITERIA + 1)],
+        "rubric": [
+            {"id": f"c{i}", "criterion": f"states key point {i}", "weight": 1} for i in range(1, N_CRITERIA + 1)
+        ],
         "question_type": "mechanism",
     }
 

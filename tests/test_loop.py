@@ -26,7 +26,11 @@ def test_accept_in_round_one_writes_all_records(make_cfg, server, tmp_path):
     assert len(ds) == 3 and stats["accepted"] == 3 and stats["pass_rate"] == 1.0
     ex = ds[0]
     assert ex["weak_scores"] == [0.5, 0.5, 0.5] and ex["strong_scores"] == [0.9, 0.9, 0.9]
-    assert abs(ex["gap"] - 0.4) < 1e-9 and ex["rubric"][0] == {"id": "c1", "criterion": "states key point 1", "weight": 1}
+    assert abs(ex["gap"] - 0.4) < 1e-9 and ex["rubric"][0] == {
+        "id": "c1",
+        "criterion": "states key point 1",
+        "weight": 1,
+    }
     traj = json.loads(next((tmp_path / "run" / "trajectories").glob("*.json")).read_text())
     assert traj["status"] == "accepted" and len(traj["rounds"]) == 1
     r = traj["rounds"][0]

@@ -47,7 +47,9 @@ CLOZE = "Fill in the blank with the exact term the article uses: "
 _IDENT = re.compile(r"\b[A-Za-z][A-Za-z]*(?:_[A-Za-z0-9]+|[0-9][A-Za-z0-9_]*)\b")
 _QUOTED = re.compile(r"[\u201c\"]([A-Za-z][A-Za-z \-]{2,38}[A-Za-z])[.,]?[\u201d\"]")
 _ACRO = re.compile(r"\b[A-Z]{2,6}s?\b")
-_NAMED = re.compile(r"\b(?:we call (?:this|it|these|them)(?: \w+)?|(?:is|are) called|known as|referred to as|named) ([a-z][a-z\-]+(?: [a-z][a-z\-]+){0,2})\b")
+_NAMED = re.compile(
+    r"\b(?:we call (?:this|it|these|them)(?: \w+)?|(?:is|are) called|known as|referred to as|named) ([a-z][a-z\-]+(?: [a-z][a-z\-]+){0,2})\b"
+)
 _SENT = re.compile(r"(?<=[.!?])\s+|\n+")
 COMMON_ACRONYMS = {"AI", "ML", "CNN", "RNN", "GPU", "CPU", "URL", "PDF", "HTML", "API", "US", "OK", "CC", "BY"}
 
@@ -74,7 +76,9 @@ def candidates(text: str, title: str) -> list[tuple[str, str, str]]:
             continue
         found = [(0, m.group(0)) for m in _IDENT.finditer(s)]
         # quoted multi-word names first; a quoted single word is often a metaphor ("paint")
-        found += [(1 if " " in m.group(1) else 3, m.group(1)) for m in _QUOTED.finditer(s) if len(m.group(1).split()) <= 3]
+        found += [
+            (1 if " " in m.group(1) else 3, m.group(1)) for m in _QUOTED.finditer(s) if len(m.group(1).split()) <= 3
+        ]
         found += [(1, m.group(1)) for m in _NAMED.finditer(s)]
         found += [(2, m.group(0)) for m in _ACRO.finditer(s) if m.group(0).rstrip("s") not in COMMON_ACRONYMS]
         for kind, term in found:
@@ -98,7 +102,7 @@ def cloze(term: str, sentence: str) -> Challenge | None:
     if sentence.lower().count(term.lower()) != 1:
         return None
     i = sentence.lower().index(term.lower())
-    blanked = sentence[:i] + "____" + sentence[i + len(term):]
+    blanked = sentence[:i] + "____" + sentence[i + len(term) :]
     return _challenge("A technical article explains this in its own terms.", f'{CLOZE}"{blanked}"', term)
 
 
@@ -109,8 +113,12 @@ def _challenge(context: str, question: str, term: str) -> Challenge:
         question=question,
         reference_answer=term,
         rubric=[
-            RubricItem(id="c1", criterion=f'The final answer is exactly "{term}", the term the document states.', weight=7),
-            RubricItem(id="c2", criterion="The final answer gives that single term and no competing alternatives.", weight=2),
+            RubricItem(
+                id="c1", criterion=f'The final answer is exactly "{term}", the term the document states.', weight=7
+            ),
+            RubricItem(
+                id="c2", criterion="The final answer gives that single term and no competing alternatives.", weight=2
+            ),
         ],
         question_type="exact-term",
     )
