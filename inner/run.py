@@ -24,6 +24,7 @@ from inner.harness import resolve_harness_dir
 from inner.llm.backends import start_backend
 from inner.llm.cache import ResponseCache, atomic_write_text
 from inner.llm.client import LLMClient, UsageMeter, track_usage
+from inner.llm.probe import probe_endpoints
 from inner.loop import Engine, LoopObserver, run_documents
 from inner.records import RunWriter, Trajectory
 from inner.sandbox import bwrap_path
@@ -182,6 +183,8 @@ async def run_generate(
     else:
         backend = start_backend(cfg.llm, log_dir=run_dir)
     with backend as urls:
+        if done < len(docs):  # one clear error up front, not a "Connection error" per document
+            await asyncio.to_thread(probe_endpoints, cfg.llm, urls)
         client = LLMClient(cfg.llm, base_urls=urls, cache=cache, call_log=run_dir / "calls.jsonl")
         observer = (
             observer_factory(total=len(docs), done=done, accepted=accepted, usage=client.usage)

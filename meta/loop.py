@@ -588,6 +588,7 @@ async def run_evolve(cfg: EvolveConfig, run_dir: Path, *, base_urls: dict[str, s
 
     from inner.llm.backends import start_backend
     from inner.llm.cache import ResponseCache
+    from inner.llm.probe import probe_endpoints
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -596,6 +597,7 @@ async def run_evolve(cfg: EvolveConfig, run_dir: Path, *, base_urls: dict[str, s
         contextlib.nullcontext(base_urls) if base_urls is not None else start_backend(cfg.llm, log_dir=run_dir)
     )
     with backend as urls:
+        await asyncio.to_thread(probe_endpoints, cfg.llm, urls)  # one clear error up front
         client = LLMClient(cfg.llm, base_urls=urls, cache=cache, call_log=run_dir / "calls.jsonl")
         tracker = build_tracker(cfg.logger, run_dir=run_dir, config=asdict(cfg), job="evolve")
         try:
