@@ -12,7 +12,7 @@ The holes this suite found (writable remounts of the read-only binds, memory hel
 and on unsized tmpfs mounts, failed documents laundered as infrastructure errors through a
 harness's own 4xx request or an ungradable rubric, unbounded notes, unrecorded in-flight calls,
 a response cache shared across roles) were closed in 75f865f; the tests that found them now
-assert the containment. ``tests/hostile/README_integrity.md`` lists every outcome.
+assert the containment. README.md ("Evaluator integrity") lists every outcome.
 """
 
 from __future__ import annotations
