@@ -448,3 +448,29 @@ def test_run_async_exits_even_when_the_event_loop_is_blocked(tmp_path):
     out, _ = proc.communicate(timeout=30)
     assert time.monotonic() - t0 < 5.0 and proc.returncode == 143, out
     assert "did not stop within 4 s of SIGTERM" in out
+
+
+def test_an_unreachable_endpoint_is_one_clear_error_before_any_document(corpus, tmp_path):
+    res = _cli(tmp_path, *_openai_args("http://127.0.0.1:9/v1", corpus, tmp_path / "run"))
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out
+    assert out.count("cannot be reached") == 1 and "llm.endpoints.default.base_url" in out and "Traceback" not in out
+    assert not list((tmp_path / "run").glob("trajectories/*.json"))
+
+
+def test_a_run_that_failed_wholly_on_a_wrong_model_reruns_with_the_right_one(server, corpus, tmp_path):
+    inner = scenario(RoundPlan())
+
+    def script(role: str, body: dict[str, Any]) -> Any:
+        if body["model"] != "right-model":
+            return Reply(status=404)  # what OpenAI-compatible servers answer for an unknown model
+        return inner(role, body)
+
+    srv = server(script)
+    run_dir = tmp_path / "run"
+    first = _cli(tmp_path, *_openai_args(srv.base_url, corpus, run_dir, "llm.endpoints.default.model=wrong-model"))
+    assert first.returncode == 3, first.stdout + first.stderr
+    assert "every document ended in error" in first.stdout + first.stderr
+    second = _cli(tmp_path, *_openai_args(srv.base_url, corpus, run_dir, "llm.endpoints.default.model=right-model"))
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert len(_lines(run_dir / "dataset.jsonl")) == 3
