@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import fmean
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, conlist, create_model
 
@@ -131,7 +131,7 @@ def judge_messages(*, context: str, question: str, rubric: Sequence[RubricItem],
 
 
 async def judge_answer(
-    client: Any,
+    client: LLMClient,
     *,
     context: str,
     question: str,
@@ -139,6 +139,7 @@ async def judge_answer(
     answer: str,
     partial_credit: bool = False,
     retries: int = 1,
+    sample_offset: int = 0,
 ) -> JudgeVerdict:
     """Grade ``answer`` against ``rubric`` with the frozen judge and score it.
 
@@ -149,6 +150,8 @@ async def judge_answer(
         client: the project's LLM client (role ``judge``).
         partial_credit: allow 0.5 verdicts (default binary: 0 when in doubt, the paper's judge).
         retries: further attempts (new sample index) when the output is unusable.
+        sample_offset: first sample index of the judge's calls (a redone round draws new
+            samples, deterministically, so a resumed run replays them from the cache).
 
     Raises:
         LLMCallError: the request failed after the client's retries.
@@ -158,7 +161,7 @@ async def judge_answer(
     raws: list[str] = []
     error = None
     for attempt in range(retries + 1):
-        res = await client.complete_json("judge", msgs, schema_model, sample_index=attempt)
+        res = await client.complete_json("judge", msgs, schema_model, sample_index=sample_offset + attempt)
         raws.extend(res.raw)
         if res.value is not None:
             verdicts = {g.id: _binary(g.score, partial_credit) for g in res.value.grades}
@@ -316,12 +319,13 @@ class Evaluator:
                 index=index, answer=answer, extracted=normalize_answer(final), score=1.0 if ok else 0.0
             )
         verdict = await judge_answer(
-            _SampleShift(self.client, judge_offset + 2 * index),
+            self.client,
             context=challenge.context,
             question=challenge.question,
             rubric=challenge.rubric,
             answer=answer,
             partial_credit=self.cfg.rubric.partial_credit,
+            sample_offset=judge_offset + 2 * index,
         )
         return SolverAttempt(
             index=index, answer=answer, grades=verdict.grades, score=verdict.score, judge_raw=verdict.raw,
@@ -437,16 +441,3 @@ class Evaluator:
         else:
             decision = check_rubric(rec.weak_scores, rec.strong_scores, qv_passed=rec.qv.passed, cfg=gate)
         rec.failure_mode, rec.reasons = decision.mode, decision.reasons
-
-
-class _SampleShift:
-    """The client with every sample index shifted by ``offset`` (judge retries and redone
-    rounds draw new samples, deterministically, so a resumed run replays them from the cache)."""
-
-    def __init__(self, client: LLMClient, offset: int) -> None:
-        self._client, self._offset = client, offset
-
-    async def complete_json(
-        self, role: str, messages: list[dict[str, str]], model: Any, *, sample_index: int = 0
-    ) -> Any:
-        return await self._client.complete_json(role, messages, model, sample_index=sample_index + self._offset)

@@ -61,11 +61,17 @@ class Document(Protocol):
     title: str
     text: str
 
-    def excerpt(self, max_chars: int) -> str: ...
+    def excerpt(self, max_chars: int) -> str:
+        """The first ``max_chars`` characters, cut at a paragraph or sentence boundary."""
+        ...
 
-    def sections(self) -> list[tuple[str, str]]: ...
+    def sections(self) -> list[tuple[str, str]]:
+        """``(heading, body)`` pairs of the text the sandbox received."""
+        ...
 
-    def search(self, phrase: str, *, window: int = 300, limit: int = 5) -> list[str]: ...
+    def search(self, phrase: str, *, window: int = 300, limit: int = 5) -> list[str]:
+        """Up to ``limit`` passages, ``window`` characters either side of each match of ``phrase``."""
+        ...
 
 
 class Agent(Protocol):
@@ -85,27 +91,52 @@ class Agent(Protocol):
         schema_name: str = "output",
         tools: list[dict[str, Any]] | None = None,
         sample: int | None = None,
-    ) -> Completion: ...
+    ) -> Completion:
+        """One completion of a harness role (fresh sample unless ``sample`` pins it).
+
+        Raises:
+            HarnessError: not a harness role, or the endpoint rejected the request (4xx).
+            BudgetExhausted: the call or token budget is spent; the document ends.
+            LLMCallError: the request failed after retries; the document is redone later.
+        """
+        ...
 
     async def llm_json(
         self, role: str, messages: list[dict[str, Any]], model: type[Any], *, sample: int | None = None
-    ) -> JSONResult[Any]: ...
+    ) -> JSONResult[Any]:
+        """A reply parsed into ``model`` (schema-constrained, one repair), or a typed failure
+        with the raw text; raises like :meth:`llm`."""
+        ...
 
     async def evaluate(
         self, challenge: Challenge, *, side: str = "both", self_check: QVVerdict | None = None
-    ) -> RoundRecord: ...
+    ) -> RoundRecord:
+        """The frozen evaluator's report on ``challenge`` (one round per distinct challenge).
 
-    async def note(self, text: str) -> None: ...
+        Raises:
+            BudgetExhausted: no round is left; the document ends.
+        """
+        ...
 
-    async def budget(self) -> dict[str, float]: ...
+    async def note(self, text: str) -> None:
+        """Keep ``text`` (cut to 4,000 characters) in the trajectory's events."""
+        ...
 
-    def document(self, budget: str | int | None = None) -> str: ...
+    async def budget(self) -> dict[str, float]:
+        """What is left: ``rounds``, ``calls``, ``tokens``, ``seconds``."""
+        ...
+
+    def document(self, budget: str | int | None = None) -> str:
+        """The document, cut to a harness role's ``doc_chars`` or to a number of characters."""
+        ...
 
 
 class Harness(Protocol):
     """A harness module: one coroutine ``run(agent)``."""
 
-    async def run(self, agent: Agent) -> None: ...
+    async def run(self, agent: Agent) -> None:
+        """Work on ``agent.doc`` until accepted, out of rounds or budget (see the module docstring)."""
+        ...
 
 
 def _files(path: Path) -> list[Path]:

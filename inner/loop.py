@@ -142,6 +142,7 @@ class DocumentSession:
         return now - self.t0 - self.eval_s - evaluating
 
     def budget_left(self) -> dict[str, float]:
+        """What the harness has left: ``rounds``, ``calls``, ``tokens``, ``seconds``."""
         return {
             "rounds": self.eng.max_rounds - len(self.traj.rounds),
             "calls": self.cfg.harness_max_calls - self.calls,

@@ -36,6 +36,7 @@ half-made iterations, and redoes them with their LLM calls replayed from the cac
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -146,9 +147,10 @@ class MetaRun:
         k = min(self.cfg.meta.minibatch, len(self.train))
         return random.Random(f"{self.cfg.meta.seed}:mb:{iteration}").sample(self.train, k)
 
-    @property
+    @functools.cached_property
     def evaluator_hash(self) -> str:
-        """:func:`inner.run.identity_hash` of the evaluator config of every evaluation."""
+        """:func:`inner.run.identity_hash` of the evaluator config of every evaluation
+        (computed once per run: it hashes the frozen prompt files)."""
         return identity_hash(evaluator_identity(self.cfg.generate_config()))
 
     async def evaluate(self, harness_dir: Path, docs: list[Document], split: str) -> EvalOutcome:
@@ -201,6 +203,8 @@ class EvalOutcome:
 
     @classmethod
     def from_trajectories(cls, trajs: list[Trajectory], stats: dict[str, Any]) -> EvalOutcome:
+        """The outcome of one evaluation from its trajectories (statuses ``accepted``,
+        ``crashed``, ``error``) and its ``stats.json``."""
         n = len(trajs)
         accepted = sum(t.status == "accepted" for t in trajs)
         crashed = [t for t in trajs if t.status == "crashed"]

@@ -35,6 +35,7 @@ directory; keep everything a mutation may need inside it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -43,6 +44,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from inner.contract import Challenge, FailureMode, QVVerdict, RoundRecord, render
+from inner.errors import HarnessError
 
 PROMPTS = Path(__file__).parent / "prompts"
 
@@ -205,13 +207,11 @@ class Orchestrator:
         """Note how well the main agent called tools (best effort: the document may be over).
         ``in_flight``: a call being executed now, counted as valid (it parsed and dispatched)."""
         s = self.stats
-        try:
+        with contextlib.suppress(HarnessError):  # refused: the document is over (budget, acceptance)
             await self.agent.note(
                 f"tool calls ({TOOL_MODE}): {s['valid'] + in_flight}/{s['calls']} valid, {s['text_parsed']} parsed from text, "
                 f"{s['no_call']} replies without a call; failures: {'; '.join(self.failures[:3]) or 'none'}"
             )
-        except Exception:  # noqa: BLE001 - the document ended (budget, acceptance): nothing to keep
-            pass
 
     async def _need_draft(self) -> Challenge:
         if self.draft is None:  # forgiving: a small model often evaluates before drafting
