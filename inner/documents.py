@@ -8,10 +8,10 @@ unreadable files are skipped and listed together in one warning.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from inner.config import TaskConfig
@@ -24,21 +24,59 @@ SUFFIXES = (".txt", ".md", ".tex", ".pdf")
 TRUNCATION_MARK = "\n[... document truncated ...]"
 
 
-@dataclass(frozen=True)
+#: texts of file-backed documents kept in memory at once (the documents in flight read theirs
+#: from here; the rest of a corpus is on disk, so memory does not grow with the corpus)
+TEXT_CACHE_SIZE = 1024
+
+
 class Document:
     """One source document.
+
+    A document loaded from a corpus keeps only its id, path, title and length in memory; its
+    text is read from ``path`` when asked for, through a cache of :data:`TEXT_CACHE_SIZE`
+    texts (a 20,000-document corpus no longer sits in memory for a whole run; issue 10). A
+    document made with ``text=`` (tests, in-memory corpora) holds its text.
 
     Attributes:
         doc_id: ``<slug>-<8 hex of the content sha256>``; stable across runs.
         path: where it was read from.
         title: the ``Title:`` header line if present, else the file stem.
+        n_chars: length of the text in characters.
         text: the full text (UTF-8, normalised newlines).
+
+    Raises:
+        DocumentError: (reading ``text``) the file is gone or was edited since it was loaded
+            (its content hash no longer matches ``doc_id``).
     """
 
-    doc_id: str
-    path: str
-    title: str
-    text: str
+    __slots__ = ("doc_id", "path", "title", "n_chars", "_text")
+
+    def __init__(self, doc_id: str, path: str, title: str, text: str | None = None, *, n_chars: int | None = None):
+        if text is None and n_chars is None:
+            raise ValueError("Document needs its text or, for a file-backed document, n_chars")
+        self.doc_id, self.path, self.title = doc_id, path, title
+        self.n_chars = len(text) if text is not None else int(n_chars)  # type: ignore[arg-type]
+        self._text = text
+
+    @property
+    def text(self) -> str:
+        return self._text if self._text is not None else _cached_text(self.path, self.doc_id)
+
+    def __repr__(self) -> str:
+        return f"Document(doc_id={self.doc_id!r}, path={self.path!r}, title={self.title!r}, n_chars={self.n_chars})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Document):
+            return NotImplemented
+        return (self.doc_id, self.path, self.title, self.n_chars) == (
+            other.doc_id,
+            other.path,
+            other.title,
+            other.n_chars,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.doc_id, self.path))
 
     def excerpt(self, max_chars: int) -> str:
         """The text cut to at most ``max_chars`` characters at a clean boundary.
@@ -49,14 +87,15 @@ class Document:
         """
         if max_chars <= 0:
             return ""
-        if len(self.text) <= max_chars:
-            return self.text
+        text = self.text
+        if len(text) <= max_chars:
+            return text
         if max_chars <= 2 * len(TRUNCATION_MARK):  # too small for the marker: cut at whitespace
-            head = self.text[:max_chars]
+            head = text[:max_chars]
             cut = head.rfind(" ")
             return (head[:cut] if cut > 0 else head).rstrip()
         budget = max(0, max_chars - len(TRUNCATION_MARK))
-        head = self.text[:budget]
+        head = text[:budget]
         for sep in ("\n\n", ". ", "\n", " "):
             cut = head.rfind(sep)
             if cut >= budget // 2:
@@ -98,6 +137,21 @@ def _read_text(path: Path) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():
         raise ValueError("empty")
+    return text
+
+
+@functools.lru_cache(maxsize=TEXT_CACHE_SIZE)
+def _cached_text(path: str, doc_id: str) -> str:
+    """The text of a file-backed document, checked against its id."""
+    try:
+        text = _read_text(Path(path))
+    except (OSError, ValueError) as exc:
+        raise DocumentError(f"document {doc_id} ({path}) can no longer be read: {exc}") from exc
+    if not doc_id.endswith("-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]):
+        raise DocumentError(
+            f"document {path} changed since it was loaded (its id {doc_id} no longer matches its content); "
+            "rerun to pick up the new version"
+        )
     return text
 
 
@@ -155,7 +209,7 @@ def load_documents(task: TaskConfig) -> list[Document]:
         except (OSError, ValueError) as exc:
             skipped.append(f"{path.name} ({exc})")
             continue
-        docs.append(Document(make_doc_id(path.stem, text), str(path), _title(text, path.stem), text))
+        docs.append(Document(make_doc_id(path.stem, text), str(path), _title(text, path.stem), n_chars=len(text)))
     if skipped:
         log.warning("skipped %d unusable file(s): %s", len(skipped), "; ".join(skipped))
     if not docs:
@@ -163,7 +217,7 @@ def load_documents(task: TaskConfig) -> list[Document]:
             f"no readable document in {root} (supported: {', '.join(SUFFIXES)}; skipped {len(skipped)})"
         )
     if task.order == "shortest":
-        docs.sort(key=lambda d: (len(d.text), d.doc_id))
+        docs.sort(key=lambda d: (d.n_chars, d.doc_id))
     if task.limit is not None:
         docs = docs[: task.limit]
     return docs

@@ -335,17 +335,26 @@ class Evaluator:
     async def run_side(
         self, side: str, doc: Document, challenge: Challenge, *, verifiable: bool, judge_offset: int = 0
     ) -> list[SolverAttempt]:
-        """All attempts of one side (``n_weak``/``n_strong``, or ``n_verifiable``), concurrently."""
+        """All attempts of one side (``n_weak``/``n_strong``, or ``n_verifiable``), concurrently.
+
+        Raises:
+            LLMCallError: an attempt's call failed; its sibling attempts are cancelled first (no
+                call of a failed round is left running).
+        """
         if verifiable:
             n = self.inner.n_verifiable
         else:
             n = self.inner.n_strong if side == "strong" else self.inner.n_weak
-        return list(
-            await asyncio.gather(
-                *(self.attempt(side, doc, challenge, i, verifiable=verifiable, judge_offset=judge_offset)
-                  for i in range(n))
-            )
-        )  # fmt: skip
+        tasks = [
+            asyncio.create_task(self.attempt(side, doc, challenge, i, verifiable=verifiable, judge_offset=judge_offset))
+            for i in range(n)
+        ]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:  # one attempt failed (or the round was cancelled): stop its siblings' calls too
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- one round ----------------------------------------------------------------------------
     async def evaluate(

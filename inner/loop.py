@@ -29,6 +29,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from typing import Any
 from inner.config import HARNESS_ROLES, GenerateConfig
 from inner.contract import Challenge, QVVerdict, challenge_key
 from inner.documents import Document
-from inner.errors import HarnessError, LLMCallError
+from inner.errors import HarnessError, LLMCallError, LLMSchemaError
 from inner.evaluator import Evaluator
 from inner.llm.client import Completion, LLMClient
 from inner.records import (
@@ -158,7 +159,7 @@ class DocumentSession:
     def event(self, kind: str, **kw: Any) -> None:
         """Record one harness event; notes and refusals beyond :data:`MAX_OTHER_EVENTS` end the
         document instead."""
-        if kind in ("note", "refused"):
+        if kind in ("note", "refused", "schema_failure"):
             self._other_events += 1
             if self._other_events > MAX_OTHER_EVENTS:
                 self.end("exhausted", f"event budget spent ({MAX_OTHER_EVENTS} notes and refused requests)")
@@ -262,6 +263,9 @@ class DocumentSession:
                 value = None
             elif op == "budget":
                 value = self.budget_left()
+            elif op == "schema_failure":
+                self._schema_failure(msg)
+                value = None
             else:
                 raise HarnessError(f"unknown request {op!r}")
             await sb.send({"t": "resp", "id": rid, "ok": True, "value": value})
@@ -289,6 +293,28 @@ class DocumentSession:
             self._pending.release()
 
     # -- requests -----------------------------------------------------------------------------
+    def _schema_failure(self, msg: dict[str, Any]) -> None:
+        """The harness's ``llm_json`` got no usable reply after its repair: one typed
+        ``LLMSchemaError`` of the role in the accounting, as the parent's own
+        ``complete_json`` records it, and an event of kind ``schema_failure``. Counted against
+        :data:`MAX_OTHER_EVENTS` (a harness cannot flood the records with reports)."""
+        role = msg.get("role")
+        if role not in HARNESS_ROLES:
+            raise HarnessError(f"a harness may only report on the roles {HARNESS_ROLES}, not {role!r}")
+        detail = str(msg.get("error") or "unusable output")[:EVENT_TEXT_CHARS]
+        name = str(msg.get("schema_name") or "output")[:100]
+        self.event("schema_failure", role=role, text=f"{name}: {detail}")
+        if self.ended.done():  # over the event budget: the document has ended
+            return
+        self.eng.client.record_failure(
+            LLMSchemaError(
+                f"{role} reply does not match {name} after one repair: {detail}",
+                role=role,
+                endpoint=self.eng.cfg.llm.role(role).endpoint,
+                cause=detail,
+            )  # fmt: skip
+        )
+
     async def _llm(self, msg: dict[str, Any]) -> dict[str, Any]:
         role = msg.get("role")
         if role not in HARNESS_ROLES:
@@ -453,27 +479,39 @@ async def run_document(eng: Engine, doc: Document, prev: Trajectory | None = Non
     return traj
 
 
-async def run_documents(eng: Engine, docs: list[Document]) -> list[Trajectory]:
+async def run_documents(eng: Engine, docs: Iterable[Document], *, keep: bool = False) -> list[Trajectory] | None:
     """Run every document not already finished in the run directory, concurrently.
 
+    ``inner.max_concurrent_documents`` workers take the documents in order from one shared
+    iterator; each finished trajectory is on disk (``trajectories/<doc>.json``) and, unless
+    ``keep``, nothing of it is held here, so memory does not grow with finished documents
+    (issue 10; ``experiments/bench/memory.py``).
+
+    Args:
+        docs: the documents (any iterable; consumed once).
+        keep: return the trajectories (for small runs such as the meta loop's evaluations).
+
     Returns:
-        The trajectories of all ``docs`` (loaded from disk for those finished earlier).
+        With ``keep``, the trajectories of all ``docs`` in order (loaded from disk for those
+        finished earlier); else ``None``.
+
+    Raises:
+        SandboxError: the sandbox cannot be set up at all (the other workers are cancelled).
     """
-    results: dict[str, Trajectory] = {}
-    todo: list[tuple[Document, Trajectory | None]] = []
-    for d in docs:
-        prev = eng.writer.load_trajectory(d.doc_id)
-        if prev is not None and prev.finished:
-            results[d.doc_id] = prev
-        else:
-            todo.append((d, prev))
-    sem = asyncio.Semaphore(eng.cfg.inner.max_concurrent_documents)
+    kept: dict[str, Trajectory] = {}
+    order: list[str] = []
+    pending = iter(docs)
 
-    async def one(d: Document, prev: Trajectory | None) -> None:
-        async with sem:
-            results[d.doc_id] = await run_document(eng, d, prev)
+    async def worker() -> None:
+        for d in pending:  # one shared iterator: each document goes to exactly one worker
+            if keep:
+                order.append(d.doc_id)
+            prev = eng.writer.load_trajectory(d.doc_id)
+            traj = prev if prev is not None and prev.finished else await run_document(eng, d, prev)
+            if keep:
+                kept[d.doc_id] = traj
 
-    tasks = [asyncio.create_task(one(d, p)) for d, p in todo]
+    tasks = [asyncio.create_task(worker()) for _ in range(max(1, eng.cfg.inner.max_concurrent_documents))]
     try:
         await asyncio.gather(*tasks)
     finally:
@@ -481,4 +519,4 @@ async def run_documents(eng: Engine, docs: list[Document]) -> list[Trajectory]:
             t.cancel()
         with contextlib.suppress(Exception):
             await asyncio.gather(*tasks, return_exceptions=True)
-    return [results[d.doc_id] for d in docs]
+    return [kept[i] for i in order] if keep else None

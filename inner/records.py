@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,11 +40,12 @@ _R = TypeVar("_R")
 
 class HarnessEvent(BaseModel):
     """One thing the harness did, in order: an LLM call (``llm``), an evaluation
-    (``evaluate``, pointing at its round), a note (``note``), or a refused request
-    (``refused``: an unknown role or an exhausted budget).
+    (``evaluate``, pointing at its round), a note (``note``), a refused request
+    (``refused``: an unknown role or an exhausted budget), or structured output still unusable
+    after its repair (``schema_failure``, reported by ``agent.llm_json``).
 
     Attributes:
-        kind: ``llm`` | ``evaluate`` | ``note`` | ``refused``.
+        kind: ``llm`` | ``evaluate`` | ``note`` | ``refused`` | ``schema_failure``.
         role: the LLM role (``llm``), or the side evaluated (``evaluate``).
         text: the reply (``llm``, cut to 4,000 characters), the note, or why it was refused.
         round: the round an ``evaluate`` created or returned.
@@ -225,12 +226,15 @@ class RunWriter:
 
     def load_trajectories(self) -> list[Trajectory]:
         """Every readable trajectory in the run directory, sorted by file name."""
-        out = []
+        return list(self.iter_trajectories())
+
+    def iter_trajectories(self) -> Iterator[Trajectory]:
+        """Every readable trajectory in the run directory, sorted by file name, loaded one at a
+        time (memory flat in the number of documents)."""
         for p in sorted(self.traj_dir.glob("*.json")):
             t = self.load_trajectory(p.stem)
             if t is not None:
-                out.append(t)
-        return out
+                yield t
 
     def write_trajectory(self, traj: Trajectory) -> None:
         """Atomically (re)write ``trajectories/<doc_id>.json``."""

@@ -9,7 +9,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -105,8 +105,9 @@ def write_run_config(run_dir: Path, cfg: GenerateConfig, harness_id: str) -> Non
     """Write ``config.yaml`` (resolved config + harness id); refuse to resume a run directory
     that was made with a different method, harness, gate, rubric policy, inner-loop config,
     models, role sampling or seed (:data:`IDENTITY_KEYS`). A run directory in which no
-    document has finished yet holds no result to keep consistent, so it can be rerun with a
-    corrected endpoint or model (a run that failed wholly on a wrong model name).
+    document has finished and none has recorded a round holds no result to keep consistent
+    (nothing of it would be reused), so it can be rerun with a corrected endpoint or model (a
+    run that failed wholly on a wrong model name).
 
     Raises:
         ConfigError: the run directory's earlier ``config.yaml`` disagrees (the message says
@@ -118,11 +119,12 @@ def write_run_config(run_dir: Path, cfg: GenerateConfig, harness_id: str) -> Non
         old = yaml.safe_load(path.read_text()) or {}
         old_ident = old.get("identity", {})
         diff = [k for k in IDENTITY_KEYS if k in old_ident and old_ident[k] != ident[k]]
-        finished = any(t.finished for t in RunWriter(run_dir, readonly=True).load_trajectories())
-        if diff and not finished:
+        recorded = diff and any(t.finished or t.rounds for t in RunWriter(run_dir, readonly=True).iter_trajectories())
+        if diff and not recorded:
             log.warning(
-                "no document of %s had finished: its identity is replaced (%s changed)", run_dir, ", ".join(diff)
-            )
+                "no document of %s had finished or recorded a round: its identity is replaced (%s changed)",
+                run_dir, ", ".join(diff),
+            )  # fmt: skip
         elif diff:
             raise ConfigError(
                 f"run directory {run_dir} was made with a different {', '.join(diff)} "
@@ -168,9 +170,11 @@ async def run_generate(
     bwrap_path()  # no sandbox, no run: fail before any LLM call
     write_run_config(run_dir, cfg, harness_id)
     writer = RunWriter(run_dir)
-    prior = [writer.load_trajectory(d.doc_id) for d in docs]
-    done = sum(1 for t in prior if t is not None and t.finished)
-    accepted = sum(1 for t in prior if t is not None and t.status == "accepted")
+    done = accepted = 0
+    for d in docs:  # counted one at a time: nothing per document is held
+        t = writer.load_trajectory(d.doc_id)
+        done += t is not None and t.finished
+        accepted += t is not None and t.status == "accepted"
     log.info(
         "%s with harness %s on %d documents (%d finished earlier) -> %s",
         cfg.method, harness_id, len(docs), done, run_dir,
@@ -240,7 +244,8 @@ async def evaluate_harness(
     client: LLMClient,
     observer: LoopObserver | None = None,
     t0: float | None = None,
-) -> tuple[list[Trajectory], dict[str, Any]]:
+    return_trajectories: bool = False,
+) -> tuple[list[Trajectory] | None, dict[str, Any]]:
     """Run ``harness`` on ``docs`` into ``run_dir`` with an existing client; write stats.json.
 
     The building block of both ``autodata-generate`` and the meta loop's evaluations (which
@@ -251,18 +256,27 @@ async def evaluate_harness(
         harness_dir: the harness directory; its code runs only in the sealed sandbox, one
             process per document (:mod:`inner.sandbox`).
 
+        return_trajectories: also return every document's trajectory (held in memory: for
+            small evaluations such as the meta loop's; a generation run keeps none, and its
+            stats are computed streaming the trajectories back from disk).
+
     Returns:
-        ``(trajectories of docs, stats)``; ``stats["this_invocation"]`` counts only the calls
-        made by this evaluation.
+        ``(trajectories of docs or None, stats)``; ``stats["this_invocation"]`` counts only
+        the calls made by this evaluation.
     """
     t0 = time.perf_counter() if t0 is None else t0
     writer = RunWriter(run_dir)
     hid = make_harness_id(harness_dir)
     eng = Engine(cfg, client, harness_dir, hid, writer, observer or LoopObserver())
     with track_usage(UsageMeter()) as meter:
-        trajectories = await run_documents(eng, docs)
+        trajectories = await run_documents(eng, docs, keep=return_trajectories)
+    if trajectories is None:
+        loaded = (writer.load_trajectory(d.doc_id) for d in docs)
+        stream: Iterable[Trajectory] = (t for t in loaded if t is not None)
+    else:
+        stream = trajectories
     stats = compute_stats(
-        trajectories,
+        stream,
         method=cfg.method,
         harness_id=hid,
         task=cfg.task.name,
@@ -274,22 +288,19 @@ async def evaluate_harness(
 
 
 @contextlib.contextmanager
-def throughput_gc(gen0: int = 20_000) -> Iterator[None]:
-    """Fewer, cheaper garbage collections while a run is in flight.
+def throughput_gc() -> Iterator[None]:
+    """Fewer garbage-collector passes over long-lived objects while a run is in flight.
 
-    With hundreds of documents in flight the default gen-0 threshold (700 allocations)
-    triggers collections that stall the event loop often enough to cost ~5% of endpoint
-    throughput (the benchmark: 0.86 -> 0.91 of the ceiling with 800 documents). ``gc.freeze``
-    moves everything loaded so far (configs, documents, modules) out of the collector's way.
-    The previous thresholds are restored on exit.
+    ``gc.freeze`` moves everything loaded so far (configs, modules, the document list) out of
+    the collector's way, so each collection only walks what the run allocated since. The
+    gen-0 threshold is left at its default: a higher one (20,000, tried for throughput) let
+    cyclic garbage pile up between collections and made peak RSS grow by ~2 KiB per finished
+    document (``experiments/bench/README.md``, memory benchmark). Unfrozen on exit.
     """
-    old = gc.get_threshold()
     gc.freeze()
-    gc.set_threshold(gen0, old[1], old[2])
     try:
         yield
     finally:
-        gc.set_threshold(*old)
         gc.unfreeze()
 
 

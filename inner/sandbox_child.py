@@ -10,7 +10,7 @@ Every capability of the agent is a request to the parent over JSON lines (reques
 private duplicate of stdout; the harness's own prints go to stderr)::
 
     parent -> child  {"t": "run", "doc": {...}, "domain", "max_rounds", "budget": {...}}
-    child  -> parent {"t": "req", "id", "op": "llm" | "evaluate" | "note" | "budget", ...}
+    child  -> parent {"t": "req", "id", "op": "llm" | "evaluate" | "note" | "budget" | "schema_failure", ...}
     parent -> child  {"t": "resp", "id", "ok": true, "value": ...}
                      {"t": "resp", "id", "ok": false, "kind", "error"}
     child  -> parent {"t": "done", "ok": true} | {"t": "done", "ok": false, "error": "<traceback>"}
@@ -171,12 +171,17 @@ class Agent:
     ) -> JSONResult[T]:
         """A structured completion parsed into ``model``: schema-constrained where the endpoint
         supports it, one repair request on bad output, then a typed failure with the raw text
-        (:func:`inner.contract.json_with_repair`)."""
+        (:func:`inner.contract.json_with_repair`). A typed failure is also reported to the
+        parent, which counts it as an ``LLMSchemaError`` of ``role`` (``calls.jsonl``,
+        ``stats.json`` ``failures_by_kind.schema``)."""
 
         async def send(convo: list[dict[str, Any]], schema: dict[str, Any]) -> Completion:
             return await self.llm(role, convo, json_schema=schema, schema_name=model.__name__, sample=sample)
 
-        return await json_with_repair(send, messages, model)
+        res = await json_with_repair(send, messages, model)
+        if not res.ok:
+            await self._conn.request("schema_failure", role=role, schema_name=model.__name__, error=res.error or "")
+        return res
 
     async def evaluate(
         self, challenge: Challenge, *, side: str = "both", self_check: QVVerdict | None = None

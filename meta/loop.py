@@ -172,8 +172,14 @@ class MetaRun:
             if not (out / "identity.json").exists():
                 atomic_write_text(out / "identity.json", json.dumps(ident, indent=1) + "\n")
             trajs, stats = await evaluate_harness(
-                out, cfg=self.cfg.generate_config(), docs=docs, harness_dir=harness_dir, client=self.client
+                out,
+                cfg=self.cfg.generate_config(),
+                docs=docs,
+                harness_dir=harness_dir,
+                client=self.client,
+                return_trajectories=True,
             )
+            assert trajs is not None  # return_trajectories=True
             return EvalOutcome.from_trajectories(trajs, stats)
 
 

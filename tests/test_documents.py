@@ -202,3 +202,24 @@ def test_excerpt_never_exceeds_a_tiny_budget():
     d = _doc("word " * 200)
     for budget in (5, 20, 40):
         assert len(d.excerpt(budget)) <= budget
+
+
+def test_a_loaded_document_reads_its_text_from_disk_and_refuses_an_edited_file(tmp_path):
+    """A corpus is not held in memory (issue 10): the text is read on demand and checked
+    against the document id, so a file edited mid-run is a clear error, not a silent mix."""
+    from inner import documents
+
+    c = tmp_path / "c"
+    c.mkdir()
+    (c / "a.txt").write_text("Original body.\n")
+    (doc,) = load_documents(_task(c))
+    assert doc._text is None and doc.n_chars == len("Original body.\n")
+    assert doc.text == "Original body.\n"
+    (c / "a.txt").write_text("Edited body.\n")
+    documents._cached_text.cache_clear()
+    with pytest.raises(DocumentError, match="changed since it was loaded"):
+        _ = doc.text
+    (c / "a.txt").unlink()
+    documents._cached_text.cache_clear()
+    with pytest.raises(DocumentError, match="can no longer be read"):
+        _ = doc.text

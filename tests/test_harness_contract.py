@@ -192,3 +192,31 @@ def test_harness_call_budget_ends_the_document(make_cfg, server, tmp_path):
     assert stats["accepted"] == 0 and stats["crashed"] == 0
     (traj,) = RunWriter(tmp_path / "run").load_trajectories()
     assert traj.status == "exhausted" and "inner.harness_max_calls" in traj.end_reason
+
+
+def test_unusable_structured_output_in_the_sandbox_is_a_typed_schema_failure(make_cfg, server, tmp_path):
+    """``agent.llm_json`` still without a usable reply after its repair is reported to the
+    parent and counted as an ``LLMSchemaError`` of the role (issue 10: every failure typed and
+    counted), in ``stats.json``, ``calls.jsonl`` and the trajectory's events."""
+    import json
+
+    code = (
+        "from pydantic import BaseModel\n\n\n"
+        "class Needs(BaseModel):\n    field_the_server_never_writes: int\n\n\n"
+        "async def run(agent):\n"
+        "    res = await agent.llm_json('challenger', [{'role': 'user', 'content': agent.document(300)}], Needs)\n"
+        "    await agent.note(f'ok={res.ok}')\n"
+    )
+    h = write_harness(tmp_path / "unusable_json", code)
+    srv = server(scenario(ACCEPT))
+    stats = run(make_cfg(f"harness={h}", "task.limit=1"), tmp_path / "run", srv)
+    (traj,) = RunWriter(tmp_path / "run").load_trajectories()
+    reported = [e for e in traj.events if e.kind == "schema_failure"]
+    assert len(reported) == 1 and reported[0].role == "challenger" and "Needs" in reported[0].text
+    assert srv.count() == 2  # the request and its one repair
+    assert traj.events[-1].text == "ok=False"
+    assert stats["failures_by_kind"] == {"schema": len(reported)} and stats["failures"] == len(reported)
+    assert stats["this_invocation"]["challenger"]["failures"] == len(reported)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "calls.jsonl").read_text().splitlines()]
+    assert sum(1 for x in lines if x["error"] == "schema" and x["role"] == "challenger") == len(reported)
+    assert stats["errored"] == 0  # the harness's unusable output is not an infrastructure error
