@@ -8,10 +8,11 @@ unreadable files are skipped and listed together in one warning.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import re
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from inner.config import TaskConfig
@@ -24,17 +25,19 @@ SUFFIXES = (".txt", ".md", ".tex", ".pdf")
 TRUNCATION_MARK = "\n[... document truncated ...]"
 
 
-#: texts of file-backed documents kept in memory at once (the documents in flight read theirs
-#: from here; the rest of a corpus is on disk, so memory does not grow with the corpus)
-TEXT_CACHE_SIZE = 1024
+#: characters of file-backed documents' texts kept in memory at once (the documents in flight
+#: read theirs from here; the rest of a corpus is on disk, so memory does not grow with the
+#: corpus). A text longer than this is read again on each use instead of cached.
+TEXT_CACHE_CHARS = 64 * 1024 * 1024
 
 
 class Document:
     """One source document.
 
     A document loaded from a corpus keeps only its id, path, title and length in memory; its
-    text is read from ``path`` when asked for, through a cache of :data:`TEXT_CACHE_SIZE`
-    texts (a 20,000-document corpus no longer sits in memory for a whole run; issue 10). A
+    text is read from ``path`` when asked for, through a least-recently-used cache of at most
+    :data:`TEXT_CACHE_CHARS` characters (a 20,000-document corpus no longer sits in memory for
+    a whole run; issue 10). A
     document made with ``text=`` (tests, in-memory corpora) holds its text.
 
     Attributes:
@@ -60,7 +63,7 @@ class Document:
 
     @property
     def text(self) -> str:
-        return self._text if self._text is not None else _cached_text(self.path, self.doc_id)
+        return self._text if self._text is not None else _TEXTS.get(self.path, self.doc_id)
 
     def __repr__(self) -> str:
         return f"Document(doc_id={self.doc_id!r}, path={self.path!r}, title={self.title!r}, n_chars={self.n_chars})"
@@ -140,8 +143,36 @@ def _read_text(path: Path) -> str:
     return text
 
 
-@functools.lru_cache(maxsize=TEXT_CACHE_SIZE)
-def _cached_text(path: str, doc_id: str) -> str:
+class _TextCache:
+    """Least-recently-used texts of file-backed documents, at most ``max_chars`` in all."""
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars, self.chars = max_chars, 0
+        self.texts: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, path: str, doc_id: str) -> str:
+        key = (path, doc_id)
+        with self.lock:
+            if key in self.texts:
+                self.texts.move_to_end(key)
+                return self.texts[key]
+        text = _load_checked(path, doc_id)
+        with self.lock:
+            if len(text) <= self.max_chars and key not in self.texts:
+                self.texts[key] = text
+                self.chars += len(text)
+                while self.chars > self.max_chars:
+                    self.chars -= len(self.texts.popitem(last=False)[1])
+        return text
+
+    def clear(self) -> None:
+        with self.lock:
+            self.texts.clear()
+            self.chars = 0
+
+
+def _load_checked(path: str, doc_id: str) -> str:
     """The text of a file-backed document, checked against its id."""
     try:
         text = _read_text(Path(path))
@@ -153,6 +184,9 @@ def _cached_text(path: str, doc_id: str) -> str:
             "rerun to pick up the new version"
         )
     return text
+
+
+_TEXTS = _TextCache(TEXT_CACHE_CHARS)
 
 
 def _title(text: str, fallback: str) -> str:

@@ -216,10 +216,25 @@ def test_a_loaded_document_reads_its_text_from_disk_and_refuses_an_edited_file(t
     assert doc._text is None and doc.n_chars == len("Original body.\n")
     assert doc.text == "Original body.\n"
     (c / "a.txt").write_text("Edited body.\n")
-    documents._cached_text.cache_clear()
+    documents._TEXTS.clear()
     with pytest.raises(DocumentError, match="changed since it was loaded"):
         _ = doc.text
     (c / "a.txt").unlink()
-    documents._cached_text.cache_clear()
+    documents._TEXTS.clear()
     with pytest.raises(DocumentError, match="can no longer be read"):
         _ = doc.text
+
+
+def test_the_text_cache_is_bounded_in_characters(tmp_path):
+    from inner.documents import _TextCache
+
+    c = tmp_path / "c"
+    c.mkdir()
+    for name in ("a", "b", "c"):
+        (c / f"{name}.txt").write_text(f"text {name}\n")  # 7 characters each
+    docs = load_documents(_task(c))
+    cache = _TextCache(max_chars=14)
+    assert [cache.get(d.path, d.doc_id) for d in docs] == ["text a\n", "text b\n", "text c\n"]
+    assert cache.chars == 14 and [k[0] for k in cache.texts] == [docs[1].path, docs[2].path]  # a evicted
+    big = _TextCache(max_chars=3)
+    assert big.get(docs[0].path, docs[0].doc_id) == "text a\n" and big.chars == 0  # too long to keep
