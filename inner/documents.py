@@ -25,9 +25,10 @@ SUFFIXES = (".txt", ".md", ".tex", ".pdf")
 TRUNCATION_MARK = "\n[... document truncated ...]"
 
 
-#: characters of file-backed documents' texts kept in memory at once (the documents in flight
-#: read theirs from here; the rest of a corpus is on disk, so memory does not grow with the
-#: corpus). A text longer than this is read again on each use instead of cached.
+#: file-backed documents' texts kept in memory at once, at most (the documents in flight read
+#: theirs from here; the rest of a corpus is on disk, so memory does not grow with the corpus)
+TEXT_CACHE_SIZE = 1024
+#: and at most this many characters in all; a longer text is read again on each use
 TEXT_CACHE_CHARS = 64 * 1024 * 1024
 
 
@@ -36,7 +37,7 @@ class Document:
 
     A document loaded from a corpus keeps only its id, path, title and length in memory; its
     text is read from ``path`` when asked for, through a least-recently-used cache of at most
-    :data:`TEXT_CACHE_CHARS` characters (a 20,000-document corpus no longer sits in memory for
+    :data:`TEXT_CACHE_SIZE` texts and :data:`TEXT_CACHE_CHARS` characters (a 20,000-document corpus no longer sits in memory for
     a whole run; issue 10). A
     document made with ``text=`` (tests, in-memory corpora) holds its text.
 
@@ -144,10 +145,11 @@ def _read_text(path: Path) -> str:
 
 
 class _TextCache:
-    """Least-recently-used texts of file-backed documents, at most ``max_chars`` in all."""
+    """Least-recently-used texts of file-backed documents: at most ``max_texts`` of them and
+    ``max_chars`` characters in all."""
 
-    def __init__(self, max_chars: int) -> None:
-        self.max_chars, self.chars = max_chars, 0
+    def __init__(self, max_texts: int, max_chars: int) -> None:
+        self.max_texts, self.max_chars, self.chars = max_texts, max_chars, 0
         self.texts: OrderedDict[tuple[str, str], str] = OrderedDict()
         self.lock = threading.Lock()
 
@@ -162,7 +164,7 @@ class _TextCache:
             if len(text) <= self.max_chars and key not in self.texts:
                 self.texts[key] = text
                 self.chars += len(text)
-                while self.chars > self.max_chars:
+                while self.chars > self.max_chars or len(self.texts) > self.max_texts:
                     self.chars -= len(self.texts.popitem(last=False)[1])
         return text
 
@@ -186,7 +188,7 @@ def _load_checked(path: str, doc_id: str) -> str:
     return text
 
 
-_TEXTS = _TextCache(TEXT_CACHE_CHARS)
+_TEXTS = _TextCache(TEXT_CACHE_SIZE, TEXT_CACHE_CHARS)
 
 
 def _title(text: str, fallback: str) -> str:

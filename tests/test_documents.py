@@ -225,7 +225,7 @@ def test_a_loaded_document_reads_its_text_from_disk_and_refuses_an_edited_file(t
         _ = doc.text
 
 
-def test_the_text_cache_is_bounded_in_characters(tmp_path):
+def test_the_text_cache_is_bounded_in_texts_and_characters(tmp_path):
     from inner.documents import _TextCache
 
     c = tmp_path / "c"
@@ -233,8 +233,12 @@ def test_the_text_cache_is_bounded_in_characters(tmp_path):
     for name in ("a", "b", "c"):
         (c / f"{name}.txt").write_text(f"text {name}\n")  # 7 characters each
     docs = load_documents(_task(c))
-    cache = _TextCache(max_chars=14)
+    cache = _TextCache(max_texts=10, max_chars=14)
     assert [cache.get(d.path, d.doc_id) for d in docs] == ["text a\n", "text b\n", "text c\n"]
     assert cache.chars == 14 and [k[0] for k in cache.texts] == [docs[1].path, docs[2].path]  # a evicted
-    big = _TextCache(max_chars=3)
+    big = _TextCache(max_texts=10, max_chars=3)
     assert big.get(docs[0].path, docs[0].doc_id) == "text a\n" and big.chars == 0  # too long to keep
+    few = _TextCache(max_texts=1, max_chars=100)
+    for d in docs:
+        few.get(d.path, d.doc_id)
+    assert list(few.texts) == [(docs[2].path, docs[2].doc_id)] and few.chars == 7
