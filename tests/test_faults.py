@@ -182,3 +182,8 @@ def test_ten_percent_faults_over_a_thousand_calls_then_a_healthy_rerun(server, t
     assert len(ids) == len(set(ids)) == stats2["accepted"]
     assert dataset[: len(first_dataset)] == first_dataset  # appended, never rewritten
     assert {e["doc_id"] for e in dataset} == {d for d, t in trajs2.items() if t.status == "accepted"}
+    print(  # the figures for a closing note (pytest -s)
+        f"\nfault mix: {dict(faulty.injected)} in {total} requests ({injected / total:.1%}); "
+        f"typed failures {dict(kinds)}; first run {dict(statuses)}; healthy rerun: {healthy.count()} requests, "
+        f"{stats2['accepted']} accepted of {stats2['finished']}"
+    )
