@@ -201,13 +201,15 @@ def test_rubric_policy_is_enforced_for_a_harness_written_for_another(make_cfg, s
 
 def test_embedded_exact_is_accepted_on_the_verifiable_path(make_cfg, server, tmp_path):
     """The embedded profile's harness (issue 11): the exact term comes from the document, the
-    challenger only phrases the question; the frozen verifiable gate decides (weak 0 of 4,
-    strong 4 of 4 equivalent to the reference)."""
+    question is its sentence with the term blanked out; the frozen verifiable gate decides
+    (weak 0 of 4, strong 4 of 4 equivalent to the reference)."""
     corpus = tmp_path / "exact-corpus"
     corpus.mkdir()
     (corpus / "doc-mark-a.txt").write_text(
         "Title: Paper MARK-A\n\nThis paper (MARK-A) studies weight banding.\n\n"
-        "The banding is most visible in layer mixed_5b of the network, where it dominates.\n"
+        # the cloze question is this sentence with the term blanked; the scripted server reads
+        # its round from the "QMARK-A r1" tag in it
+        "The banding is most visible in layer mixed_5b of the network (QMARK-A r1), where it dominates.\n"
     )
     plan = RoundPlan(weak_answers=["conv_1"] * 4, strong_answers=["mixed_5b"] * 4)
     srv = server(Scenario({"*": [plan]}))
@@ -217,4 +219,45 @@ def test_embedded_exact_is_accepted_on_the_verifiable_path(make_cfg, server, tmp
     (ex,) = RunWriter(tmp_path / "run").load_examples()
     assert ex.verifiable and ex.reference_answer == "mixed_5b"
     assert ex.weak_scores == [0.0] * 4 and ex.strong_scores == [1.0] * 4
-    assert "mixed_5b" not in ex.question and srv.count("judge") == 0
+    assert "mixed_5b" not in ex.question and "____" in ex.question and srv.count("judge") == 0
+    assert srv.count("challenger") == 0  # the sentence has a fill-in-the-blank form: no phrasing call
+
+
+def test_embedded_exact_candidates_and_question_forms():
+    """The embedded profile's harness picks exact terms the document states (identifiers,
+    measured values, names inside a sentence; not an acronym the document spells out, whose
+    expansion would be an equally right answer) and asks the fill-in-the-blank form."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("embedded_exact_h", HARNESSES_DIR / "embedded_exact" / "harness.py")
+    h = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(h)  # type: ignore[union-attr]
+    text = (
+        "Title: A Study\n\n"
+        "We train graph neural networks (GNNs) on molecules from a public benchmark dataset here.\n\n"
+        "The GNNs reach an accuracy of 96.3% on the held-out split of that dataset overall.\n\n"
+        "The language models were trained on the Penn Treebank corpus for many epochs before testing.\n\n"
+        "The banding is most visible in layer mixed_5b of the network, where it dominates.\n"
+    )
+    terms = [t for t, _, _ in h.candidates(text, "A Study")]
+    assert terms == ["mixed_5b", "96.3%", "Penn Treebank"]  # identifiers, then values, then names; no GNNs
+    term, sentence, _ = h.candidates(text, "A Study")[1]
+    q = h.cloze(term, sentence)
+    assert q is not None and "____" in q.question and "96.3" not in q.question and q.reference_answer == "96.3%"
+
+
+def test_embedded_exact_asks_the_challenger_when_the_term_has_no_blank_form(make_cfg, server, tmp_path):
+    """A term that occurs twice in its sentence has no one-answer blank: the challenger phrases
+    the question (the scripted one), and the frozen gate decides as before."""
+    corpus = tmp_path / "exact-corpus"
+    corpus.mkdir()
+    (corpus / "doc-mark-a.txt").write_text(
+        "Title: Paper MARK-A\n\nThis paper (MARK-A) studies weight banding.\n\n"
+        "The banding of layer mixed_5b is visible because mixed_5b sits in the network, where it dominates.\n"
+    )
+    plan = RoundPlan(weak_answers=["conv_1"] * 4, strong_answers=["mixed_5b"] * 4)
+    srv = server(Scenario({"*": [plan]}))
+    stats = run(make_cfg(f"task.corpus={corpus}", "+experiment=embedded_exact"), tmp_path / "run", srv)
+    assert stats["accepted"] == 1 and srv.count("challenger") == 1
+    (ex,) = RunWriter(tmp_path / "run").load_examples()
+    assert ex.reference_answer == "mixed_5b" and ex.question.startswith("QMARK-A r1")
