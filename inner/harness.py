@@ -167,6 +167,24 @@ def harness_id(path: Path) -> str:
     return f"{path.name}@{harness_content_hash(path)}"
 
 
+def snapshot_harness(path: Path, dest: Path) -> Path:
+    """Copy the harness at ``path`` (its identity's files only) into ``dest/<name>`` and return
+    the copy: a run executes the copy, so editing the harness directory while a run is in
+    flight cannot change the code behind the recorded :func:`harness_id`.
+
+    Raises:
+        HarnessError: the directory changed while it was copied (the copy's id differs).
+    """
+    copy = dest / path.name
+    for f in _files(path):
+        target = copy / f.relative_to(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(f.read_bytes())
+    if harness_id(copy) != harness_id(path):
+        raise HarnessError(f"harness {path} changed while it was being copied for the run; start the run again")
+    return copy
+
+
 def resolve_harness_dir(spec: str) -> Path:
     """A harness directory from a name under ``harnesses/`` or a path.
 

@@ -8,6 +8,7 @@ import gc
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
@@ -18,9 +19,9 @@ import yaml
 
 from inner.config import GenerateConfig
 from inner.documents import Document, load_documents
-from inner.errors import ConfigError
+from inner.errors import ConfigError, HarnessError
 from inner.harness import harness_id as make_harness_id
-from inner.harness import resolve_harness_dir
+from inner.harness import resolve_harness_dir, snapshot_harness
 from inner.llm.backends import start_backend
 from inner.llm.cache import ResponseCache, atomic_write_text
 from inner.llm.client import LLMClient, UsageMeter, track_usage
@@ -196,18 +197,25 @@ async def run_generate(
             else contextlib.nullcontext(LoopObserver())
         )
         tracker = build_tracker(cfg.logger, run_dir=run_dir, config=asdict(cfg), job="generate")
+        snapshot = tempfile.TemporaryDirectory(prefix="autodata-harness-")
         try:
+            # the run executes a copy: edits to the harness directory during the run cannot
+            # change the code behind the recorded harness id
+            run_harness = snapshot_harness(harness_dir, Path(snapshot.name))
+            if make_harness_id(run_harness) != harness_id:
+                raise HarnessError(f"harness {harness_dir} changed after the run started; start the run again")
             with observer as obs, throughput_gc():
                 ticker = asyncio.create_task(_tick(obs))
                 try:
                     _, stats = await evaluate_harness(
-                        run_dir, cfg=cfg, docs=docs, harness_dir=harness_dir, client=client, t0=t0,
+                        run_dir, cfg=cfg, docs=docs, harness_dir=run_harness, client=client, t0=t0,
                         observer=TrackingObserver(obs, tracker, total=len(docs), done=done, accepted=accepted),
                     )  # fmt: skip
                 finally:
                     ticker.cancel()
             tracker.summary(stats)
         finally:
+            snapshot.cleanup()
             tracker.finish()
             await client.aclose()
     return stats

@@ -220,3 +220,17 @@ def test_unusable_structured_output_in_the_sandbox_is_a_typed_schema_failure(mak
     lines = [json.loads(x) for x in (tmp_path / "run" / "calls.jsonl").read_text().splitlines()]
     assert sum(1 for x in lines if x["error"] == "schema" and x["role"] == "challenger") == len(reported)
     assert stats["errored"] == 0  # the harness's unusable output is not an infrastructure error
+
+
+def test_a_run_executes_a_snapshot_of_its_harness(tmp_path):
+    """Editing the harness directory while a run is in flight does not change the code the run
+    executes (it runs a copy taken at its start, with the same id)."""
+    from inner.harness import snapshot_harness
+
+    h = copy_harness(tmp_path / "h")
+    (tmp_path / "snap").mkdir()
+    copy = snapshot_harness(h, tmp_path / "snap")
+    assert harness_id(copy) == harness_id(h) and copy.name == "h"
+    before = (copy / "harness.py").read_bytes()
+    _edit(h / "harness.py", "async def run(", "async def run_edited_mid_run(")
+    assert (copy / "harness.py").read_bytes() == before and harness_id(copy) != harness_id(h)
