@@ -105,7 +105,8 @@ class Agent(Protocol):
         self, role: str, messages: list[dict[str, Any]], model: type[Any], *, sample: int | None = None
     ) -> JSONResult[Any]:
         """A reply parsed into ``model`` (schema-constrained, one repair), or a typed failure
-        with the raw text; raises like :meth:`llm`."""
+        with the raw text; raises like :meth:`llm`. A failure is counted by the parent as an
+        ``LLMSchemaError`` and its replies are not cached (a rerun asks again)."""
         ...
 
     async def evaluate(

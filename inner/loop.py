@@ -134,6 +134,10 @@ class DocumentSession:
         self._pending = asyncio.Semaphore(MAX_PENDING)
         self._usage: dict[str, RoleUsageRecord] = {}
         self._other_events = 0
+        #: cache entries of the harness's llm_json requests in flight, by request group: written
+        #: when the request ends usable (``structured_ok``), dropped on a schema failure or when
+        #: the document ends
+        self._structured: dict[int, list[tuple[str, dict[str, Any]]]] = {}
 
     # -- budgets ------------------------------------------------------------------------------
     def harness_seconds(self) -> float:
@@ -263,7 +267,11 @@ class DocumentSession:
                 value = None
             elif op == "budget":
                 value = self.budget_left()
+            elif op == "structured_ok":  # an llm_json request ended usable: cache its replies
+                self.eng.client.commit(self._structured.pop(_group(msg), []))
+                value = None
             elif op == "schema_failure":
+                self._structured.pop(_group(msg), None)  # its replies are never cached
                 self._schema_failure(msg)
                 value = None
             else:
@@ -336,9 +344,11 @@ class DocumentSession:
             sample = self._samples[fp]
             self._samples[fp] += 1
         try:
+            group = msg.get("structured")
+            pending = self._structured.setdefault(_group(msg), []) if group is not None else None
             comp: Completion = await self.eng.client.complete(
                 role, messages, sample_index=int(sample), json_schema=schema,
-                schema_name=str(msg.get("schema_name") or "output"),
+                schema_name=str(msg.get("schema_name") or "output"), pending=pending,
                 **({"tools": tools} if tools else {}),
             )  # fmt: skip
         except asyncio.CancelledError:  # the document ended with this call in flight: keep a trace
@@ -424,6 +434,18 @@ class DocumentSession:
         # then ends the document (round budget), and its call, token and time budgets bound it.
         eng.writer.write_trajectory(traj)
         return rec
+
+
+def _group(msg: dict[str, Any]) -> int:
+    """The llm_json request group a sandbox message names.
+
+    Raises:
+        HarnessError: not an integer.
+    """
+    group = msg.get("group", msg.get("structured"))
+    if not isinstance(group, int) or isinstance(group, bool):
+        raise HarnessError(f"structured request group must be an integer, not {group!r}")
+    return group
 
 
 def make_example(eng: Engine, doc: Document, rec: RoundRecord) -> Example:

@@ -10,7 +10,8 @@ Every capability of the agent is a request to the parent over JSON lines (reques
 private duplicate of stdout; the harness's own prints go to stderr)::
 
     parent -> child  {"t": "run", "doc": {...}, "domain", "max_rounds", "budget": {...}}
-    child  -> parent {"t": "req", "id", "op": "llm" | "evaluate" | "note" | "budget" | "schema_failure", ...}
+    child  -> parent {"t": "req", "id", "op": "llm" | "evaluate" | "note" | "budget" | "structured_ok"
+                      | "schema_failure", ...}
     parent -> child  {"t": "resp", "id", "ok": true, "value": ...}
                      {"t": "resp", "id", "ok": false, "kind", "error"}
     child  -> parent {"t": "done", "ok": true} | {"t": "done", "ok": false, "error": "<traceback>"}
@@ -36,6 +37,7 @@ import os
 import re
 import sys
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -130,6 +132,7 @@ class Agent:
     _conn: _Connection
     #: the evaluator's reports of this document so far (memory), oldest first
     rounds: list[RoundRecord] = field(default_factory=list)
+    _json_groups: Iterator[int] = field(default_factory=itertools.count, repr=False)
 
     async def llm(
         self,
@@ -153,9 +156,23 @@ class Agent:
             LLMCallError: the request failed after retries (the document is redone later).
             HarnessError: the role is not a harness role.
         """
+        return await self._llm(role, messages, json_schema, schema_name, tools, sample, None)
+
+    async def _llm(
+        self,
+        role: str,
+        messages: list[dict[str, Any]],
+        json_schema: dict[str, Any] | None,
+        schema_name: str,
+        tools: list[dict[str, Any]] | None,
+        sample: int | None,
+        structured: int | None,
+    ) -> Completion:
+        """:meth:`llm`; ``structured`` names the :meth:`llm_json` request the call belongs to
+        (the parent caches its replies only once that request ends usable)."""
         v = await self._conn.request(
             "llm", role=role, messages=messages, json_schema=json_schema, schema_name=schema_name,
-            tools=tools, sample=sample,
+            tools=tools, sample=sample, structured=structured,
         )  # fmt: skip
         return Completion(
             text=v["text"],
@@ -173,14 +190,20 @@ class Agent:
         supports it, one repair request on bad output, then a typed failure with the raw text
         (:func:`inner.contract.json_with_repair`). A typed failure is also reported to the
         parent, which counts it as an ``LLMSchemaError`` of ``role`` (``calls.jsonl``,
-        ``stats.json`` ``failures_by_kind.schema``)."""
+        ``stats.json`` ``failures_by_kind.schema``) and does not cache its replies, so a rerun
+        asks again; the replies of a usable result are cached."""
+        group = next(self._json_groups)
 
         async def send(convo: list[dict[str, Any]], schema: dict[str, Any]) -> Completion:
-            return await self.llm(role, convo, json_schema=schema, schema_name=model.__name__, sample=sample)
+            return await self._llm(role, convo, schema, model.__name__, None, sample, group)
 
         res = await json_with_repair(send, messages, model)
-        if not res.ok:
-            await self._conn.request("schema_failure", role=role, schema_name=model.__name__, error=res.error or "")
+        if res.ok:
+            await self._conn.request("structured_ok", group=group)
+        else:
+            await self._conn.request(
+                "schema_failure", group=group, role=role, schema_name=model.__name__, error=res.error or ""
+            )
         return res
 
     async def evaluate(
@@ -389,7 +412,7 @@ class _DryConnection:
             return self._llm(**args)
         if op == "evaluate":
             return self._evaluate(**args)
-        if op == "note":
+        if op in ("note", "structured_ok", "schema_failure"):
             return None
         if op == "budget":
             return {"rounds": self.max_rounds - len(self.reports), "calls": self.max_calls - self.calls,

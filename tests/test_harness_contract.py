@@ -220,6 +220,8 @@ def test_unusable_structured_output_in_the_sandbox_is_a_typed_schema_failure(mak
     lines = [json.loads(x) for x in (tmp_path / "run" / "calls.jsonl").read_text().splitlines()]
     assert sum(1 for x in lines if x["error"] == "schema" and x["role"] == "challenger") == len(reported)
     assert stats["errored"] == 0  # the harness's unusable output is not an infrastructure error
+    cached = "".join(p.read_text() for p in (tmp_path / "run" / "llm_cache").glob("segment-*.jsonl"))
+    assert '"role": "challenger"' not in cached  # its replies are not cached: a rerun asks again
 
 
 def test_a_run_executes_a_snapshot_of_its_harness(tmp_path):
@@ -234,3 +236,12 @@ def test_a_run_executes_a_snapshot_of_its_harness(tmp_path):
     before = (copy / "harness.py").read_bytes()
     _edit(h / "harness.py", "async def run(", "async def run_edited_mid_run(")
     assert (copy / "harness.py").read_bytes() == before and harness_id(copy) != harness_id(h)
+
+
+def test_usable_structured_output_in_the_sandbox_is_cached_and_replayed(make_cfg, server, tmp_path):
+    """The replies of an ``agent.llm_json`` request that ended usable are cached (written when
+    the sandbox reports it usable), so a rerun of the same run replays them."""
+    srv = server(scenario(ACCEPT))
+    run(make_cfg("task.limit=1", "inner.max_rounds=1"), tmp_path / "run", srv)
+    cached = "".join(p.read_text() for p in (tmp_path / "run" / "llm_cache").glob("segment-*.jsonl"))
+    assert cached.count('"role": "challenger"') == srv.count("challenger") >= 1

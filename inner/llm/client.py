@@ -255,6 +255,7 @@ class LLMClient:
         json_schema: dict[str, Any] | None = None,
         schema_name: str = "output",
         tools: list[dict[str, Any]] | None = None,
+        pending: list[tuple[str, dict[str, Any]]] | None = None,
     ) -> Completion:
         """One chat completion for ``role``, from the cache when possible.
 
@@ -268,13 +269,22 @@ class LLMClient:
                 "description", "parameters"}}]``), sent with ``tool_choice="auto"``; the reply's
                 calls come back in ``Completion.tool_calls`` as plain dicts (a reply with tool
                 calls may have empty text). Part of the cache key.
+            pending: a list to append this reply's cache entry to instead of writing it; the
+                caller writes it with :meth:`commit` once the reply proves usable, or drops it
+                (structured output still unusable after its repair is never cached).
 
         Raises:
             LLMCallError: the call failed after the endpoint's retries; the subtype says how
                 (:class:`~inner.errors.LLMStatusError`, ``LLMTimeoutError``,
                 ``LLMConnectionError``, ``LLMBadResponseError``, ``LLMEmptyError``).
         """
-        return await self._complete(role, messages, sample_index, json_schema, schema_name, None, tools)
+        return await self._complete(role, messages, sample_index, json_schema, schema_name, pending, tools)
+
+    def commit(self, pending: list[tuple[str, dict[str, Any]]]) -> None:
+        """Write the cache entries held back in ``pending`` (see :meth:`complete`)."""
+        if self.cache is not None:
+            for key, entry in pending:
+                self.cache.put(key, entry)
 
     async def _complete(
         self,
@@ -477,9 +487,7 @@ class LLMClient:
 
         res = await json_with_repair(send, messages, model)
         if res.ok:
-            if self.cache is not None:
-                for k, entry in pending:
-                    self.cache.put(k, entry)
+            self.commit(pending)
         else:
             endpoint = self.cfg.role(role).endpoint
             detail = res.error or "unusable output"
