@@ -199,22 +199,30 @@ def test_rubric_policy_is_enforced_for_a_harness_written_for_another(make_cfg, s
     assert srv.count("weak_solver") == 0
 
 
-def test_embedded_exact_is_accepted_on_the_verifiable_path(make_cfg, server, tmp_path):
-    """The embedded profile's harness (issue 11): the exact term comes from the document, the
-    question is its sentence with the term blanked out; the frozen verifiable gate decides
-    (weak 0 of 4, strong 4 of 4 equivalent to the reference)."""
+def _run_exact(make_cfg, server, tmp_path, sentence: str) -> tuple[Any, dict[str, Any]]:
+    """The embedded profile on one document stating ``mixed_5b`` in ``sentence``; the scripted
+    weak solver answers ``conv_1``, the strong one ``mixed_5b``."""
     corpus = tmp_path / "exact-corpus"
     corpus.mkdir()
     (corpus / "doc-mark-a.txt").write_text(
-        "Title: Paper MARK-A\n\nThis paper (MARK-A) studies weight banding.\n\n"
-        # the cloze question is this sentence with the term blanked; the scripted server reads
-        # its round from the "QMARK-A r1" tag in it
-        "The banding is most visible in layer mixed_5b of the network (QMARK-A r1), where it dominates.\n"
+        f"Title: Paper MARK-A\n\nThis paper (MARK-A) studies weight banding.\n\n{sentence}\n"
     )
     plan = RoundPlan(weak_answers=["conv_1"] * 4, strong_answers=["mixed_5b"] * 4)
     srv = server(Scenario({"*": [plan]}))
     cfg = make_cfg(f"task.corpus={corpus}", "+experiment=embedded_exact", "inner.max_rounds=2")
-    stats = run(cfg, tmp_path / "run", srv)
+    return srv, run(cfg, tmp_path / "run", srv)
+
+
+def test_embedded_exact_is_accepted_on_the_verifiable_path(make_cfg, server, tmp_path):
+    """The embedded profile's harness (issue 11): the exact term comes from the document, the
+    question is its sentence with the term blanked out; the frozen verifiable gate decides
+    (weak 0 of 4, strong 4 of 4 equivalent to the reference)."""
+    # the cloze question is this sentence with the term blanked; the scripted server reads its
+    # round from the "QMARK-A r1" tag in it
+    srv, stats = _run_exact(
+        make_cfg, server, tmp_path,
+        "The banding is most visible in layer mixed_5b of the network (QMARK-A r1), where it dominates.",
+    )  # fmt: skip
     assert stats["accepted"] == 1 and stats["crashed"] == 0
     (ex,) = RunWriter(tmp_path / "run").load_examples()
     assert ex.verifiable and ex.reference_answer == "mixed_5b"
@@ -249,15 +257,10 @@ def test_embedded_exact_candidates_and_question_forms():
 def test_embedded_exact_asks_the_challenger_when_the_term_has_no_blank_form(make_cfg, server, tmp_path):
     """A term that occurs twice in its sentence has no one-answer blank: the challenger phrases
     the question (the scripted one), and the frozen gate decides as before."""
-    corpus = tmp_path / "exact-corpus"
-    corpus.mkdir()
-    (corpus / "doc-mark-a.txt").write_text(
-        "Title: Paper MARK-A\n\nThis paper (MARK-A) studies weight banding.\n\n"
-        "The banding of layer mixed_5b is visible because mixed_5b sits in the network, where it dominates.\n"
-    )
-    plan = RoundPlan(weak_answers=["conv_1"] * 4, strong_answers=["mixed_5b"] * 4)
-    srv = server(Scenario({"*": [plan]}))
-    stats = run(make_cfg(f"task.corpus={corpus}", "+experiment=embedded_exact"), tmp_path / "run", srv)
+    srv, stats = _run_exact(
+        make_cfg, server, tmp_path,
+        "The banding of layer mixed_5b is visible because mixed_5b sits in the network, where it dominates.",
+    )  # fmt: skip
     assert stats["accepted"] == 1 and srv.count("challenger") == 1
     (ex,) = RunWriter(tmp_path / "run").load_examples()
     assert ex.reference_answer == "mixed_5b" and ex.question.startswith("QMARK-A r1")
