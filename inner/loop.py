@@ -314,6 +314,7 @@ class DocumentSession:
         self.event("schema_failure", role=role, text=f"{name}: {detail}")
         if self.ended.done():  # over the event budget: the document has ended
             return
+        self._usage.setdefault(role, RoleUsageRecord()).failures += 1
         self.eng.client.record_failure(
             LLMSchemaError(
                 f"{role} reply does not match {name} after one repair: {detail}",

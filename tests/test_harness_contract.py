@@ -217,6 +217,7 @@ def test_unusable_structured_output_in_the_sandbox_is_a_typed_schema_failure(mak
     assert traj.events[-1].text == "ok=False"
     assert stats["failures_by_kind"] == {"schema": len(reported)} and stats["failures"] == len(reported)
     assert stats["this_invocation"]["challenger"]["failures"] == len(reported)
+    assert stats["usage_per_role"]["challenger"]["failures"] == len(reported)  # from the records
     lines = [json.loads(x) for x in (tmp_path / "run" / "calls.jsonl").read_text().splitlines()]
     assert sum(1 for x in lines if x["error"] == "schema" and x["role"] == "challenger") == len(reported)
     assert stats["errored"] == 0  # the harness's unusable output is not an infrastructure error
