@@ -29,7 +29,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -502,37 +502,33 @@ async def run_document(eng: Engine, doc: Document, prev: Trajectory | None = Non
     return traj
 
 
-async def run_documents(eng: Engine, docs: Iterable[Document], *, keep: bool = False) -> list[Trajectory] | None:
+async def run_documents(
+    eng: Engine, docs: Iterable[Document], on_finished: Callable[[Document, Trajectory], None] | None = None
+) -> None:
     """Run every document not already finished in the run directory, concurrently.
 
     ``inner.max_concurrent_documents`` workers take the documents in order from one shared
-    iterator; each finished trajectory is on disk (``trajectories/<doc>.json``) and, unless
-    ``keep``, nothing of it is held here, so memory does not grow with finished documents
-    (issue 10; ``experiments/bench/memory.py``).
+    iterator. Each document's final trajectory is on disk (``trajectories/<doc>.json``) and is
+    handed to ``on_finished`` (once per document: loaded from disk for those finished earlier);
+    nothing of it is held here, so memory does not grow with finished documents (issue 10;
+    ``experiments/bench/memory.py``).
 
     Args:
         docs: the documents (any iterable; consumed once).
-        keep: return the trajectories (for small runs such as the meta loop's evaluations).
-
-    Returns:
-        With ``keep``, the trajectories of all ``docs`` in order (loaded from disk for those
-        finished earlier); else ``None``.
+        on_finished: ``f(document, trajectory)``, called as each document ends, in completion
+            order (e.g. a :class:`~inner.stats.StatsAccumulator`'s ``add``).
 
     Raises:
         SandboxError: the sandbox cannot be set up at all (the other workers are cancelled).
     """
-    kept: dict[str, Trajectory] = {}
-    order: list[str] = []
     pending = iter(docs)
 
     async def worker() -> None:
         for d in pending:  # one shared iterator: each document goes to exactly one worker
-            if keep:
-                order.append(d.doc_id)
             prev = eng.writer.load_trajectory(d.doc_id)
             traj = prev if prev is not None and prev.finished else await run_document(eng, d, prev)
-            if keep:
-                kept[d.doc_id] = traj
+            if on_finished is not None:
+                on_finished(d, traj)
 
     tasks = [asyncio.create_task(worker()) for _ in range(max(1, eng.cfg.inner.max_concurrent_documents))]
     try:
@@ -542,4 +538,3 @@ async def run_documents(eng: Engine, docs: Iterable[Document], *, keep: bool = F
             t.cancel()
         with contextlib.suppress(Exception):
             await asyncio.gather(*tasks, return_exceptions=True)
-    return [kept[i] for i in order] if keep else None

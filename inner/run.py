@@ -10,7 +10,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from inner.llm.probe import probe_endpoints
 from inner.loop import Engine, LoopObserver, run_documents
 from inner.records import RunWriter, Trajectory
 from inner.sandbox import bwrap_path
-from inner.stats import compute_stats
+from inner.stats import StatsAccumulator
 from inner.templates import INNER_PROMPTS
 from inner.tracking import Tracker, build_tracker
 
@@ -266,7 +266,7 @@ async def evaluate_harness(
 
         return_trajectories: also return every document's trajectory (held in memory: for
             small evaluations such as the meta loop's; a generation run keeps none, and its
-            stats are computed streaming the trajectories back from disk).
+            stats are accumulated as documents end).
 
     Returns:
         ``(trajectories of docs or None, stats)``; ``stats["this_invocation"]`` counts only
@@ -276,15 +276,17 @@ async def evaluate_harness(
     writer = RunWriter(run_dir)
     hid = make_harness_id(harness_dir)
     eng = Engine(cfg, client, harness_dir, hid, writer, observer or LoopObserver())
+    acc = StatsAccumulator()
+    kept: dict[str, Trajectory] | None = {} if return_trajectories else None
+
+    def finished(doc: Document, traj: Trajectory) -> None:
+        acc.add(traj)  # stats built as documents end: nothing re-read, nothing held
+        if kept is not None:
+            kept[doc.doc_id] = traj
+
     with track_usage(UsageMeter()) as meter:
-        trajectories = await run_documents(eng, docs, keep=return_trajectories)
-    if trajectories is None:
-        loaded = (writer.load_trajectory(d.doc_id) for d in docs)
-        stream: Iterable[Trajectory] = (t for t in loaded if t is not None)
-    else:
-        stream = trajectories
-    stats = compute_stats(
-        stream,
+        await run_documents(eng, docs, on_finished=finished)
+    stats = acc.result(
         method=cfg.method,
         harness_id=hid,
         task=cfg.task.name,
@@ -292,7 +294,7 @@ async def evaluate_harness(
         wall_s=time.perf_counter() - t0,
     )
     writer.write_json("stats.json", stats)
-    return trajectories, stats
+    return ([kept[d.doc_id] for d in docs] if kept is not None else None), stats
 
 
 @contextlib.contextmanager
