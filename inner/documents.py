@@ -64,6 +64,7 @@ class Document:
 
     @property
     def text(self) -> str:
+        """The full text (read through the cache for a file-backed document; see the class)."""
         return self._text if self._text is not None else _TEXTS.get(self.path, self.doc_id)
 
     def __repr__(self) -> str:

@@ -169,20 +169,19 @@ def harness_id(path: Path) -> str:
 
 
 def snapshot_harness(path: Path, dest: Path) -> Path:
-    """Copy the harness at ``path`` (its identity's files only) into ``dest/<name>`` and return
-    the copy: a run executes the copy, so editing the harness directory while a run is in
-    flight cannot change the code behind the recorded :func:`harness_id`.
+    """Copy the harness at ``path`` (the files of its identity, :func:`harness_content_hash`)
+    into ``dest/<name>`` and return the copy. A run executes the copy and records the copy's
+    :func:`harness_id` (the same as the original's unless it was being edited), so editing the
+    harness directory while a run is in flight cannot change the code behind that id.
 
     Raises:
-        HarnessError: the directory changed while it was copied (the copy's id differs).
+        OSError: a file cannot be read or written.
     """
     copy = dest / path.name
     for f in _files(path):
         target = copy / f.relative_to(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(f.read_bytes())
-    if harness_id(copy) != harness_id(path):
-        raise HarnessError(f"harness {path} changed while it was being copied for the run; start the run again")
     return copy
 
 

@@ -345,8 +345,7 @@ class DocumentSession:
             sample = self._samples[fp]
             self._samples[fp] += 1
         try:
-            group = msg.get("structured")
-            pending = self._structured.setdefault(_group(msg), []) if group is not None else None
+            pending = self._structured.setdefault(_group(msg), []) if msg.get("group") is not None else None
             comp: Completion = await self.eng.client.complete(
                 role, messages, sample_index=int(sample), json_schema=schema,
                 schema_name=str(msg.get("schema_name") or "output"), pending=pending,
@@ -438,12 +437,13 @@ class DocumentSession:
 
 
 def _group(msg: dict[str, Any]) -> int:
-    """The llm_json request group a sandbox message names.
+    """The ``agent.llm_json`` request a sandbox message belongs to (``group``: an integer the
+    sandbox numbers them with).
 
     Raises:
         HarnessError: not an integer.
     """
-    group = msg.get("group", msg.get("structured"))
+    group = msg.get("group")
     if not isinstance(group, int) or isinstance(group, bool):
         raise HarnessError(f"structured request group must be an integer, not {group!r}")
     return group

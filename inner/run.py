@@ -19,7 +19,7 @@ import yaml
 
 from inner.config import GenerateConfig
 from inner.documents import Document, load_documents
-from inner.errors import ConfigError, HarnessError
+from inner.errors import ConfigError
 from inner.harness import harness_id as make_harness_id
 from inner.harness import resolve_harness_dir, snapshot_harness
 from inner.llm.backends import start_backend
@@ -120,8 +120,7 @@ def write_run_config(run_dir: Path, cfg: GenerateConfig, harness_id: str) -> Non
         old = yaml.safe_load(path.read_text()) or {}
         old_ident = old.get("identity", {})
         diff = [k for k in IDENTITY_KEYS if k in old_ident and old_ident[k] != ident[k]]
-        recorded = diff and any(t.finished or t.rounds for t in RunWriter(run_dir, readonly=True).iter_trajectories())
-        if diff and not recorded:
+        if diff and not any(t.finished or t.rounds for t in RunWriter(run_dir, readonly=True).iter_trajectories()):
             log.warning(
                 "no document of %s had finished or recorded a round: its identity is replaced (%s changed)",
                 run_dir, ", ".join(diff),
@@ -162,11 +161,24 @@ async def run_generate(
     Raises:
         ConfigError, DocumentError, HarnessError, BackendError: before any LLM call.
     """
+    with tempfile.TemporaryDirectory(prefix="autodata-harness-") as snap:
+        # the run executes a copy taken now, and its id is the copy's: editing the harness
+        # directory mid-run cannot change the code behind the recorded harness id
+        harness_dir = snapshot_harness(harness_dir_for(cfg), Path(snap))
+        return await _generate(cfg, Path(run_dir), harness_dir, observer_factory, base_urls)
+
+
+async def _generate(
+    cfg: GenerateConfig,
+    run_dir: Path,
+    harness_dir: Path,
+    observer_factory: Any,
+    base_urls: dict[str, str] | None,
+) -> dict[str, Any]:
+    """:func:`run_generate` with the harness snapshot in ``harness_dir``."""
     t0 = time.perf_counter()
-    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     docs = load_documents(cfg.task)
-    harness_dir = harness_dir_for(cfg)
     harness_id = make_harness_id(harness_dir)
     bwrap_path()  # no sandbox, no run: fail before any LLM call
     write_run_config(run_dir, cfg, harness_id)
@@ -197,25 +209,18 @@ async def run_generate(
             else contextlib.nullcontext(LoopObserver())
         )
         tracker = build_tracker(cfg.logger, run_dir=run_dir, config=asdict(cfg), job="generate")
-        snapshot = tempfile.TemporaryDirectory(prefix="autodata-harness-")
         try:
-            # the run executes a copy: edits to the harness directory during the run cannot
-            # change the code behind the recorded harness id
-            run_harness = snapshot_harness(harness_dir, Path(snapshot.name))
-            if make_harness_id(run_harness) != harness_id:
-                raise HarnessError(f"harness {harness_dir} changed after the run started; start the run again")
             with observer as obs, throughput_gc():
                 ticker = asyncio.create_task(_tick(obs))
                 try:
                     _, stats = await evaluate_harness(
-                        run_dir, cfg=cfg, docs=docs, harness_dir=run_harness, client=client, t0=t0,
+                        run_dir, cfg=cfg, docs=docs, harness_dir=harness_dir, client=client, t0=t0,
                         observer=TrackingObserver(obs, tracker, total=len(docs), done=done, accepted=accepted),
                     )  # fmt: skip
                 finally:
                     ticker.cancel()
             tracker.summary(stats)
         finally:
-            snapshot.cleanup()
             tracker.finish()
             await client.aclose()
     return stats

@@ -166,13 +166,13 @@ class Agent:
         schema_name: str,
         tools: list[dict[str, Any]] | None,
         sample: int | None,
-        structured: int | None,
+        group: int | None,
     ) -> Completion:
-        """:meth:`llm`; ``structured`` names the :meth:`llm_json` request the call belongs to
-        (the parent caches its replies only once that request ends usable)."""
+        """:meth:`llm`; ``group`` numbers the :meth:`llm_json` request the call belongs to (the
+        parent caches its replies only once that request ends usable)."""
         v = await self._conn.request(
             "llm", role=role, messages=messages, json_schema=json_schema, schema_name=schema_name,
-            tools=tools, sample=sample, structured=structured,
+            tools=tools, sample=sample, group=group,
         )  # fmt: skip
         return Completion(
             text=v["text"],
