@@ -92,7 +92,16 @@ def _expanded(acronym: str, body: str) -> bool:
 
 
 def candidates(text: str, title: str) -> list[tuple[str, str, str]]:
-    """(term, sentence, passage) triples, most distinctive first: identifiers, quoted terms, acronyms."""
+    """Candidate exact answers in ``text`` (the excerpt the challenger sees).
+
+    Returns:
+        ``(term, sentence, passage)`` triples: the term, the sentence that states it (citation
+        marks removed), and that sentence with the one before it (at most 600 characters).
+        Ordered by kind, then by position: identifiers (``mixed_5b``); quoted multi-word and
+        "called ..." names; measured values (``96.3%``) and acronyms not spelled out in the
+        text; quoted single words; proper names inside a sentence. Terms made only of title
+        words, duplicates, and sentences with math or fewer than 6 words are skipped.
+    """
     body = _body(text)
     sentences = [s.strip() for s in _SENT.split(body) if s.strip()]
     title_words = {w.lower() for w in re.findall(r"[A-Za-z0-9_]+", title)}
@@ -131,8 +140,8 @@ def candidates(text: str, title: str) -> list[tuple[str, str, str]]:
 
 
 def cloze(term: str, sentence: str) -> Challenge | None:
-    """The fallback question: the sentence that states the term, with the term blanked out
-    (only when the term occurs once in it, so the blank has one answer)."""
+    """The fill-in-the-blank question (asked first): ``sentence`` with ``term`` blanked out, or
+    ``None`` when the term does not occur exactly once in it (the blank must have one answer)."""
     if sentence.lower().count(term.lower()) != 1:
         return None
     i = sentence.lower().index(term.lower())
