@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 server: $(VENV)/.installed
 	-$(PY) -m inner.llm.build_server --jobs 2
 
-# Debian's bubblewrap: every line of harness code runs sealed in it (inner/sandbox.py).
+# Debian's bubblewrap: every line of harness code runs sealed in it (inner/sandbox/process.py).
 sandbox:
 	@command -v bwrap >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap)
 

@@ -13,8 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from analysis.loaders import GenerationRun  # noqa: E402
-from inner.records import FailureMode  # noqa: E402
-from inner.stats import compute_stats  # noqa: E402
+from inner.engine.records import FailureMode  # noqa: E402
+from inner.engine.stats import compute_stats  # noqa: E402
 
 
 def score_samples(run: GenerationRun) -> dict[str, list[float]]:
@@ -50,7 +50,7 @@ def rounds_to_acceptance(run: GenerationRun) -> list[int]:
 
 def summary_row(run: GenerationRun) -> dict[str, Any]:
     """The numbers of one run for the tables (fractions in [0, 1], tokens as counts), from
-    :func:`inner.stats.compute_stats` so reports and ``stats.json`` agree by construction."""
+    :func:`inner.engine.stats.compute_stats` so reports and ``stats.json`` agree by construction."""
     st = compute_stats(
         run.trajectories, method=run.method_label, harness_id="", task="", this_invocation={}, wall_s=0.0
     )

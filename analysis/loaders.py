@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inner.errors import ConfigError
-from inner.records import Example, RunWriter, Trajectory, read_jsonl
+from inner.engine.records import Example, RunWriter, Trajectory
+from inner.io import read_jsonl
+from inner.sdk.errors import ConfigError
 
 
 @dataclass

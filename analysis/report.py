@@ -36,10 +36,10 @@ from analysis.loaders import (
 from analysis.methods import METHOD_COLUMNS, write_methods
 from analysis.taxonomy import TaxonomyItem, build_taxonomy, write_taxonomy
 from inner.config import LLMConfig, _check
-from inner.errors import ConfigError
 from inner.llm.cache import ResponseCache
 from inner.llm.client import LLMClient
 from inner.paths import resolve_path
+from inner.sdk.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

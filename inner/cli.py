@@ -87,8 +87,8 @@ def summary_table(stats: dict[str, Any], run_dir: Path) -> Table:
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="generate")
 def _main(dcfg: DictConfig) -> None:
-    from inner.progress import RichProgress
-    from inner.run import run_generate
+    from inner.engine.progress import RichProgress
+    from inner.engine.run import run_generate
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with cli_guard(f"finished work is on disk in {run_dir}; to resume, run: {rerun_command(run_dir)}"):

@@ -3,15 +3,15 @@
 The YAML files under ``conf/`` hold the values; these dataclasses are the schema. The entry
 point converts the composed config once with ``OmegaConf.to_object`` so code below it only
 sees real dataclasses. Every ``__post_init__`` validates its values and raises
-:class:`~inner.errors.ConfigError` naming the key, the bad value and the fix.
+:class:`~inner.sdk.errors.ConfigError` naming the key, the bad value and the fix.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from inner.errors import ConfigError
-from inner.scoring import RubricPolicyConfig
+from inner.evaluator.scoring import RubricPolicyConfig
+from inner.sdk.errors import ConfigError
 from inner.tracking import LoggerConfig
 
 ROLES = ("challenger", "main_agent", "self_check", "quality_verifier", "weak_solver", "strong_solver", "judge")
@@ -274,7 +274,7 @@ class TaskConfig:
         domain: a short noun phrase for prompts, e.g. "computer-science research paper".
         verifiable: ``never`` (rubric + judge), ``always`` (answers checked for equivalence
             with the reference), or ``auto`` (equivalence when the frozen rule
-            :func:`inner.equivalence.is_exact_reference` finds the reference answer exact;
+            :func:`inner.evaluator.answers.is_exact_reference` finds the reference answer exact;
             never a flag the challenger sets).
     """
 
@@ -318,6 +318,9 @@ class InnerConfig:
             ``agent.evaluate`` (the evaluator's work) excluded.
         harness_cpu_s: CPU seconds of the harness process (RLIMIT_CPU).
         harness_memory_mb: address-space limit of each harness process, MiB (RLIMIT_AS).
+        harness_max_files: most files (and links) a harness directory may hold; checked before
+            any is read (:mod:`inner.sandbox.files`).
+        harness_max_mb: most MiB its files may hold in total; checked the same way.
         harness_max_procs: processes and threads the harness may run at once (pids cgroup
             where available).
         harness_doc_chars: characters of the document the sandbox receives (the largest
@@ -337,6 +340,8 @@ class InnerConfig:
     harness_wall_s: float = 900.0
     harness_cpu_s: int = 120
     harness_memory_mb: int = 2048
+    harness_max_files: int = 2000
+    harness_max_mb: int = 64
     harness_max_procs: int = 32
     harness_doc_chars: int = 20_000
 
@@ -355,6 +360,8 @@ class InnerConfig:
             _check(getattr(self, key) >= 1, f"inner.{key}", getattr(self, key), "must be >= 1")  # fmt: skip
         _check(self.harness_wall_s > 0, "inner.harness_wall_s", self.harness_wall_s, "must be > 0 seconds")
         _check(self.harness_memory_mb >= 256, "inner.harness_memory_mb", self.harness_memory_mb, "must be >= 256")
+        _check(self.harness_max_files >= 1, "inner.harness_max_files", self.harness_max_files, "must be >= 1")
+        _check(self.harness_max_mb >= 1, "inner.harness_max_mb", self.harness_max_mb, "must be >= 1 MiB")
         _check(self.harness_doc_chars >= 0, "inner.harness_doc_chars", self.harness_doc_chars, "must be >= 0")
 
 

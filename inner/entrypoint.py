@@ -1,6 +1,6 @@
 """What every console script shares: quiet library loggers, typed config conversion with
 unknown keys refused, an event-loop runner that SIGINT and SIGTERM stop promptly, and one
-place that turns an :class:`~inner.errors.AutodataError` or a signal into an honest exit code.
+place that turns an :class:`~inner.sdk.errors.AutodataError` or a signal into an honest exit code.
 
 Exit codes (README, "Exit codes")::
 
@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from inner.errors import AutodataError, ConfigError
+from inner.sdk.errors import AutodataError, ConfigError
 
 log = logging.getLogger("autodata")
 T = TypeVar("T")

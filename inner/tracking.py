@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from inner.errors import ConfigError
+from inner.sdk.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@
 - :func:`implement` turns the analysis, the history and the harness's current files into
   SEARCH/REPLACE edits of its code and prompts (``meta/prompts/implementer.md``; format in
   :mod:`meta.edit`). The prompt carries the harness contract and the ``agent`` API, rendered
-  from the docstring of :mod:`inner.harness` (one source of truth). An edit that fails to apply
+  from the docstring of :mod:`inner.engine.harness` (one source of truth). An edit that fails to apply
   or to validate is sent back once with the error (``repair``).
 
 Both use the ``analyzer`` / ``implementer`` roles of ``llm.roles`` (default: the challenger's
@@ -19,10 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import inner.harness
+import inner.engine.harness
+from inner.engine.records import Trajectory
 from inner.llm.client import LLMClient
-from inner.records import Trajectory
-from inner.templates import render
+from inner.sdk.templates import render
 from meta.edit import MAX_JSON_EDITS, Edit, edit_plan_model, edits_to_blocks
 
 PROMPTS = Path(__file__).parent / "prompts"
@@ -96,8 +96,8 @@ def history_summary(history: list[dict[str, Any]], *, last: int = 20) -> str:
 
 
 def contract_text() -> str:
-    """The harness contract and the ``agent`` API, from :mod:`inner.harness`'s docstring."""
-    return (inner.harness.__doc__ or "").strip()
+    """The harness contract and the ``agent`` API, from :mod:`inner.engine.harness`'s docstring."""
+    return (inner.engine.harness.__doc__ or "").strip()
 
 
 def render_files(files: dict[str, str]) -> str:

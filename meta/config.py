@@ -12,7 +12,7 @@ from inner.config import (
     TaskConfig,
     _check,
 )
-from inner.scoring import RubricPolicyConfig
+from inner.evaluator.scoring import RubricPolicyConfig
 from inner.tracking import LoggerConfig
 from meta.select import STRATEGIES
 

@@ -35,7 +35,7 @@ from typing import Literal
 
 from pydantic import BaseModel, conlist, create_model
 
-from inner.templates import USER_MARK
+from inner.sdk.templates import USER_MARK
 
 FUZZY_MIN_RATIO = 0.9
 #: edits per structured (JSON) implementer reply
@@ -192,7 +192,7 @@ def apply_edits(edits: list[Edit], root: Path) -> list[str]:
 
 def check_prompt_files(root: Path) -> str | None:
     """Check every ``prompts/*.md`` of the harness at ``root`` the way
-    :func:`inner.templates.render` will read it: the ``=== USER ===`` line between the system
+    :func:`inner.sdk.templates.render` will read it: the ``=== USER ===`` line between the system
     and the user part, valid ``$placeholders`` (a literal dollar is ``$$``), and, for a file
     the code names, every placeholder named somewhere in the harness's Python code (the values
     it passes).

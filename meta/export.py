@@ -16,10 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from inner.errors import AutodataError, ConfigError
-from inner.harness import harness_id
-from inner.llm.cache import atomic_write_text, fsync_dir
-from inner.records import read_jsonl
+from inner.engine.harness import harness_id
+from inner.io import atomic_write_text, fsync_dir, read_jsonl
+from inner.sdk.errors import AutodataError, ConfigError
 from meta.lineage import Lineage
 from meta.select import Archive
 

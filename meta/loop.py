@@ -10,7 +10,7 @@ One iteration, top to bottom (:func:`run_iteration`)::
     identical to an existing lineage node is a ``duplicate``; validate it: prompt files parse,
     and one dry run in the sandbox against canned replies; an edit that fails to apply or to
     validate goes back to the implementer once with the error (``invalid-edit`` if it fails again)
-    evaluate candidate and parent on the validation documents (harnesses sealed, inner.sandbox)
+    evaluate candidate and parent on the validation documents (harnesses sealed, inner.sandbox.process)
     admit iff candidate pass rate > parent pass rate (strictly; :func:`admission`)
     commit the candidate to the lineage (tag it if admitted), append history.jsonl + curve.jsonl
 
@@ -47,14 +47,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inner.documents import Document, list_document_paths, load_documents
-from inner.errors import ConfigError
-from inner.harness import harness_content_hash, harness_id, resolve_harness_dir
-from inner.llm.cache import atomic_write_text
+from inner.engine.documents import Document, list_document_paths, load_documents
+from inner.engine.harness import harness_id, resolve_harness_dir
+from inner.engine.records import Trajectory
+from inner.engine.run import evaluate_harness, evaluator_identity, identity_diff, identity_hash, throughput_gc
+from inner.io import append_jsonl, atomic_write_text, read_jsonl
 from inner.llm.client import LLMClient, UsageMeter, track_usage
-from inner.records import Trajectory, append_jsonl, read_jsonl
-from inner.run import evaluate_harness, evaluator_identity, identity_diff, identity_hash, throughput_gc
-from inner.sandbox import dry_run_harness
+from inner.sandbox.files import copy_harness, harness_content_hash
+from inner.sandbox.process import dry_run_harness
+from inner.sdk.errors import ConfigError
 from inner.tracking import NullTracker, Tracker, build_tracker
 from meta.analyze import analyze, implement
 from meta.config import EvolveConfig
@@ -132,6 +133,12 @@ class MetaRun:
     def history_path(self) -> Path:
         return self.run_dir / "history.jsonl"
 
+    @property
+    def harness_caps(self) -> dict[str, int]:
+        """``max_files`` / ``max_bytes`` of :func:`inner.sandbox.files.copy_harness` from the inner config."""
+        inner = self.cfg.inner
+        return {"max_files": inner.harness_max_files, "max_bytes": inner.harness_max_mb << 20}
+
     def materialize(self, commit: str) -> Path:
         """The files of a lineage commit as a directory under ``harnesses/``."""
         return self.lineage.materialize(commit, self.run_dir / "harnesses" / commit[:12])
@@ -149,7 +156,7 @@ class MetaRun:
 
     @functools.cached_property
     def evaluator_hash(self) -> str:
-        """:func:`inner.run.identity_hash` of the evaluator config of every evaluation
+        """:func:`inner.engine.run.identity_hash` of the evaluator config of every evaluation
         (computed once per run: it hashes the frozen prompt files)."""
         return identity_hash(evaluator_identity(self.cfg.generate_config()))
 
@@ -161,7 +168,7 @@ class MetaRun:
         same evaluator reads the records (zero LLM calls), whatever the harness is called.
         Concurrent requests for the same evaluation wait for the first.
         """
-        content = harness_content_hash(harness_dir)
+        content = harness_content_hash(harness_dir, **self.harness_caps)
         docs_key = hashlib.sha256("\n".join(sorted(d.doc_id for d in docs)).encode()).hexdigest()[:8]
         out = self.run_dir / "evals" / content / f"{self.evaluator_hash}-{docs_key}"
         lock = self._eval_locks.setdefault(str(out), asyncio.Lock())
@@ -276,9 +283,9 @@ async def try_edit(run: MetaRun, parent_dir: Path, scratch: Path, reply: str, *,
     """Apply ``reply`` to a fresh copy of ``parent_dir`` at ``scratch`` and validate the result
     before any evaluation is spent: every prompt file parses and names only placeholders the
     code passes (:func:`meta.edit.check_prompt_files`), and the harness runs once in the
-    sandbox against canned replies (:func:`inner.sandbox.dry_run_harness`)."""
+    sandbox against canned replies (:func:`inner.sandbox.process.dry_run_harness`)."""
     shutil.rmtree(scratch, ignore_errors=True)
-    shutil.copytree(parent_dir, scratch, ignore=shutil.ignore_patterns(".complete", "__pycache__"))
+    copy_harness(parent_dir, scratch, **run.harness_caps)
     try:
         changed = apply_edits(parse_edits(reply), scratch)
     except EditError as exc:
@@ -471,7 +478,7 @@ async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> MetaRu
         start = resolve_harness_dir(cfg.meta.start_harness)
         src = run_dir / "scratch" / "root"
         shutil.rmtree(src, ignore_errors=True)
-        shutil.copytree(start, src, ignore=shutil.ignore_patterns("__pycache__", ".*"))
+        copy_harness(start, src, **run.harness_caps)
         lineage.init_root(src, message=f"root: starting harness {harness_id(start)}\n\nsource: {start}\n")
     if not archive.entries:
         root = lineage.root
@@ -502,9 +509,32 @@ def check_evaluator(cfg: EvolveConfig, run_dir: Path, splits: dict[str, list[str
     """
     path = run_dir / "evaluator.json"
     current = {"evaluator": evaluator_identity(cfg.generate_config()), "splits": splits}
+    recorded_evals = any((run_dir / name).exists() for name in ("history.jsonl", "archive.json", "curve.jsonl")) or any(
+        (run_dir / "evals").glob("*/*")
+    )
+    if not path.exists() and recorded_evals and not cfg.meta.allow_evaluator_change:
+        raise ConfigError(
+            f"{path} is missing but {run_dir} holds recorded evaluations: the evaluator they were made under "
+            "cannot be checked. Restore evaluator.json, choose a new hydra.run.dir, or set "
+            "meta.allow_evaluator_change=true (earlier evaluations are then not reused)"
+        )
     if path.exists():
-        recorded = json.loads(path.read_text())
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"{path} is unreadable ({type(exc).__name__}: {exc}); restore it or choose a new hydra.run.dir"
+            ) from exc
         diff = identity_diff(recorded, current)
+        frozen = [
+            "inner/evaluator/" + k.removeprefix("evaluator.frozen.") for k in diff if k.startswith("evaluator.frozen.")
+        ]
+        if frozen and not cfg.meta.allow_evaluator_change:
+            raise ConfigError(
+                f"{run_dir} was evaluated under different frozen evaluator code: {', '.join(frozen)} changed since. "
+                "Restore the file, choose a new hydra.run.dir, or set meta.allow_evaluator_change=true "
+                "(earlier evaluations are then not reused)"
+            )
         if diff and not cfg.meta.allow_evaluator_change:
             raise ConfigError(
                 f"{run_dir} was made under a different evaluator config; differing keys: {', '.join(diff[:12])}"

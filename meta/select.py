@@ -19,8 +19,8 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from inner.errors import ConfigError
-from inner.llm.cache import atomic_write_text
+from inner.io import atomic_write_text
+from inner.sdk.errors import ConfigError
 
 STRATEGIES = ("boltzmann", "greedy", "uniform")
 

@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from inner.config import GenerateConfig, register_configs
+from inner.engine.run import run_generate
 from inner.paths import PROJECT_ROOT
-from inner.run import run_generate
 from tests.scenario import RoundPlan, Scenario
 from tests.scripted_server import ScriptedServer
 
@@ -109,7 +109,7 @@ def scenario(*rounds: RoundPlan, **per_doc: list[RoundPlan]) -> Scenario:
 
 #: A minimal harness: one challenger call on the document, one evaluation, done.
 ONE_SHOT_HARNESS = """
-from inner.contract import Challenge
+from inner.sdk.contract import Challenge
 
 
 async def run(agent):

@@ -107,7 +107,7 @@ class Scenario:
         if role in ("weak_solver", "strong_solver"):
             side = role.split("_")[0]
             marker, rnd = self._parse_q(user)
-            i = body.get("seed", 0) % 1000  # strong attempts are seeded from 1000 (inner.evaluator)
+            i = body.get("seed", 0) % 1000  # strong attempts are seeded from 1000 (inner.evaluator.roles)
             p = self.plan(marker, rnd)
             answers = p.weak_answers if side == "weak" else p.strong_answers
             final = f"\nFinal answer: {answers[i]}" if answers else ""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import inner.llm.backends as backends
-from inner.errors import BackendError
+from inner.sdk.errors import BackendError
 from tests.conftest import compose_config
 
 

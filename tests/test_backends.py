@@ -18,11 +18,11 @@ import httpx
 import pytest
 from pydantic import BaseModel, Field
 
-from inner.errors import BackendError
 from inner.llm import backends
 from inner.llm.backends import ManagedServer, free_port, llama_server_command, local_server
 from inner.llm.build_server import built_server
 from inner.paths import PROJECT_ROOT
+from inner.sdk.errors import BackendError
 from tests.conftest import compose_config
 
 # == command line and choice ================================================================

@@ -16,9 +16,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from inner.documents import load_documents
-from inner.errors import ConfigError
+from inner.engine.documents import load_documents
 from inner.paths import PROJECT_ROOT, resolve_path
+from inner.sdk.errors import ConfigError
 from tests.conftest import CONF_DIR, compose_config
 
 GENERATE = Path(sys.executable).parent / "autodata-generate"

@@ -10,7 +10,7 @@ from dataclasses import fields
 import pytest
 
 from inner.config import BackendConfig, GateConfig, InnerConfig, RolesConfig
-from inner.scoring import RubricPolicyConfig
+from inner.evaluator.scoring import RubricPolicyConfig
 from tests.conftest import compose_config
 
 

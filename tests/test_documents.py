@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from inner.config import TaskConfig
-from inner.documents import TRUNCATION_MARK, Document, load_documents, make_doc_id
-from inner.errors import DocumentError
+from inner.engine.documents import TRUNCATION_MARK, Document, load_documents, make_doc_id
+from inner.sdk.errors import DocumentError
 
 
 def _task(corpus: Path, **kw) -> TaskConfig:
@@ -72,10 +72,10 @@ def test_unusable_files_are_skipped_in_one_warning(tmp_path, caplog):
     (c / "blank.md").write_text("  \n\n\t\n")
     (c / "binary.txt").write_bytes(b"abc\x00\x01\x02def")
     (c / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
-    with caplog.at_level(logging.WARNING, logger="inner.documents"):
+    with caplog.at_level(logging.WARNING, logger="inner.engine.documents"):
         docs = load_documents(_task(c))
     assert [Path(d.path).name for d in docs] == ["good.txt"]
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "inner.documents"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "inner.engine.documents"]
     assert len(warnings) == 1
     msg = warnings[0].getMessage()
     for name in ("empty.txt", "blank.md", "binary.txt", "latin1.txt"):
@@ -162,10 +162,10 @@ def test_corrupt_and_blank_pdfs_are_skipped_with_a_reason(tmp_path, caplog):
     w.add_blank_page(width=200, height=200)
     with (c / "blank.pdf").open("wb") as fh:
         w.write(fh)
-    with caplog.at_level(logging.WARNING, logger="inner.documents"):
+    with caplog.at_level(logging.WARNING, logger="inner.engine.documents"):
         docs = load_documents(_task(c))
     assert [Path(d.path).name for d in docs] == ["good.txt"]
-    (msg,) = [r.getMessage() for r in caplog.records if r.name == "inner.documents"]
+    (msg,) = [r.getMessage() for r in caplog.records if r.name == "inner.engine.documents"]
     assert "broken.pdf (unreadable PDF" in msg and "blank.pdf (empty)" in msg
 
 
@@ -226,7 +226,7 @@ def test_a_loaded_document_reads_its_text_from_disk_and_refuses_an_edited_file(t
 
 
 def test_the_text_cache_is_bounded_in_texts_and_characters(tmp_path):
-    from inner.documents import _TextCache
+    from inner.engine.documents import _TextCache
 
     c = tmp_path / "c"
     c.mkdir()

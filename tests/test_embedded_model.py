@@ -11,8 +11,8 @@ import socket
 
 import pytest
 
-from inner.records import FailureMode, RunWriter
-from inner.run import run_generate
+from inner.engine.records import FailureMode, RunWriter
+from inner.engine.run import run_generate
 from tests.conftest import compose_config
 
 

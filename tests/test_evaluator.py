@@ -1,4 +1,4 @@
-"""The frozen evaluator (inner/evaluator.py, inner/scoring.py) seen from what it sends and
+"""The frozen evaluator (inner/evaluator/roles.py, inner/evaluator/scoring.py) seen from what it sends and
 records: rubric scoring with pitfalls, the rubric policy, judge and solver hygiene, unusable
 judge grades, and the frozen quality check (issue 7).
 
@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from inner.records import RubricItem, RunWriter
-from inner.scoring import check_rubric_policy, rubric_score
-from inner.templates import INNER_PROMPTS, USER_MARK
+from inner.engine.records import RubricItem, RunWriter
+from inner.evaluator import INNER_PROMPTS
+from inner.evaluator.scoring import check_rubric_policy, rubric_score
+from inner.sdk.templates import USER_MARK
 from tests.conftest import ONE_SHOT_HARNESS, compose_config, run, write_harness
 from tests.scenario import MARK
 
@@ -351,7 +352,7 @@ def test_quality_check_is_the_frozen_prompt_run_by_the_parent(make_cfg, server, 
 
 
 SELF_CHECKING_HARNESS = ONE_SHOT_HARNESS.replace(
-    "from inner.contract import Challenge", "from inner.contract import Challenge, QVVerdict"
+    "from inner.sdk.contract import Challenge", "from inner.sdk.contract import Challenge, QVVerdict"
 ).replace(
     "await agent.evaluate(res.value)",
     "await agent.evaluate(res.value, self_check=QVVerdict(passed=SELF, reason='my own check'))",

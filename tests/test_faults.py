@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from inner.records import RunWriter
+from inner.engine.records import RunWriter
 from tests.conftest import compose_config, run, scenario, write_corpus
 from tests.scenario import MARK, RoundPlan
 from tests.scripted_server import Reply

@@ -1,5 +1,5 @@
-"""The acceptance gate (inner/gate.py) and the answer extraction of the frozen evaluator
-(inner/evaluator.py): every default rubric threshold at its exact boundary, and the verifiable
+"""The acceptance gate (inner/evaluator/gate.py) and the answer extraction of the frozen evaluator
+(inner/evaluator/roles.py): every default rubric threshold at its exact boundary, and the verifiable
 k-of-n rule (at most 1 of 4 weak, at least 3 of 4 strong answers equivalent to the reference)."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 from inner.config import GateConfig
-from inner.errors import ConfigError
-from inner.evaluator import extract_final_answer, normalize_answer
-from inner.gate import check_rubric, check_verifiable, check_verifiable_weak, check_weak
-from inner.records import FailureMode
+from inner.engine.records import FailureMode
+from inner.evaluator.answers import extract_final_answer, normalize_answer
+from inner.evaluator.gate import check_rubric, check_verifiable, check_verifiable_weak, check_weak
+from inner.sdk.errors import ConfigError
 
 CFG = GateConfig()
 

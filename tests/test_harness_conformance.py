@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from inner.config import HARNESS_ROLES
-from inner.harness import HARNESSES_DIR
-from inner.records import RunWriter
-from inner.scoring import check_rubric_policy
+from inner.engine.harness import HARNESSES_DIR
+from inner.engine.records import RunWriter
+from inner.evaluator.scoring import check_rubric_policy
 from tests.conftest import run
 from tests.scenario import MARK, RoundPlan, Scenario
 from tests.scripted_server import Reply

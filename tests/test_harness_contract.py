@@ -1,4 +1,4 @@
-"""The harness contract (inner/harness.py): a directory with ``async def run(agent)``, run sealed
+"""The harness contract (inner/engine/harness.py): a directory with ``async def run(agent)``, run sealed
 in the sandbox, one process per document. Which harness runs (another directory, an edited
 one), its identity, what happens when it is broken (crashed documents, the run goes on), and
 the roles it may not call."""
@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from inner.errors import HarnessError
-from inner.harness import harness_content_hash, harness_id, resolve_harness_dir
+from inner.engine.harness import harness_id, resolve_harness_dir
+from inner.engine.records import RunWriter
 from inner.paths import PROJECT_ROOT
-from inner.records import RunWriter
+from inner.sandbox.files import harness_content_hash
+from inner.sdk.errors import HarnessError
 from tests.conftest import ONE_SHOT_HARNESS, run, scenario, write_harness
 from tests.scenario import RoundPlan
 
@@ -151,7 +152,7 @@ def test_harness_raising_on_one_document_crashes_only_that_one(make_cfg, server,
 FORBIDDEN = ("judge", "weak_solver", "strong_solver", "quality_verifier")
 
 PROBING_HARNESS = f"""
-from inner.errors import HarnessError
+from inner.sdk.errors import HarnessError
 
 
 async def run(agent):
@@ -228,11 +229,10 @@ def test_unusable_structured_output_in_the_sandbox_is_a_typed_schema_failure(mak
 def test_a_run_executes_a_snapshot_of_its_harness(tmp_path):
     """Editing the harness directory while a run is in flight does not change the code the run
     executes (it runs a copy taken at its start, with the same id)."""
-    from inner.harness import snapshot_harness
+    from inner.sandbox.files import copy_harness as snapshot
 
     h = copy_harness(tmp_path / "h")
-    (tmp_path / "snap").mkdir()
-    copy = snapshot_harness(h, tmp_path / "snap")
+    copy = snapshot(h, tmp_path / "snap" / "h")
     assert harness_id(copy) == harness_id(h) and copy.name == "h"
     before = (copy / "harness.py").read_bytes()
     _edit(h / "harness.py", "async def run(", "async def run_edited_mid_run(")

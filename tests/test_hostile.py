@@ -28,9 +28,11 @@ from typing import Any
 
 import pytest
 
+from inner.engine.records import RunWriter, Trajectory
+from inner.evaluator import frozen_files
+from inner.io import read_jsonl
 from inner.paths import PROJECT_ROOT
-from inner.records import RunWriter, Trajectory, read_jsonl
-from inner.sandbox import PIDS_CGROUP, sdk_dir
+from inner.sandbox.process import PIDS_CGROUP, sdk_dir
 from tests.conftest import run, scenario, write_corpus
 from tests.scenario import RoundPlan, Scenario
 from tests.scripted_server import Reply, ScriptedServer
@@ -41,13 +43,16 @@ TOO_EASY = RoundPlan(weak=[0.9, 0.9, 0.9])
 QV_REJECTS = RoundPlan(qv=False)
 MARK = re.compile(r"MARK-[A-Z0-9]+")
 #: frozen files whose bytes no harness may change
-FROZEN = ["inner/gate.py", "inner/evaluator.py", "inner/scoring.py", "inner/loop.py", "inner/sandbox.py"]
+FROZEN = [str(p.relative_to(PROJECT_ROOT)) for p in frozen_files()] + [
+    "inner/engine/loop.py",
+    "inner/sandbox/process.py",
+]
 
 #: shared by every hostile harness: the document's marker, a challenge the scripted evaluator
 #: understands, and one honest propose-and-evaluate round
 PRELUDE = """
 import asyncio, json, os, re, sys
-from inner.contract import Challenge, QVVerdict, RubricItem
+from inner.sdk.contract import Challenge, QVVerdict, RubricItem
 
 
 def marker(agent):
@@ -210,10 +215,10 @@ def test_writes_to_project_sources_and_meta_files_change_nothing(make_cfg, serve
         "vandal",
         """
         ROOT, RUN = @ROOT@, @RUN@
-        TARGETS = [ROOT + "/inner/gate.py", ROOT + "/inner/evaluator.py", ROOT + "/inner/scoring.py",
+        TARGETS = [ROOT + "/inner/evaluator/gate.py", ROOT + "/inner/evaluator/roles.py", ROOT + "/inner/evaluator/scoring.py",
                    ROOT + "/conf/gate/default.yaml", RUN + "/history.jsonl", RUN + "/archive.json",
                    RUN + "/lineage/HEAD", RUN + "/splits.json", RUN + "/config.yaml", "/harness/harness.py",
-                   "/sdk/inner/contract.py"]
+                   "/sdk/inner/sdk/contract.py"]
 
         def vandalize():
             out = {}
@@ -241,7 +246,7 @@ def test_writes_to_project_sources_and_meta_files_change_nothing(make_cfg, serve
     stats, trajs = generate(make_cfg, server(scenario(TOO_EASY)), run_dir, h)
     report = note_json(trajs["MARK-A"], "import:")
     assert report["/harness/harness.py"].startswith("OSError") and "Read-only" in report["/harness/harness.py"]
-    assert report["/sdk/inner/contract.py"].startswith("OSError")
+    assert report["/sdk/inner/sdk/contract.py"].startswith("OSError")
     assert {f: sha(PROJECT_ROOT / f) for f in FROZEN} == before
     assert tree_bytes(h) == harness_before and tree_bytes(sdk_dir()) == sdk_before
     for name in ("history.jsonl", "archive.json", "lineage", "splits.json"):
@@ -393,7 +398,10 @@ def test_rubric_weight_tricks_are_invalid_challenges(make_cfg, server, tmp_path,
 
 
 # -- 6. monkeypatching the evaluator ----------------------------------------------------------
-@pytest.mark.parametrize("module", ["inner.gate", "inner.evaluator", "inner.scoring", "inner.loop", "meta.loop"])
+@pytest.mark.parametrize(
+    "module",
+    ["inner.evaluator.gate", "inner.evaluator.roles", "inner.evaluator.scoring", "inner.engine.loop", "meta.loop"],
+)
 def test_importing_the_evaluator_fails_in_the_sandbox(make_cfg, server, tmp_path, module):
     h = make_harness(
         tmp_path,
@@ -420,7 +428,7 @@ def test_patching_the_sdk_in_its_own_process_changes_nothing(make_cfg, server, t
         tmp_path,
         "sdk_patcher",
         """
-        import inner.contract as contract
+        import inner.sdk.contract as contract
 
         main = sys.modules["__main__"]  # the sandbox child: Agent, _Connection
         contract.RoundRecord.accepted = property(lambda self: True)
@@ -949,9 +957,9 @@ MAIN_AGENT_LIKE_QV = "llm.roles.main_agent.temperature=0.0"
 
 
 def test_a_harness_role_cannot_fill_the_frozen_roles_cache(make_cfg, server, tmp_path):
-    from inner.contract import Challenge, model_schema
-    from inner.documents import load_documents
-    from inner.evaluator import Evaluator, QVChecks
+    from inner.engine.documents import load_documents
+    from inner.evaluator.roles import Evaluator, QVChecks
+    from inner.sdk.contract import Challenge, model_schema
 
     overrides = (MAIN_AGENT_LIKE_QV, "task.limit=1", "inner.max_rounds=1")
     cfg = make_cfg(*overrides)
@@ -1153,8 +1161,8 @@ SABOTEUR = (
     "import ctypes\n"
     "libc = ctypes.CDLL('libc.so.6', use_errno=True)\n"
     "if libc.mount(None, b'/sdk', None, 32 | 4096, None) == 0:\n"
-    "    src = open('/sdk/inner/sandbox_child.py').read()\n"
-    "    with open('/sdk/inner/sandbox_child.py', 'w') as fh:  # every later sandbox of this run dies\n"
+    "    src = open('/sdk/inner/sdk/child.py').read()\n"
+    "    with open('/sdk/inner/sdk/child.py', 'w') as fh:  # every later sandbox of this run dies\n"
     "        fh.write('import os\\nos._exit(3)\\n' + src)\n"
 )
 

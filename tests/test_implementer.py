@@ -13,14 +13,15 @@ from typing import Any
 import git
 import pytest
 
-import inner.harness
-from inner.contract import Challenge, model_schema
-from inner.errors import ConfigError
-from inner.harness import HARNESSES_DIR, harness_content_hash
-from inner.records import read_jsonl
-from inner.sandbox import dry_run_harness
-from inner.sandbox_child import schema_instance
-from inner.templates import render
+import inner.engine.harness
+from inner.engine.harness import HARNESSES_DIR
+from inner.io import read_jsonl
+from inner.sandbox.files import harness_content_hash
+from inner.sandbox.process import dry_run_harness
+from inner.sdk.child import schema_instance
+from inner.sdk.contract import Challenge, model_schema
+from inner.sdk.errors import ConfigError
+from inner.sdk.templates import render
 from meta.analyze import PROMPTS, contract_text, history_summary
 from meta.edit import check_prompt_files, edit_plan_model
 from tests.conftest import write_corpus, write_harness
@@ -84,7 +85,7 @@ def test_code_edit_is_applied_validated_evaluated_and_admitted(meta_corpus, serv
     assert 'messages[0]["content"] = "IMPROVED "' in (commit.tree / "harness.py").data_stream.read().decode()
     # the candidate was evaluated (its own evals directory) after passing validation
     assert h["candidate_harness_id"].split("@")[1] in evaluated_contents(tmp_path / "run")
-    # blocks format: no response_format; the prompt carries the contract rendered from inner/harness.py
+    # blocks format: no response_format; the prompt carries the contract rendered from inner/engine/harness.py
     (body,) = implementer_requests(srv)
     assert "response_format" not in body
     system = body["messages"][0]["content"]
@@ -171,7 +172,7 @@ def test_implementer_prompts_render_the_contract():
     values = {"analysis": "a", "history": "h", "files": "f", "contract": contract_text(), "max_edits": 6}
     for name in ("implementer.md", "implementer_json.md"):
         system, user = render(PROMPTS / name, **values)
-        assert (inner.harness.__doc__ or "").strip() in system["content"]
+        assert (inner.engine.harness.__doc__ or "").strip() in system["content"]
         assert "$placeholders" in system["content"] and "propose(ctx" not in system["content"]
         assert user["content"].startswith("## Analysis")  # the whole instruction is the system part
 
@@ -197,12 +198,12 @@ def test_shipped_harnesses_pass_the_dry_run(name):
         ("async def run(agent:\n", "failed to import: SyntaxError"),
         ("async def run(agent):\n    await agent.llm('judge', [{'role': 'user', 'content': 'x'}])\n", "not 'judge'"),
         (
-            "from pathlib import Path\nfrom inner.contract import render\n"
+            "from pathlib import Path\nfrom inner.sdk.contract import render\n"
             "async def run(agent):\n    render(Path(__file__).parent / 'p.md', a=1)\n",
             "placeholder $b which was not provided",
         ),
         (
-            "from inner.contract import Challenge\nasync def run(agent):\n"
+            "from inner.sdk.contract import Challenge\nasync def run(agent):\n"
             "    res = await agent.llm_json('challenger', [{'role': 'user', 'content': 'x'}], Challenge)\n"
             "    await agent.evaluate(res.value, side='sideways')\n",
             "side must be 'weak' or 'both'",
@@ -228,8 +229,8 @@ def test_dry_run_gives_canned_schema_replies_and_reports(tmp_path):
     tool calls of the offered tools, TOO_EASY reports, and the round budget as BudgetExhausted."""
     code = """
 import json
-from inner.contract import Challenge, FailureMode
-from inner.errors import BudgetExhausted
+from inner.sdk.contract import Challenge, FailureMode
+from inner.sdk.errors import BudgetExhausted
 
 TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object",
           "properties": {"x": {"type": "string"}}, "required": ["x"]}}} for n in ("a", "b")]
@@ -323,7 +324,7 @@ def test_demo_experiment_composes_with_the_paper_baseline():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from inner.harness import resolve_harness_dir
+    from inner.engine.harness import resolve_harness_dir
     from meta.config import EvolveConfig, register_configs
     from tests.conftest import CONF_DIR
 

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from inner.records import RunWriter
+from inner.engine.records import RunWriter
 from tests.conftest import run, scenario
 from tests.scenario import RoundPlan, Scenario, challenge_json
 from tests.scripted_server import Reply

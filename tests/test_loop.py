@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from inner.records import RunWriter
+from inner.engine.records import RunWriter
 from tests.conftest import run, scenario
 from tests.scenario import RoundPlan
 

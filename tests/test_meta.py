@@ -18,8 +18,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from inner.io import read_jsonl
 from inner.paths import PROJECT_ROOT
-from inner.records import read_jsonl
 from meta.config import EvolveConfig
 from meta.config import register_configs as register_meta
 from meta.export import export_harness
@@ -48,7 +48,7 @@ Do not write the question yourself.
 Do not write the question yourself. Be brief.
 >>>>>>> REPLACE
 """
-OUTSIDE_EDIT = """FILE: ../../../inner/gate.py
+OUTSIDE_EDIT = """FILE: ../../../inner/evaluator/gate.py
 <<<<<<< WHOLE
 EPS = 1.0
 >>>>>>> WHOLE
@@ -59,7 +59,7 @@ def whole_harness(body: str, preamble: str = "") -> str:
     return (
         "FILE: harness.py\n<<<<<<< WHOLE\n"
         "import os, sys, json, pathlib\n"
-        "from inner.contract import QVVerdict, Challenge\n"
+        "from inner.sdk.contract import QVVerdict, Challenge\n"
         f"{preamble}\n"
         f"async def run(agent):\n    {body}\n"
         ">>>>>>> WHOLE\n"
@@ -186,13 +186,13 @@ def test_structured_json_edits_for_small_models(meta_corpus, server, tmp_path):
 
 
 def test_edit_outside_harness_rejected_before_evaluation(meta_corpus, server, tmp_path):
-    gate_src = (PROJECT_ROOT / "inner" / "gate.py").read_text()
+    gate_src = (PROJECT_ROOT / "inner" / "evaluator" / "gate.py").read_text()
     srv = server(MetaScenario([OUTSIDE_EDIT]))
     evolve(evolve_config(meta_corpus, "meta.max_iterations=1"), tmp_path / "run", srv)
     (h,) = read_jsonl(tmp_path / "run" / "history.jsonl")
     assert h["status"] == "invalid-edit" and "outside the harness directory" in h["reason"]
     assert h["candidate"] is None
-    assert (PROJECT_ROOT / "inner" / "gate.py").read_text() == gate_src
+    assert (PROJECT_ROOT / "inner" / "evaluator" / "gate.py").read_text() == gate_src
     # no candidate was evaluated: only the root's validation and the parent's training runs
     assert {p.name for p in (tmp_path / "run" / "evals").iterdir()} == {h["parent_harness_id"].split("@")[1]}
 
@@ -288,7 +288,7 @@ def test_always_pass_self_check_mutant_is_not_admitted(meta_corpus, server, tmp_
 
 
 def test_resume_under_another_evaluator_is_refused_with_the_keys(meta_corpus, server, tmp_path):
-    from inner.errors import ConfigError
+    from inner.sdk.errors import ConfigError
 
     srv = server(MetaScenario([NEUTRAL_EDIT]))
     evolve(evolve_config(meta_corpus, "meta.max_iterations=1"), tmp_path / "run", srv)
@@ -314,7 +314,7 @@ def test_an_evaluation_is_keyed_by_content_not_by_name(meta_corpus, server, tmp_
     """The root harness under two directory names is evaluated once per document set."""
     import shutil
 
-    from inner.harness import HARNESSES_DIR
+    from inner.engine.harness import HARNESSES_DIR
 
     copy = tmp_path / "renamed_baseline"
     shutil.copytree(HARNESSES_DIR / "baseline", copy)
@@ -342,7 +342,7 @@ def test_duplicate_candidate_is_not_evaluated(meta_corpus, server, tmp_path, mon
     real = MetaRun.evaluate
 
     async def spy(self, harness_dir, docs, split):  # type: ignore[no-untyped-def]
-        from inner.harness import harness_content_hash
+        from inner.sandbox.files import harness_content_hash
 
         evaluated.append((harness_content_hash(harness_dir), split))
         return await real(self, harness_dir, docs, split)

@@ -9,10 +9,10 @@ import shutil
 from typing import Any
 
 from inner.config import EndpointConfig, LLMConfig
-from inner.harness import HARNESSES_DIR
+from inner.engine.harness import HARNESSES_DIR
+from inner.engine.records import RunWriter
 from inner.llm.cache import ResponseCache
 from inner.llm.client import LLMClient
-from inner.records import RunWriter
 from tests.conftest import run
 from tests.scripted_server import Reply
 from tests.test_harness_conformance import ACCEPT, ConformanceScenario

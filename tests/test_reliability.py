@@ -21,10 +21,11 @@ from pydantic import BaseModel
 
 from inner import errors
 from inner.config import EndpointConfig, LLMConfig
-from inner.llm.cache import ResponseCache, atomic_write_text
+from inner.engine.records import Example, RunWriter
+from inner.io import append_jsonl, atomic_write_text, read_jsonl
+from inner.llm.cache import ResponseCache
 from inner.llm.client import LLMClient
 from inner.llm.probe import probe_endpoints
-from inner.records import Example, RunWriter, append_jsonl, read_jsonl
 from tests.conftest import scenario, write_corpus
 from tests.scenario import RoundPlan
 from tests.scripted_server import Reply, ScriptedServer

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from inner.errors import ConfigError
-from inner.records import RunWriter
-from inner.run import run_generate
+from inner.engine.records import RunWriter
+from inner.engine.run import run_generate
+from inner.sdk.errors import ConfigError
 from tests.conftest import run, scenario
 from tests.scenario import MARK, RoundPlan, Scenario, challenge_json
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inner.errors import ConfigError
+from inner.sdk.errors import ConfigError
 from inner.tracking import LoggerConfig, NullTracker, build_tracker, flatten
 from tests.conftest import run, scenario
 from tests.scenario import RoundPlan

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from inner.documents import make_doc_id
+from inner.engine.documents import make_doc_id
+from inner.engine.records import Example, RubricItem, RunWriter, example_id
+from inner.engine.run import write_run_config
 from inner.paths import PROJECT_ROOT
-from inner.records import Example, RubricItem, RunWriter, example_id
-from inner.run import write_run_config
 from tests.conftest import compose_config
 
 pytestmark = pytest.mark.train
@@ -126,7 +126,7 @@ def test_split_is_deterministic_and_independent_of_run_order(tmp_path):
 
 
 def test_no_accepted_example_is_a_clear_error(tmp_path):
-    from inner.errors import ConfigError
+    from inner.sdk.errors import ConfigError
     from train.export import DatasetError, export_dataset, main
 
     empty = write_run(tmp_path / "empty", [])

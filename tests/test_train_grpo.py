@@ -28,8 +28,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from inner.errors import ModelWeightsError
     from inner.llm.weights import ensure_gguf
+    from inner.sdk.errors import ModelWeightsError
 
     try:
         gguf = ensure_gguf()
@@ -84,7 +84,7 @@ def tiny_cfg(model_dir: Path, run: Path, *overrides: str) -> Any:
 def test_two_grpo_steps_checkpoint_metrics_and_resume(tiny_model_dir, run_dir, server, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from inner.errors import ConfigError
+    from inner.sdk.errors import ConfigError
     from train.trainer import run_train
 
     srv = server(judge_script)
@@ -183,7 +183,7 @@ def test_eval_reports_mean_best_and_truncation(tiny_model_dir, run_dir, server, 
 @pytest.mark.slow
 def test_one_grpo_step_of_the_embedded_model_with_lora(run_dir, server, tmp_path):
     """The real Qwen2.5-Coder-0.5B-Instruct (dequantized from the project's GGUF), one step."""
-    from inner.errors import ModelWeightsError
+    from inner.sdk.errors import ModelWeightsError
     from train.trainer import run_train
 
     try:

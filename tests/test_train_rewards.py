@@ -134,7 +134,7 @@ def test_truncated_and_verifiable_rows_never_reach_the_judge(server, tmp_path):
 
 
 def test_unusable_judge_output_is_none_and_a_dead_judge_raises(server, tmp_path):
-    from inner.errors import LLMCallError
+    from inner.sdk.errors import LLMCallError
     from train.rewards import RubricReward
 
     srv = server(judge_script)

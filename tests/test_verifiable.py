@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from inner.equivalence import answers_equivalent, is_exact_reference
-from inner.records import RunWriter
+from inner.engine.records import RunWriter
+from inner.evaluator.answers import answers_equivalent, is_exact_reference
 from tests.conftest import run, scenario
 from tests.scenario import RoundPlan, challenge_json
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import inner.llm.weights as weights
-from inner.errors import ModelWeightsError
+from inner.sdk.errors import ModelWeightsError
 
 
 def test_part_paths_reports_a_missing_package_with_the_install_hint(monkeypatch):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inner.config import LLMConfig
-from inner.errors import ConfigError
+from inner.sdk.errors import ConfigError
 from inner.tracking import LoggerConfig
 
 #: ``policy.model`` value that means the embedded Qwen2.5-Coder-0.5B-Instruct (the project's

@@ -31,8 +31,8 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from inner.errors import ConfigError
-from inner.llm.cache import atomic_write_text
+from inner.io import atomic_write_text
+from inner.sdk.errors import ConfigError
 from train.config import EMBEDDED, EvalConfig, EvalSet
 from train.export import DatasetError, load_split
 from train.judge import build_judge_client, judge_endpoints

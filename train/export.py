@@ -1,8 +1,8 @@
 """Dataset export: accepted examples of one or more run directories -> a Hugging Face dataset.
 
 ``autodata-export-dataset RUN_DIR [RUN_DIR ...] --out DIR`` reads each run's ``dataset.jsonl``
-(:class:`inner.records.Example`, one accepted example a line) and ``config.yaml`` (the resolved
-config and identity written by :func:`inner.run.write_run_config`) and writes::
+(:class:`inner.engine.records.Example`, one accepted example a line) and ``config.yaml`` (the resolved
+config and identity written by :func:`inner.engine.run.write_run_config`) and writes::
 
     DIR/data/train.parquet   DIR/data/test.parquet     (what ``datasets.load_dataset(DIR)`` reads)
     DIR/jsonl/train.jsonl    DIR/jsonl/test.jsonl      (the same rows, one JSON object a line)
@@ -11,7 +11,7 @@ config and identity written by :func:`inner.run.write_run_config`) and writes::
 
 Columns (one row per example): ``example_id`` (``<doc_id>:<12 hex of sha256(question)>``,
 stable across reruns), ``prompt`` (chat messages: the frozen closed-book solver prompt,
-``inner/prompts/solver.md``, with the example's context and question), ``context``,
+``inner/evaluator/prompts/solver.md``, with the example's context and question), ``context``,
 ``question``, ``rubric`` (``[{id, criterion, weight}]``), ``reference_answer``, ``verifiable``
 (exact-answer example), ``question_type``, ``task``, ``doc_id``, ``run``, ``harness_id``,
 ``method``, ``models`` and ``gate`` (JSON strings from the run's identity), ``round``,
@@ -38,12 +38,13 @@ from typing import Any
 
 import yaml
 
-from inner.documents import slugify
-from inner.errors import AutodataError, ConfigError
-from inner.llm.cache import atomic_write_text
+from inner.engine.documents import slugify
+from inner.engine.records import Example, RunWriter
+from inner.evaluator import INNER_PROMPTS
+from inner.io import atomic_write_text
 from inner.paths import resolve_path
-from inner.records import Example, RunWriter
-from inner.templates import INNER_PROMPTS, render
+from inner.sdk.errors import AutodataError, ConfigError
+from inner.sdk.templates import render
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class DatasetError(AutodataError):
 
 def solver_prompt(context: str, question: str) -> list[dict[str, str]]:
     """The chat prompt a policy is trained and evaluated on: the frozen closed-book solver
-    prompt (``inner/prompts/solver.md``, the weak solver's view: no document), so the policy
+    prompt (``inner/evaluator/prompts/solver.md``, the weak solver's view: no document), so the policy
     answers exactly what the weak solver was asked. Shape: ``[system, user]`` messages."""
     return render(INNER_PROMPTS / "solver.md", document_block="", context=context, question=question)
 
@@ -194,7 +195,7 @@ def corpus_licenses(corpus: str | None) -> dict[str, str]:
 
 
 def _doc_slug(doc_id: str) -> str:
-    """``<slug>-<8 hex>`` -> ``<slug>`` (:func:`inner.documents.make_doc_id`)."""
+    """``<slug>-<8 hex>`` -> ``<slug>`` (:func:`inner.engine.documents.make_doc_id`)."""
     head, _, tail = doc_id.rpartition("-")
     return head if head and re.fullmatch(r"[0-9a-f]{8}", tail) else doc_id
 

@@ -2,7 +2,7 @@
 
 :func:`judge_endpoints` starts the configured backend (``llm=local``: the embedded llama.cpp
 server; ``llm=vllm``: ``vllm serve``; ``llm=openai`` or endpoints with a ``base_url``: nothing)
-exactly like :func:`inner.run.run_generate`, and yields the base URLs. :func:`build_judge_client`
+exactly like :func:`inner.engine.run.run_generate`, and yields the base URLs. :func:`build_judge_client`
 makes an :class:`~inner.llm.client.LLMClient` on them with the response cache and the call log
 of the run directory, so judge calls are cached, retried, bounded per endpoint and counted per
 role (``judge``) like every other LLM call of the project.

@@ -20,8 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from inner.errors import ConfigError
 from inner.llm.weights import GGUF_SHA256, default_cache_dir, ensure_gguf
+from inner.sdk.errors import ConfigError
 from train.config import EMBEDDED
 
 log = logging.getLogger(__name__)

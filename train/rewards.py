@@ -11,13 +11,13 @@ advantage of 0).
 
 - :class:`RubricReward` (rubric examples, ``verifiable`` false): the frozen judge grades the
   completion against the example's own rubric with the same prompt and scoring formula as the
-  inner evaluator (:func:`inner.evaluator.judge_answer` -> :func:`inner.scoring.rubric_score`),
+  inner evaluator (:func:`inner.evaluator.roles.judge_answer` -> :func:`inner.evaluator.scoring.rubric_score`),
   through the project's :class:`~inner.llm.client.LLMClient` (role ``judge``: in-flight limits,
   retries, response cache, usage counted per role). Reward in [0, 1]; ``None`` for exact-answer
   rows and when the judge's output stays unusable.
 - :class:`VerifiableReward` (``verifiable`` true): 1.0 if the final answer
-  (:func:`inner.evaluator.extract_final_answer`) is equivalent to the reference
-  (:func:`inner.equivalence.answers_equivalent`: math-verify, else normalized match), else 0.0;
+  (:func:`inner.evaluator.answers.extract_final_answer`) is equivalent to the reference
+  (:func:`inner.evaluator.answers.answers_equivalent`: math-verify, else normalized match), else 0.0;
   ``None`` for rubric rows.
 
 A completion cut at the length limit (its last token is not a stop token, or the caller says it
@@ -35,10 +35,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from inner.equivalence import answers_equivalent
-from inner.errors import LLMCallError
-from inner.evaluator import extract_final_answer, judge_answer
-from inner.records import RubricItem
+from inner.engine.records import RubricItem
+from inner.evaluator.answers import answers_equivalent, extract_final_answer
+from inner.evaluator.roles import judge_answer
+from inner.sdk.errors import LLMCallError
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class VerifiableReward(_Base):
 
 
 class RubricReward(_Base):
-    """Rubric reward (async): the frozen judge's :func:`~inner.scoring.rubric_score` of the
+    """Rubric reward (async): the frozen judge's :func:`~inner.evaluator.scoring.rubric_score` of the
     completion against the row's ``rubric``, given its ``context`` and ``question``; 0.0 for a
     truncated completion (no judge call); ``None`` for exact-answer rows and when the judge
     output is unusable or the request fails after retries.

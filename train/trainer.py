@@ -33,8 +33,8 @@ from typing import Any
 import yaml
 from transformers import TrainerCallback
 
-from inner.errors import ConfigError
-from inner.llm.cache import atomic_write_text
+from inner.io import atomic_write_text
+from inner.sdk.errors import ConfigError
 from inner.tracking import build_tracker
 from train.config import RewardConfig, TrainConfig
 from train.export import DatasetError, export_dataset, load_split

@@ -2,7 +2,7 @@
 
 The scripted OpenAI-compatible server (``tests/scripted_server.py``) runs as a separate
 process and answers every completion after a fixed latency (default 200 ms). The inner loop
-(``inner.run.run_generate``, the real ``openai`` client over loopback HTTP, a fresh response
+(``inner.engine.run.run_generate``, the real ``openai`` client over loopback HTTP, a fresh response
 cache so nothing is replayed) runs on many synthetic documents with the endpoint saturated
 (``max_in_flight`` requests in flight, twice as many documents in flight). With latency ``L``
 and ``K`` requests in flight the ceiling is ``K / L`` calls/s (64 / 0.2 s = 320 calls/s).
@@ -191,7 +191,7 @@ def steady_state(calls_log: Path, in_flight: int) -> dict[str, float | None]:
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     import logging
 
-    from inner.run import run_generate
+    from inner.engine.run import run_generate
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory(prefix="autodata-bench-") as tmp:

@@ -1,6 +1,6 @@
 """Memory benchmark: does a generation run's memory stay flat as documents finish?
 
-Peak RSS of ``inner.run.run_generate`` over N synthetic documents (default 2,000 and 20,000)
+Peak RSS of ``inner.engine.run.run_generate`` over N synthetic documents (default 2,000 and 20,000)
 at 256 requests in flight, each N in a fresh Python process, against the scripted
 OpenAI-compatible server (``tests/scripted_server.py``) run as a separate process exactly as
 ``experiments/bench/inner_throughput.py`` does (same scenario script; one accepted round per
@@ -12,11 +12,11 @@ finished, the slope (KiB per finished document, between 10 % and 100 %), wall ti
 
 ``--sandbox``:
 
-- ``real``: every document in its bubblewrap sandbox (``inner.sandbox``), as shipped. The
+- ``real``: every document in its bubblewrap sandbox (``inner.sandbox.process``), as shipped. The
   sandbox is a separate process (not in this RSS), but its start-up costs ~0.2-0.4 s of CPU
   per document, so 20,000 documents take over an hour on 2 cores.
 - ``inprocess`` (default): the real baseline harness and the real sandbox protocol
-  (``inner.sandbox_child.Agent`` speaking JSON messages to ``inner.loop.DocumentSession``),
+  (``inner.sdk.child.Agent`` speaking JSON messages to ``inner.engine.loop.DocumentSession``),
   but run as a task in this process instead of a bubblewrap child. Everything the parent
   keeps per document is the same; what is missing is the child process and its pipes (freed
   when each document ends). The harness's own objects are in this RSS (they die with it).
@@ -61,13 +61,13 @@ def rss_kib() -> int:
 
 
 class InProcessSandbox:
-    """Bench stand-in for :class:`inner.sandbox.SandboxProcess`: the harness runs through the
-    real sandbox protocol (JSON messages, :class:`inner.sandbox_child.Agent`) as a task here."""
+    """Bench stand-in for :class:`inner.sandbox.process.SandboxProcess`: the harness runs through the
+    real sandbox protocol (JSON messages, :class:`inner.sdk.child.Agent`) as a task here."""
 
     _module: Any = None
 
     def __init__(self, harness_dir: Path, **_: Any) -> None:
-        from inner.sandbox_child import load_harness_module
+        from inner.sdk.child import load_harness_module
 
         if InProcessSandbox._module is None:
             InProcessSandbox._module = load_harness_module(Path(harness_dir))
@@ -77,7 +77,7 @@ class InProcessSandbox:
         self.conn: Any = None
 
     async def start(self, **_: Any) -> dict[str, Any]:
-        from inner.sandbox_child import _Connection
+        from inner.sdk.child import _Connection
 
         queue = self.out
 
@@ -91,7 +91,7 @@ class InProcessSandbox:
         return {"ok": True}
 
     async def send(self, msg: dict[str, Any]) -> None:
-        from inner.sandbox_child import Agent, DocumentView
+        from inner.sdk.child import Agent, DocumentView
 
         msg = json.loads(json.dumps(msg))  # nothing shared with the parent, as over a pipe
         if msg["t"] == "run" and self.task is None:
@@ -152,14 +152,14 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     import logging
     import tracemalloc
 
-    import inner.loop
-    from inner.loop import LoopObserver
-    from inner.run import run_generate
+    import inner.engine.loop
+    from inner.engine.loop import LoopObserver
+    from inner.engine.run import run_generate
 
     logging.basicConfig(level=logging.WARNING)
     n = args.docs[0]
     if args.sandbox == "inprocess":
-        inner.loop.SandboxProcess = InProcessSandbox  # type: ignore[misc,assignment]
+        inner.engine.loop.SandboxProcess = InProcessSandbox  # type: ignore[misc,assignment]
     marks = {max(1, n // 10): "rss_10pct_kib", max(1, n // 2): "rss_50pct_kib", n: "rss_100pct_kib"}
     res: dict[str, Any] = {"docs": n, "sandbox": args.sandbox, "in_flight": args.in_flight}
     snaps: dict[str, Any] = {}

@@ -34,9 +34,9 @@ from pathlib import Path
 import httpx
 
 from inner.config import LLMConfig
-from inner.errors import BackendError
 from inner.llm.build_server import built_server, installed_version
 from inner.llm.weights import INSTALL_HINT, ensure_gguf
+from inner.sdk.errors import BackendError
 
 log = logging.getLogger(__name__)
 

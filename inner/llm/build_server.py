@@ -37,8 +37,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from inner.errors import BackendError
 from inner.llm.weights import INSTALL_HINT, default_cache_dir
+from inner.sdk.errors import BackendError
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
 from array import array
 from collections.abc import Iterator
@@ -37,44 +36,6 @@ def cache_key(payload: dict[str, Any]) -> str:
     """sha256 hex digest of the canonical (sorted-keys, compact) JSON of ``payload``."""
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` durably: a temp file in the same directory, fsynced,
-    renamed over ``path`` with ``os.replace``, then the directory fsynced.
-
-    A reader sees the old content or the new one, never a mix; after a crash or power loss
-    the file holds one of the two (the rename itself is made durable by the directory fsync).
-
-    Raises:
-        OSError: the directory cannot be created or written.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """fsync ``directory`` so that a file created or renamed in it survives a crash (POSIX;
-    a no-op where directories cannot be opened, e.g. on Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):  # some file systems cannot fsync a directory
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Index:

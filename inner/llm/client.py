@@ -10,7 +10,7 @@ same budget and backoff. Every call is looked up in the content-addressed
 :class:`~inner.llm.cache.ResponseCache` first, counted per role, and logged as one line of
 ``calls.jsonl``.
 
-Every way a call can fail ends as one typed :class:`~inner.errors.LLMCallError` subtype
+Every way a call can fail ends as one typed :class:`~inner.sdk.errors.LLMCallError` subtype
 (``status``, ``timeout``, ``connection``, ``bad_response``, ``empty``; ``schema`` for
 structured output still invalid after its repair, returned rather than raised): it is counted
 in the role's ``failures`` and ``failure_kinds``, logged as one ``calls.jsonl`` line whose
@@ -40,7 +40,8 @@ import openai
 from pydantic import BaseModel
 
 from inner.config import LLMConfig
-from inner.contract import (  # noqa: F401  (re-exported: the parent and the sandbox share them)
+from inner.llm.cache import ResponseCache, cache_key
+from inner.sdk.contract import (  # noqa: F401  (re-exported: the parent and the sandbox share them)
     CompleteFn,
     Completion,
     JSONResult,
@@ -50,7 +51,7 @@ from inner.contract import (  # noqa: F401  (re-exported: the parent and the san
     model_schema,
     parse_json_output,
 )
-from inner.errors import (
+from inner.sdk.errors import (
     ConfigError,
     LLMBadResponseError,
     LLMCallError,
@@ -60,7 +61,6 @@ from inner.errors import (
     LLMStatusError,
     LLMTimeoutError,
 )
-from inner.llm.cache import ResponseCache, cache_key
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -71,7 +71,7 @@ ROLE_HEADER = "X-Autodata-Role"
 class RoleUsage:
     """Counters of one role. ``calls`` are requests actually sent; ``cached_calls`` were
     served from the cache; tokens count both (what the records cost, cached or not).
-    ``failures`` are calls that ended in an :class:`~inner.errors.LLMCallError` (after all
+    ``failures`` are calls that ended in an :class:`~inner.sdk.errors.LLMCallError` (after all
     retries, or a structured output still invalid after its repair), and ``failure_kinds``
     counts them by kind (``status``, ``timeout``, ``connection``, ``bad_response``,
     ``empty``, ``schema``)."""
@@ -105,7 +105,7 @@ class RoleUsage:
 
     def as_dict(self) -> dict[str, Any]:
         """The counters; ``failure_kinds`` only when there was a failure (so a usage without
-        failures has the same keys as :class:`~inner.contract.RoleUsageRecord`)."""
+        failures has the same keys as :class:`~inner.sdk.contract.RoleUsageRecord`)."""
         d = asdict(self)
         if not self.failure_kinds:
             del d["failure_kinds"]
@@ -275,7 +275,7 @@ class LLMClient:
 
         Raises:
             LLMCallError: the call failed after the endpoint's retries; the subtype says how
-                (:class:`~inner.errors.LLMStatusError`, ``LLMTimeoutError``,
+                (:class:`~inner.sdk.errors.LLMStatusError`, ``LLMTimeoutError``,
                 ``LLMConnectionError``, ``LLMBadResponseError``, ``LLMEmptyError``).
         """
         return await self._complete(role, messages, sample_index, json_schema, schema_name, pending, tools)
@@ -473,7 +473,7 @@ class LLMClient:
         If the reply does not parse or validate, asks once more with the validation error
         appended; if that fails too, returns a :class:`JSONResult` with ``value=None``, the
         raw texts and the error (never raises for bad output). That outcome is an
-        :class:`~inner.errors.LLMSchemaError` in the accounting: counted in the role's
+        :class:`~inner.sdk.errors.LLMSchemaError` in the accounting: counted in the role's
         ``failures`` (kind ``schema``), logged, and its replies are not cached, so a rerun
         asks again; the replies of a usable result are cached.
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import httpx2
 
 from inner.config import LLMConfig
-from inner.errors import BackendError, ConfigError
+from inner.sdk.errors import BackendError, ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import logging
 import os
 from pathlib import Path
 
-from inner.errors import ModelWeightsError
+from inner.sdk.errors import ModelWeightsError
 
 log = logging.getLogger(__name__)
 

@@ -2,13 +2,13 @@
 
 ``python -m train.demo.build --out train/demo/source`` writes one run directory per domain
 (``cs``, ``legal``) with ``config.yaml`` and ``dataset.jsonl``, using the project's record
-writer (:class:`inner.records.RunWriter`). The examples are written by hand (the embedded 0.5B
+writer (:class:`inner.engine.records.RunWriter`). The examples are written by hand (the embedded 0.5B
 model is too weak to produce examples that pass the published gate), so the runs record
 ``method: hand_written_demo`` and no gate. Their weak and strong scores are measured, not
 made up: the embedded model answers each example ``--n`` times closed-book (weak) and
 open-book with a 2,500-character excerpt of the document (strong) with the frozen solver
-prompt, and each answer is graded with the frozen judge (:func:`inner.evaluator.judge_answer`)
-or, for exact answers (:func:`inner.equivalence.is_exact_reference`), by equivalence.
+prompt, and each answer is graded with the frozen judge (:func:`inner.evaluator.roles.judge_answer`)
+or, for exact answers (:func:`inner.evaluator.answers.is_exact_reference`), by equivalence.
 Takes minutes on 2 cores (llm=local).
 """
 
@@ -25,12 +25,13 @@ from typing import Any
 import yaml
 
 from inner.config import LLMConfig, TaskConfig
-from inner.documents import Document, load_documents
-from inner.equivalence import answers_equivalent, is_exact_reference
-from inner.evaluator import extract_final_answer, judge_answer
-from inner.llm.cache import atomic_write_text
-from inner.records import Example, RubricItem, RunWriter, example_id
-from inner.templates import INNER_PROMPTS, render
+from inner.engine.documents import Document, load_documents
+from inner.engine.records import Example, RubricItem, RunWriter, example_id
+from inner.evaluator import INNER_PROMPTS
+from inner.evaluator.answers import answers_equivalent, extract_final_answer, is_exact_reference
+from inner.evaluator.roles import judge_answer
+from inner.io import atomic_write_text
+from inner.sdk.templates import render
 from train.judge import build_judge_client, judge_endpoints
 
 log = logging.getLogger(__name__)

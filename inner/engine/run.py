@@ -18,19 +18,21 @@ from typing import Any
 import yaml
 
 from inner.config import GenerateConfig
-from inner.documents import Document, load_documents
-from inner.errors import ConfigError
-from inner.harness import harness_id as make_harness_id
-from inner.harness import resolve_harness_dir, snapshot_harness
+from inner.engine.documents import Document, load_documents
+from inner.engine.harness import harness_id as make_harness_id
+from inner.engine.harness import resolve_harness_dir
+from inner.engine.loop import Engine, LoopObserver, run_documents
+from inner.engine.records import RunWriter, Trajectory
+from inner.engine.stats import StatsAccumulator
+from inner.evaluator import FROZEN_DIR, frozen_files
+from inner.io import atomic_write_text
 from inner.llm.backends import start_backend
-from inner.llm.cache import ResponseCache, atomic_write_text
+from inner.llm.cache import ResponseCache
 from inner.llm.client import LLMClient, UsageMeter, track_usage
 from inner.llm.probe import probe_endpoints
-from inner.loop import Engine, LoopObserver, run_documents
-from inner.records import RunWriter, Trajectory
-from inner.sandbox import bwrap_path
-from inner.stats import StatsAccumulator
-from inner.templates import INNER_PROMPTS
+from inner.sandbox.files import copy_harness
+from inner.sandbox.process import bwrap_path
+from inner.sdk.errors import ConfigError
 from inner.tracking import Tracker, build_tracker
 
 log = logging.getLogger(__name__)
@@ -38,21 +40,25 @@ log = logging.getLogger(__name__)
 #: What must not change when a run directory is resumed: mixing records made with other
 #: values in one dataset would make them incomparable. Concurrency, backend and endpoint URLs
 #: may change (they do not change what is generated).
-IDENTITY_KEYS = ("method", "harness_id", "gate", "rubric", "inner", "task_verifiable", "models", "roles", "seed")
+IDENTITY_KEYS = (
+    "method", "harness_id", "gate", "rubric", "inner", "task_verifiable", "models", "roles", "seed", "frozen",
+)  # fmt: skip
 
 
 def evaluator_identity(cfg: GenerateConfig) -> dict[str, Any]:
     """Everything that decides what an evaluation of a harness yields, except the harness and
     the documents: the evaluator (quality check, solvers, judge: their models and sampling;
     attempts; open/closed book; gate; rubric policy), the task's answer checking and domain,
-    the harness roles' models and sampling, the budgets and the seed. Concurrency, URLs and
-    timeouts are left out (they do not change what is generated).
+    the harness roles' models and sampling, the budgets and the seed, and the frozen
+    evaluator's files (:func:`frozen_identity`). Concurrency, URLs and timeouts are left out
+    (they do not change what is generated).
 
     Returns:
         A JSON-able dict; :func:`identity_hash` of it keys stored evaluations.
     """
     inner = asdict(cfg.inner)
-    inner.pop("max_concurrent_documents")
+    for key in ("max_concurrent_documents", "harness_max_files", "harness_max_mb"):
+        inner.pop(key)
     roles = {}
     for name in ("challenger", "main_agent", "self_check", "quality_verifier", "weak_solver", "strong_solver", "judge"):
         role = cfg.llm.role(name)
@@ -65,10 +71,16 @@ def evaluator_identity(cfg: GenerateConfig) -> dict[str, Any]:
         "task": {"name": cfg.task.name, "verifiable": cfg.task.verifiable, "domain": cfg.task.domain},
         "roles": roles,
         "seed": cfg.llm.seed,
-        "prompts": {
-            p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in sorted(INNER_PROMPTS.glob("*.md"))
-        },
+        "frozen": frozen_identity(),
     }
+
+
+def frozen_identity() -> dict[str, str]:
+    """The frozen evaluator's code and prompts: ``{path relative to inner/evaluator/: 12 hex of
+    its sha256}`` for every file of :func:`inner.evaluator.frozen_files`. A change to any of them
+    (``gate.py``, a prompt) changes every evaluation's identity, and :func:`identity_diff` names
+    the file (``frozen.gate.py``)."""
+    return {str(p.relative_to(FROZEN_DIR)): hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in frozen_files()}
 
 
 def identity_hash(identity: Any) -> str:
@@ -88,7 +100,8 @@ def identity_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 def _identity(cfg: GenerateConfig, harness_id: str) -> dict[str, Any]:
     inner = asdict(cfg.inner)
-    inner.pop("max_concurrent_documents")
+    for key in ("max_concurrent_documents", "harness_max_files", "harness_max_mb"):
+        inner.pop(key)
     return {
         "method": cfg.method,
         "harness_id": harness_id,
@@ -99,6 +112,7 @@ def _identity(cfg: GenerateConfig, harness_id: str) -> dict[str, Any]:
         "models": {name: ep.model for name, ep in cfg.llm.endpoints.items()},
         "roles": asdict(cfg.llm.roles),
         "seed": cfg.llm.seed,
+        "frozen": frozen_identity(),
     }
 
 
@@ -126,6 +140,12 @@ def write_run_config(run_dir: Path, cfg: GenerateConfig, harness_id: str) -> Non
                 run_dir, ", ".join(diff),
             )  # fmt: skip
         elif diff:
+            if "frozen" in diff:
+                changed = identity_diff(old_ident["frozen"], ident["frozen"], "inner/evaluator/")
+                raise ConfigError(
+                    f"run directory {run_dir} was made under different frozen evaluator code: "
+                    f"{', '.join(changed)} changed; resume it with the same code or choose a new hydra.run.dir"
+                )
             raise ConfigError(
                 f"run directory {run_dir} was made with a different {', '.join(diff)} "
                 f"(e.g. {diff[0]}={old_ident[diff[0]]!r}); resume it with the same settings or "
@@ -164,7 +184,10 @@ async def run_generate(
     with tempfile.TemporaryDirectory(prefix="autodata-harness-") as snap:
         # the run executes a copy taken now, and its id is the copy's: editing the harness
         # directory mid-run cannot change the code behind the recorded harness id
-        harness_dir = snapshot_harness(harness_dir_for(cfg), Path(snap))
+        src = harness_dir_for(cfg)
+        harness_dir = copy_harness(
+            src, Path(snap) / src.name, max_files=cfg.inner.harness_max_files, max_bytes=cfg.inner.harness_max_mb << 20
+        )
         return await _generate(cfg, Path(run_dir), harness_dir, observer_factory, base_urls)
 
 
@@ -267,7 +290,7 @@ async def evaluate_harness(
 
     Args:
         harness_dir: the harness directory; its code runs only in the sealed sandbox, one
-            process per document (:mod:`inner.sandbox`).
+            process per document (:mod:`inner.sandbox.process`).
 
         return_trajectories: also return every document's trajectory (held in memory: for
             small evaluations such as the meta loop's; a generation run keeps none, and its

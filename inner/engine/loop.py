@@ -2,10 +2,10 @@
 
 One document (:class:`DocumentSession`)::
 
-    start the sealed sandbox on the harness directory (inner.sandbox), send it the document
+    start the sealed sandbox on the harness directory (inner.sandbox.process), send it the document
     serve its requests until it returns, is accepted, crashes or runs out of a budget:
       llm(role, ...)         harness roles only; counted against calls/tokens; cached, logged
-      evaluate(challenge)    the frozen evaluator (inner.evaluator): one round per distinct
+      evaluate(challenge)    the frozen evaluator (inner.evaluator.roles): one round per distinct
                              challenge; the first ACCEPTED round ends the document
       note(text), budget()   memory and budgets
     trajectories/<doc>.json rewritten after every round; dataset.jsonl appended on acceptance
@@ -35,12 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from inner.config import HARNESS_ROLES, GenerateConfig
-from inner.contract import Challenge, QVVerdict, challenge_key
-from inner.documents import Document
-from inner.errors import HarnessError, LLMCallError, LLMSchemaError
-from inner.evaluator import Evaluator
-from inner.llm.client import Completion, LLMClient
-from inner.records import (
+from inner.engine.documents import Document
+from inner.engine.records import (
     Example,
     FailureMode,
     HarnessEvent,
@@ -50,7 +46,11 @@ from inner.records import (
     Trajectory,
     example_id,
 )
-from inner.sandbox import SandboxProcess
+from inner.evaluator.roles import Evaluator
+from inner.llm.client import Completion, LLMClient
+from inner.sandbox.process import SandboxProcess
+from inner.sdk.contract import Challenge, QVVerdict, challenge_key
+from inner.sdk.errors import HarnessError, LLMCallError, LLMSchemaError
 
 log = logging.getLogger(__name__)
 
@@ -516,7 +516,7 @@ async def run_documents(
     Args:
         docs: the documents (any iterable; consumed once).
         on_finished: ``f(document, trajectory)``, called as each document ends, in completion
-            order (e.g. a :class:`~inner.stats.StatsAccumulator`'s ``add``).
+            order (e.g. a :class:`~inner.engine.stats.StatsAccumulator`'s ``add``).
 
     Raises:
         SandboxError: the sandbox cannot be set up at all (the other workers are cancelled).

@@ -5,21 +5,21 @@ coroutine::
 
     async def run(agent: Agent) -> None
 
-It works on one document, inside the sealed sandbox (:mod:`inner.sandbox`), and may import
+It works on one document, inside the sealed sandbox (:mod:`inner.sandbox.process`), and may import
 only the standard library, the installed third-party packages and the harness SDK
-(:mod:`inner.contract`: ``Challenge``, ``RubricItem``, ``QVVerdict``, ``RoundRecord``,
+(:mod:`inner.sdk.contract`: ``Challenge``, ``RubricItem``, ``QVVerdict``, ``RoundRecord``,
 ``FailureMode``, ``JSONResult``, ``render``...). The ``agent`` (:class:`Agent`) offers:
 
 - ``agent.doc``: the document: ``title``, ``text`` (cut to ``inner.harness_doc_chars``),
   ``excerpt(n)``, ``sections()``, ``search(phrase)``; ``agent.document("challenger")``: the
   text cut to a role's ``llm.roles.<role>.doc_chars``; ``agent.domain``: e.g. "research paper";
 - ``await agent.llm(role, messages, json_schema=None, tools=None, sample=None)`` ->
-  :class:`~inner.contract.Completion` for the harness roles ``challenger``, ``main_agent`` and
+  :class:`~inner.sdk.contract.Completion` for the harness roles ``challenger``, ``main_agent`` and
   ``self_check`` (each call a fresh sample unless ``sample`` pins it; OpenAI-style ``tools``
   where the endpoint supports them); ``await agent.llm_json(role, messages, Model)`` ->
-  :class:`~inner.contract.JSONResult` (schema-constrained, one repair);
+  :class:`~inner.sdk.contract.JSONResult` (schema-constrained, one repair);
 - ``await agent.evaluate(challenge, side="weak" | "both", self_check=None)`` ->
-  :class:`~inner.contract.RoundRecord`: the frozen evaluator as a tool (frozen quality verdict,
+  :class:`~inner.sdk.contract.RoundRecord`: the frozen evaluator as a tool (frozen quality verdict,
   solver answers, per-criterion grades, scores, the gate's verdict and reasons). Each
   distinct challenge is one round of ``inner.max_rounds``; the same challenge again returns the
   recorded report (``side="both"`` after a passing ``side="weak"`` runs the strong side on the
@@ -28,10 +28,10 @@ only the standard library, the installed third-party packages and the harness SD
 - budgets, enforced by the parent: ``inner.max_rounds``, ``inner.harness_max_calls``,
   ``inner.harness_max_tokens`` per document, ``inner.harness_wall_s`` (time inside
   ``evaluate`` excluded), CPU and memory limits; ``await agent.budget()`` says what is left.
-  An exhausted budget raises :class:`~inner.errors.BudgetExhausted` in the harness and ends the
+  An exhausted budget raises :class:`~inner.sdk.errors.BudgetExhausted` in the harness and ends the
   document with the reason.
 
-Errors: an LLM request that fails after retries raises :class:`~inner.errors.LLMCallError` in
+Errors: an LLM request that fails after retries raises :class:`~inner.sdk.errors.LLMCallError` in
 the harness and the document is marked ``error`` (infrastructure: redone on the next run, never
 counted against the harness). Anything else the harness does wrong (raises, exits, hangs,
 exceeds a limit) ends the document as ``crashed`` with the reason; the run goes on.
@@ -43,19 +43,19 @@ identifies an evaluation (:func:`harness_content_hash`).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Protocol
 
-from inner.contract import Challenge, Completion, JSONResult, QVVerdict, RoundRecord
-from inner.errors import HarnessError
 from inner.paths import PROJECT_ROOT
+from inner.sandbox.files import harness_content_hash
+from inner.sdk.contract import Challenge, Completion, JSONResult, QVVerdict, RoundRecord
+from inner.sdk.errors import HarnessError
 
 HARNESSES_DIR = PROJECT_ROOT / "harnesses"
 
 
 class Document(Protocol):
-    """``agent.doc`` (:class:`inner.sandbox_child.DocumentView`)."""
+    """``agent.doc`` (:class:`inner.sdk.child.DocumentView`)."""
 
     doc_id: str
     title: str
@@ -75,7 +75,7 @@ class Document(Protocol):
 
 
 class Agent(Protocol):
-    """What a harness's ``run`` receives (implemented by :class:`inner.sandbox_child.Agent`)."""
+    """What a harness's ``run`` receives (implemented by :class:`inner.sdk.child.Agent`)."""
 
     doc: Document
     domain: str
@@ -140,49 +140,9 @@ class Harness(Protocol):
         ...
 
 
-def _files(path: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in path.rglob("*")
-        if p.is_file()
-        and p.name != "MANIFEST.json"
-        and not any(part == "__pycache__" or part.startswith(".") for part in p.relative_to(path).parts)
-    )
-
-
-def harness_content_hash(path: Path) -> str:
-    """12 hex of a sha256 over every file's relative path and bytes (``__pycache__``,
-    dot-files and an export's ``MANIFEST.json`` excluded): the harness's identity, whatever
-    its directory is called."""
-    h = hashlib.sha256()
-    for f in _files(path):
-        h.update(str(f.relative_to(path)).encode())
-        h.update(b"\0")
-        h.update(f.read_bytes())
-        h.update(b"\0")
-    return h.hexdigest()[:12]
-
-
 def harness_id(path: Path) -> str:
     """``<dir name>@<content hash>`` (:func:`harness_content_hash`)."""
     return f"{path.name}@{harness_content_hash(path)}"
-
-
-def snapshot_harness(path: Path, dest: Path) -> Path:
-    """Copy the harness at ``path`` (the files of its identity, :func:`harness_content_hash`)
-    into ``dest/<name>`` and return the copy. A run executes the copy and records the copy's
-    :func:`harness_id` (the same as the original's unless it was being edited), so editing the
-    harness directory while a run is in flight cannot change the code behind that id.
-
-    Raises:
-        OSError: a file cannot be read or written.
-    """
-    copy = dest / path.name
-    for f in _files(path):
-        target = copy / f.relative_to(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(f.read_bytes())
-    return copy
 
 
 def resolve_harness_dir(spec: str) -> Path:

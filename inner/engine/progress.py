@@ -11,9 +11,9 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from inner.engine.loop import LoopObserver
+from inner.engine.records import Trajectory
 from inner.llm.client import UsageMeter
-from inner.loop import LoopObserver
-from inner.records import Trajectory
 
 
 class RichProgress(LoopObserver):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from statistics import fmean
 
 from inner.config import GateConfig
-from inner.records import FailureMode
+from inner.engine.records import FailureMode
 
 EPS = 1e-9
 
@@ -103,7 +103,7 @@ def check_verifiable(
     weak_correct: list[bool], strong_correct: list[bool], *, qv_passed: bool, cfg: GateConfig
 ) -> GateDecision:
     """The verifiable-mode gate over per-attempt equivalence with the reference
-    (:func:`inner.equivalence.answers_equivalent`)."""
+    (:func:`inner.evaluator.answers.answers_equivalent`)."""
     if not qv_passed:
         return GateDecision(FailureMode.FAILED_QV, ["quality verifier rejected the challenge"])
     weak_fail = check_verifiable_weak(weak_correct, cfg)

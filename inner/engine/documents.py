@@ -16,8 +16,8 @@ from collections import OrderedDict
 from pathlib import Path
 
 from inner.config import TaskConfig
-from inner.errors import DocumentError
 from inner.paths import resolve_path
+from inner.sdk.errors import DocumentError
 
 log = logging.getLogger(__name__)
 

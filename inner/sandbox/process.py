@@ -3,14 +3,14 @@ the evaluator's process, on every path (``autodata-generate harness=...`` and
 ``autodata-evolve`` alike).
 
 One sandbox process per document, started with bubblewrap (Debian's ``bubblewrap``, installed
-by ``make install``) as ``python -I /sdk/inner/sandbox_child.py /harness``:
+by ``make install``) as ``python -I /sdk/inner/sdk/child.py /harness``:
 
 - **privileges**: no capabilities at all (``--cap-drop ALL``), no nested user namespaces, so
   nothing can be remounted writable;
 - **file system**: a fresh read-only root with read-only ``/usr`` (and the ``/bin``, ``/lib`` links),
   the Python installation and the virtual environment's packages, the harness SDK at ``/sdk``
-  (:mod:`inner.contract`, :mod:`inner.templates`, :mod:`inner.errors`,
-  :mod:`inner.sandbox_child`; no other project source), the harness directory read-only at
+  (:mod:`inner.sdk.contract`, :mod:`inner.sdk.templates`, :mod:`inner.sdk.errors`,
+  :mod:`inner.sdk.child`; no other project source), the harness directory read-only at
   ``/harness``, a private size-limited ``/tmp`` as its working directory and a small
   ``/dev/shm``; ``/`` and ``/dev`` are read-only. The run
   directory, records, lineage, ``splits.json``, the corpus, the project sources, ``$HOME`` and
@@ -24,8 +24,8 @@ by ``make install``) as ``python -I /sdk/inner/sandbox_child.py /harness``:
   cgroup v1 hierarchies are writable, as on these machines;
 - **resources**: ``RLIMIT_AS`` (memory per process), ``RLIMIT_CPU`` (CPU seconds),
   ``RLIMIT_NOFILE``, ``RLIMIT_FSIZE``, the memory cgroup (all processes together, tmpfs
-  included), and the wall-clock limit enforced by :mod:`inner.loop`;
-- **LLM access**: only through the parent (:class:`inner.loop.DocumentSession`), restricted
+  included), and the wall-clock limit enforced by :mod:`inner.engine.loop`;
+- **LLM access**: only through the parent (:class:`inner.engine.loop.DocumentSession`), restricted
   to the harness roles and a per-document budget of calls and tokens.
 
 Not contained: CPU contention (a busy harness shares the cores with the run until its CPU or
@@ -49,13 +49,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from inner.errors import HarnessError, SandboxError
 from inner.paths import PROJECT_ROOT
+from inner.sdk import HARNESS_MODULES, SDK_DIR
+from inner.sdk.errors import HarnessError, SandboxError
 
 log = logging.getLogger(__name__)
 
-#: project files visible inside the sandbox: the harness SDK, nothing that decides acceptance
-SDK_FILES = ("contract.py", "templates.py", "errors.py", "sandbox_child.py")
 PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
 #: a protocol line longer than this (bytes) is a misbehaving harness
 MAX_LINE = 1 << 26
@@ -63,13 +62,17 @@ MAX_LINE = 1 << 26
 
 @functools.lru_cache(maxsize=1)
 def sdk_dir() -> Path:
-    """A private copy of the harness SDK (``<tmp>/sdk/inner/...``), made once per process."""
+    """A private copy of the harness SDK, made once per process: ``<tmp>/inner/sdk/`` (a copy of
+    :data:`inner.sdk.SDK_DIR`, sources only) and the harness-facing aliases ``inner/contract.py``,
+    ``inner/templates.py``, ``inner/errors.py`` (:data:`inner.sdk.HARNESS_MODULES`). No other
+    project source exists in the sandbox."""
     root = Path(tempfile.mkdtemp(prefix="autodata-sdk-"))
     pkg = root / "inner"
     pkg.mkdir()
     (pkg / "__init__.py").write_text('"""The harness SDK inside the sandbox (a subset of inner/)."""\n')
-    for name in SDK_FILES:
-        shutil.copy2(PROJECT_ROOT / "inner" / name, pkg / name)
+    shutil.copytree(SDK_DIR, pkg / "sdk", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in HARNESS_MODULES:
+        shutil.copy2(PROJECT_ROOT / "inner" / f"{name}.py", pkg / f"{name}.py")
     return root
 
 
@@ -142,7 +145,7 @@ def sandbox_command(harness_dir: Path, *, tmp_mb: int = 64, check: bool = False,
         "--setenv", "LANG", "C.UTF-8",
         "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
         "--",
-        sys.executable, "-I", "/sdk/inner/sandbox_child.py", "/harness",
+        sys.executable, "-I", "/sdk/inner/sdk/child.py", "/harness",
     ]  # fmt: skip
     if check:
         cmd.append("--check")
@@ -413,7 +416,7 @@ async def dry_run_harness(
     domain: str = "research paper",
 ) -> str | None:
     """Run ``harness_dir`` once in the sandbox with no LLM and no evaluator (the child's
-    ``--dry-run``, :func:`inner.sandbox_child.dry_run`): every ``agent.llm`` gets a canned
+    ``--dry-run``, :func:`inner.sdk.child.dry_run`): every ``agent.llm`` gets a canned
     minimal instance of its JSON schema, every ``agent.evaluate`` a canned TOO_EASY report;
     a harness that returns, or stops on the canned call/round budget, passes.
 

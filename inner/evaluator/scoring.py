@@ -23,7 +23,7 @@ from typing import Protocol
 
 
 class Criterion(Protocol):
-    """What scoring needs of a rubric criterion (:class:`inner.records.RubricItem`)."""
+    """What scoring needs of a rubric criterion (:class:`inner.engine.records.RubricItem`)."""
 
     id: str
     weight: int
@@ -56,7 +56,7 @@ class RubricPolicyConfig:
     partial_credit: bool = False
 
     def __post_init__(self) -> None:
-        from inner.errors import ConfigError
+        from inner.sdk.errors import ConfigError
 
         if not 1 <= self.min_criteria <= self.max_criteria:
             raise ConfigError(

@@ -1,8 +1,8 @@
 """The child side of the sealed harness sandbox (runs *inside* bubblewrap, never in the parent).
 
-Started by :mod:`inner.sandbox` as
-``python -I /sdk/inner/sandbox_child.py /harness [--check | --dry-run]``
-with only the harness SDK (:mod:`inner.contract`, :mod:`inner.templates`, :mod:`inner.errors`
+Started by :mod:`inner.sandbox.process` as
+``python -I /sdk/inner/sdk/child.py /harness [--check | --dry-run]``
+with only the harness SDK (:mod:`inner.sdk.contract`, :mod:`inner.sdk.templates`, :mod:`inner.sdk.errors`
 and this file) and the harness directory visible. It imports the harness, builds the
 :class:`Agent` and runs ``await harness.run(agent)`` on the one document the parent sends.
 
@@ -43,11 +43,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 if __name__ == "__main__":  # inside the sandbox: the SDK directory is the import root
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pydantic import BaseModel
 
-from inner.contract import (
+from inner.sdk.contract import (
     Challenge,
     Completion,
     FailureMode,
@@ -57,7 +57,7 @@ from inner.contract import (
     challenge_key,
     json_with_repair,
 )
-from inner.errors import BudgetExhausted, HarnessError, LLMCallError
+from inner.sdk.errors import BudgetExhausted, HarnessError, LLMCallError
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -122,7 +122,7 @@ class DocumentView:
 @dataclass
 class Agent:
     """What ``harness.run(agent)`` gets: the document, LLM roles, the frozen evaluator as a
-    tool, memory and budgets. Documented in :mod:`inner.harness` (the contract)."""
+    tool, memory and budgets. Documented in :mod:`inner.engine.harness` (the contract)."""
 
     doc: DocumentView
     domain: str
@@ -188,7 +188,7 @@ class Agent:
     ) -> JSONResult[T]:
         """A structured completion parsed into ``model``: schema-constrained where the endpoint
         supports it, one repair request on bad output, then a typed failure with the raw text
-        (:func:`inner.contract.json_with_repair`). A typed failure is also reported to the
+        (:func:`inner.sdk.contract.json_with_repair`). A typed failure is also reported to the
         parent, which counts it as an ``LLMSchemaError`` of ``role`` (``calls.jsonl``,
         ``stats.json`` ``failures_by_kind.schema``) and does not cache its replies, so a rerun
         asks again; the replies of a usable result are cached."""
@@ -304,7 +304,9 @@ def load_harness_module(path: Path) -> Any:
         raise HarnessError(f"harness.py failed to import: {type(exc).__name__}: {exc}") from exc
     fn = getattr(module, "run", None)
     if fn is None or not inspect.iscoroutinefunction(fn):
-        raise HarnessError("harness.py must define `async def run(agent)` (the harness contract, inner/harness.py)")
+        raise HarnessError(
+            "harness.py must define `async def run(agent)` (the harness contract, inner/engine/harness.py)"
+        )
     return module
 
 

@@ -5,23 +5,22 @@ mutation of a harness can weaken the weak solver, make the judge lenient, pass i
 check or loosen the gate (the reward hack reported for the original Autodata system; see
 ``ARCHITECTURE.md``, "Evaluator integrity").
 
-- The quality check (``inner/prompts/quality_verifier.md``, role ``quality_verifier``) rejects
+- The quality check (``inner/evaluator/prompts/quality_verifier.md``, role ``quality_verifier``) rejects
   context leaks, generic and multi-part questions, and rubrics that do not cover the answer.
 - A solver answers the challenge's context + question; closed-book solvers never see the
   document, open-book solvers get it first in the prompt (so attempts share a KV prefix).
   Solvers never see the reference answer or the rubric.
 - The judge gives each criterion a binary verdict (0 when in doubt; partial credit by config)
-  and never sees the reference answer; the score is :func:`inner.scoring.rubric_score`.
+  and never sees the reference answer; the score is :func:`inner.evaluator.scoring.rubric_score`.
 - Verifiable rounds (the task's rule, :meth:`Evaluator.is_verifiable`) have no judge: each
   final answer is checked for equivalence with the reference (math-verify, else normalized
-  match) and the gate counts matches (:func:`inner.gate.check_verifiable`).
+  match) and the gate counts matches (:func:`inner.evaluator.gate.check_verifiable`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,12 +30,8 @@ from typing import Literal
 from pydantic import BaseModel, conlist, create_model
 
 from inner.config import GenerateConfig
-from inner.contract import challenge_key
-from inner.documents import Document
-from inner.equivalence import answers_equivalent, is_exact_reference
-from inner.gate import check_rubric, check_verifiable, check_verifiable_weak, check_weak
-from inner.llm.client import LLMClient, UsageMeter, track_usage
-from inner.records import (
+from inner.engine.documents import Document
+from inner.engine.records import (
     Challenge,
     CriterionGrade,
     FailureMode,
@@ -47,53 +42,16 @@ from inner.records import (
     RubricItem,
     SolverAttempt,
 )
-from inner.scoring import check_rubric_policy, rubric_score
-from inner.templates import INNER_PROMPTS, render
+from inner.evaluator import INNER_PROMPTS
+from inner.evaluator.answers import answers_equivalent, extract_final_answer, is_exact_reference, normalize_answer
+from inner.evaluator.gate import check_rubric, check_verifiable, check_verifiable_weak, check_weak
+from inner.evaluator.scoring import check_rubric_policy, rubric_score
+from inner.llm.client import LLMClient, UsageMeter, track_usage
+from inner.sdk.contract import challenge_key
+from inner.sdk.templates import render
 
 #: sample-index offset of the strong solver's attempts (weak attempt i: seed + i; strong: + 1000)
 STRONG_SEED_OFFSET = 1000
-
-_FINAL = re.compile(r"final answer\s*(?:is)?\s*[:：]\s*(.+)", re.IGNORECASE)
-_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
-_TEXT = re.compile(r"\\(?:text|mathrm|textbf)\{([^{}]*)\}")
-
-
-def extract_final_answer(answer: str) -> str:
-    """The final answer of a solver reply: the last ``Final answer: X`` line, else the last
-    ``\\boxed{X}``, else the last non-empty line."""
-    finals = _FINAL.findall(answer)
-    if finals:
-        return finals[-1].strip()
-    boxed = _BOXED.findall(answer)
-    if boxed:
-        return boxed[-1].strip()
-    lines = [ln.strip() for ln in answer.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
-
-
-def normalize_answer(text: str) -> str:
-    """Normalized form for exact-match voting.
-
-    Lower-case; unwrap ``\\boxed{}``, ``\\text{}``; drop ``$``, ``\\(``, ``\\)``, surrounding
-    quotes, brackets and trailing punctuation; collapse whitespace; numbers are canonical
-    (``1,000`` -> ``1000``, ``0.50`` -> ``0.5``, ``2.0`` -> ``2``).
-    """
-    t = text.strip()
-    boxed = _BOXED.search(t)
-    if boxed:
-        t = boxed.group(1)
-    t = _TEXT.sub(r"\1", t)
-    t = t.replace("$", "").replace("\\(", "").replace("\\)", "").replace("\\[", "").replace("\\]", "")
-    t = t.lower().strip().strip("\"'`*").rstrip(".;,!").strip()
-    while len(t) >= 2 and (t[0], t[-1]) in (("(", ")"), ("[", "]"), ("{", "}")):
-        t = t[1:-1].strip()
-    t = re.sub(r"\s+", " ", t)
-    num = t.replace(",", "") if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?", t) else t
-    try:
-        value = float(num)
-    except ValueError:
-        return t
-    return str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
 
 
 @dataclass
@@ -101,7 +59,7 @@ class JudgeVerdict:
     """The judge's grading of one answer.
 
     Attributes:
-        score: :func:`inner.scoring.rubric_score` in [0, 1]; ``None`` if the judge's output was
+        score: :func:`inner.evaluator.scoring.rubric_score` in [0, 1]; ``None`` if the judge's output was
             unusable (after one repair and one retry).
         grades: one verdict per criterion (pitfalls: 1 = the answer commits it).
         raw: the judge's raw replies.
@@ -115,7 +73,7 @@ class JudgeVerdict:
 
 
 def judge_messages(*, context: str, question: str, rubric: Sequence[RubricItem], answer: str) -> list[dict[str, str]]:
-    """The frozen judge prompt (``inner/prompts/judge.md``): context, question, rubric criteria
+    """The frozen judge prompt (``inner/evaluator/prompts/judge.md``): context, question, rubric criteria
     (pitfalls marked) and the answer; never the reference answer."""
     lines = []
     for c in rubric:
@@ -247,7 +205,7 @@ class Evaluator:
         )
 
     def quality_messages(self, doc: Document, challenge: Challenge) -> list[dict[str, str]]:
-        """Prompt of the frozen quality check (``inner/prompts/quality_verifier.md``)."""
+        """Prompt of the frozen quality check (``inner/evaluator/prompts/quality_verifier.md``)."""
         rubric = "\n".join(
             f"- {c.id} (weight {c.weight}{', pitfall' if c.weight < 0 else ''}): {c.criterion}"
             for c in challenge.rubric
@@ -290,7 +248,7 @@ class Evaluator:
 
     def is_verifiable(self, challenge: Challenge) -> bool:
         """The task's rule: ``never``, ``always``, or ``auto`` = the frozen
-        :func:`inner.equivalence.is_exact_reference` on the reference answer."""
+        :func:`inner.evaluator.answers.is_exact_reference` on the reference answer."""
         mode = self.cfg.task.verifiable
         return mode == "always" or (mode == "auto" and is_exact_reference(challenge.reference_answer))
 

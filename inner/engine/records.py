@@ -3,7 +3,7 @@
 - ``dataset.jsonl``            one :class:`Example` per accepted challenge (append-only)
 - ``trajectories/<doc>.json``  one :class:`Trajectory` per document, rewritten atomically
                                after every round
-- ``stats.json``               :func:`inner.stats.compute_stats`
+- ``stats.json``               :func:`inner.engine.stats.compute_stats`
 - ``calls.jsonl``              one line per LLM call (role, cache key, tokens, latency)
 
 :class:`RunWriter` owns those files. A killed run loses nothing it had finished: a torn last
@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel
 
-from inner.contract import (  # noqa: F401  (re-exported: records and the harness SDK share them)
+from inner.io import _append_line, _salvage, atomic_write_text
+from inner.sdk.contract import (  # noqa: F401  (re-exported: records and the harness SDK share them)
     Challenge,
     CriterionGrade,
     FailureMode,
@@ -33,7 +33,6 @@ from inner.contract import (  # noqa: F401  (re-exported: records and the harnes
     RubricItem,
     SolverAttempt,
 )
-from inner.llm.cache import atomic_write_text, fsync_dir
 
 _R = TypeVar("_R")
 
@@ -122,56 +121,6 @@ class Example(BaseModel):
     weak_avg: float
     strong_avg: float
     gap: float
-
-
-def _salvage(line: str, parse: Callable[[str], _R]) -> tuple[_R, str] | None:
-    """``(parse(line), line)``; if that fails, the same for the longest tail of ``line`` that
-    starts a JSON object and parses (a record glued to a torn one by a writer that did not
-    terminate it); ``None`` if nothing parses."""
-    start = 0
-    while start >= 0:
-        try:
-            return parse(line[start:]), line[start:]
-        except ValueError:
-            start = line.find('{"', start + 1)
-    return None
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Lines of a JSONL file. A torn line (a kill during a write) is skipped; a complete
-    record glued to the end of a torn one is recovered."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        got = _salvage(line, json.loads)
-        if got is not None:
-            out.append(got[0])
-    return out
-
-
-def _append_line(path: Path, line: str) -> None:
-    """Append ``line`` (ending in a newline) durably: a torn previous line (a kill during a
-    write) is terminated first so both stay separable, the file is fsynced, and so is its
-    directory when this call created the file."""
-    created = not path.exists()
-    with path.open("a+b") as fh:
-        fh.seek(0, os.SEEK_END)
-        if fh.tell() > 0:
-            fh.seek(-1, os.SEEK_END)
-            if fh.read(1) != b"\n":
-                fh.write(b"\n")
-        fh.write(line.encode("utf-8"))
-        fh.flush()
-        os.fsync(fh.fileno())
-    if created:
-        fsync_dir(path.parent)
-
-
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and fsync; a torn previous line is terminated first so the new
-    record stays parseable."""
-    _append_line(path, json.dumps(record, default=str) + "\n")
 
 
 def example_id(doc_id: str, question: str) -> str:

@@ -1,11 +1,15 @@
-"""Answer equivalence for verifiable (exact-answer) tasks (part of the frozen evaluator).
+"""Answers (part of the frozen evaluator): final-answer extraction, normalization and
+equivalence for verifiable (exact-answer) tasks.
+
+- :func:`extract_final_answer` and :func:`normalize_answer`: the final answer of a solver reply
+  and its normalized form for exact-match voting.
 
 - :func:`is_exact_reference` is the frozen rule behind ``task.verifiable=auto``: a reference
   answer is exact when ``math-verify`` parses it as a mathematical expression or it is a short
   canonical value (a number, a yes/no, a single token). The challenger has no say.
 - :func:`answers_equivalent` compares a solver's final answer with the reference: by
   ``math-verify`` (``parse`` + ``verify``) when both parse as mathematics, else by normalized
-  exact match (:func:`inner.evaluator.normalize_answer`).
+  exact match (:func:`normalize_answer`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,49 @@ MATH_CHARS = 200
 #: longest reference (characters) that can count as a short canonical value
 SHORT_VALUE_CHARS = 40
 _WORDS = re.compile(r"[A-Za-z]+")
+
+
+_FINAL = re.compile(r"final answer\s*(?:is)?\s*[:：]\s*(.+)", re.IGNORECASE)
+_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
+_TEXT = re.compile(r"\\(?:text|mathrm|textbf)\{([^{}]*)\}")
+
+
+def extract_final_answer(answer: str) -> str:
+    """The final answer of a solver reply: the last ``Final answer: X`` line, else the last
+    ``\\boxed{X}``, else the last non-empty line."""
+    finals = _FINAL.findall(answer)
+    if finals:
+        return finals[-1].strip()
+    boxed = _BOXED.findall(answer)
+    if boxed:
+        return boxed[-1].strip()
+    lines = [ln.strip() for ln in answer.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def normalize_answer(text: str) -> str:
+    """Normalized form for exact-match voting.
+
+    Lower-case; unwrap ``\\boxed{}``, ``\\text{}``; drop ``$``, ``\\(``, ``\\)``, surrounding
+    quotes, brackets and trailing punctuation; collapse whitespace; numbers are canonical
+    (``1,000`` -> ``1000``, ``0.50`` -> ``0.5``, ``2.0`` -> ``2``).
+    """
+    t = text.strip()
+    boxed = _BOXED.search(t)
+    if boxed:
+        t = boxed.group(1)
+    t = _TEXT.sub(r"\1", t)
+    t = t.replace("$", "").replace("\\(", "").replace("\\)", "").replace("\\[", "").replace("\\]", "")
+    t = t.lower().strip().strip("\"'`*").rstrip(".;,!").strip()
+    while len(t) >= 2 and (t[0], t[-1]) in (("(", ")"), ("[", "]"), ("{", "}")):
+        t = t[1:-1].strip()
+    t = re.sub(r"\s+", " ", t)
+    num = t.replace(",", "") if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?", t) else t
+    try:
+        value = float(num)
+    except ValueError:
+        return t
+    return str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -51,8 +98,6 @@ def is_exact_reference(reference: str) -> bool:
     and either parses as mathematics with ``math-verify`` or is a canonical value: a number,
     yes/no/true/false, or at most three words.
     """
-    from inner.evaluator import normalize_answer
-
     norm = normalize_answer(reference)
     if not norm or len(norm) > SHORT_VALUE_CHARS:
         return False
@@ -69,11 +114,9 @@ def answers_equivalent(answer: str, reference: str) -> bool:
     """Is the final answer ``answer`` equivalent to ``reference``?
 
     Both are final answers (already extracted, e.g. by
-    :func:`inner.evaluator.extract_final_answer`). Normalized exact match first; then
+    :func:`extract_final_answer`). Normalized exact match first; then
     ``math-verify`` when both sides parse as mathematics (``1/2`` equals ``0.5``).
     """
-    from inner.evaluator import normalize_answer
-
     a, r = normalize_answer(answer), normalize_answer(reference)
     if not a:
         return False

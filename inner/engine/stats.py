@@ -19,7 +19,7 @@ Definitions (all fractions in [0, 1]):
   ``this_invocation``: what this process sent (``calls``), replayed from the cache
   (``cached_calls``) and saw fail (``failures``, by kind in ``failure_kinds``).
 - ``failures`` / ``failures_by_kind``: LLM calls of this invocation that ended in a typed
-  :class:`~inner.errors.LLMCallError` (``status``, ``timeout``, ``connection``,
+  :class:`~inner.sdk.errors.LLMCallError` (``status``, ``timeout``, ``connection``,
   ``bad_response``, ``empty``, ``schema``); the same count as the ``calls.jsonl`` lines of
   this invocation whose ``error`` is set.
 
@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any
 
-from inner.records import FailureMode, RoleUsageRecord, RoundRecord, Trajectory
+from inner.engine.records import FailureMode, RoleUsageRecord, RoundRecord, Trajectory
 
 
 class _Mean:

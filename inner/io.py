@@ -1,0 +1,106 @@
+"""Durable file writes: atomic replacement and fsynced JSON lines.
+
+Every record of a run is written through these: a reader (or a run resumed after a kill) sees a
+file's old content or its new one, never a mix, and an append-only log loses at most its torn
+last line, which readers skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+_R = TypeVar("_R")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` durably: a temp file in the same directory, fsynced,
+    renamed over ``path`` with ``os.replace``, then the directory fsynced.
+
+    A reader sees the old content or the new one, never a mix; after a crash or power loss
+    the file holds one of the two (the rename itself is made durable by the directory fsync).
+
+    Raises:
+        OSError: the directory cannot be created or written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """fsync ``directory`` so that a file created or renamed in it survives a crash (POSIX;
+    a no-op where directories cannot be opened, e.g. on Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):  # some file systems cannot fsync a directory
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _salvage(line: str, parse: Callable[[str], _R]) -> tuple[_R, str] | None:
+    """``(parse(line), line)``; if that fails, the same for the longest tail of ``line`` that
+    starts a JSON object and parses (a record glued to a torn one by a writer that did not
+    terminate it); ``None`` if nothing parses."""
+    start = 0
+    while start >= 0:
+        try:
+            return parse(line[start:]), line[start:]
+        except ValueError:
+            start = line.find('{"', start + 1)
+    return None
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Lines of a JSONL file. A torn line (a kill during a write) is skipped; a complete
+    record glued to the end of a torn one is recovered."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        got = _salvage(line, json.loads)
+        if got is not None:
+            out.append(got[0])
+    return out
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append ``line`` (ending in a newline) durably: a torn previous line (a kill during a
+    write) is terminated first so both stay separable, the file is fsynced, and so is its
+    directory when this call created the file."""
+    created = not path.exists()
+    with path.open("a+b") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() > 0:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+        fh.write(line.encode("utf-8"))
+        fh.flush()
+        os.fsync(fh.fileno())
+    if created:
+        fsync_dir(path.parent)
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line and fsync; a torn previous line is terminated first so the new
+    record stays parseable."""
+    _append_line(path, json.dumps(record, default=str) + "\n")
