@@ -12,8 +12,13 @@ import pytest
 import inner.engine.run as engine_run
 from inner.evaluator import FROZEN_DIR, frozen_files
 from inner.sdk.errors import ConfigError
-from tests.conftest import run
-from tests.test_meta import NEUTRAL_EDIT, MetaScenario, evolve, evolve_config, meta_corpus  # noqa: F401 (fixture)
+from tests.conftest import run, write_corpus
+from tests.test_meta import NEUTRAL_EDIT, MetaScenario, evolve, evolve_config
+
+
+@pytest.fixture
+def meta_corpus(tmp_path: Path) -> Path:
+    return write_corpus(tmp_path / "corpus", ["MARK-T1", "MARK-T2", "MARK-V1", "MARK-V2", "MARK-S1"])
 
 
 @pytest.fixture
