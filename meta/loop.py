@@ -499,6 +499,22 @@ async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> MetaRu
     return run
 
 
+async def check_start_harness(cfg: EvolveConfig, run_dir: Path) -> None:
+    """Before the backend starts: a starting harness that does not import or defines no
+    ``async def run(agent)`` stops the run (it would become the lineage root and crash every
+    document). Skipped once the lineage has its root (the harness is then the committed one).
+
+    Raises:
+        HarnessError: the import error, or the missing ``run``.
+    """
+    from inner.engine.run import check_harness_loads
+
+    if (run_dir / "lineage" / ".git").is_dir() and Lineage(run_dir / "lineage").root is not None:
+        return
+    start = resolve_harness_dir(cfg.meta.start_harness)
+    await check_harness_loads(start, cfg.generate_config(), name=f"meta.start_harness={cfg.meta.start_harness}")
+
+
 def check_evaluator(cfg: EvolveConfig, run_dir: Path, splits: dict[str, list[str]]) -> None:
     """Record the run's evaluator config and splits in ``evaluator.json``; on resume, refuse a
     different one, naming the differing keys (``meta.allow_evaluator_change=true`` logs them
@@ -632,6 +648,7 @@ async def run_evolve(cfg: EvolveConfig, run_dir: Path, *, base_urls: dict[str, s
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    await check_start_harness(cfg, run_dir)
     cache = ResponseCache(Path(cfg.llm.cache_dir) if cfg.llm.cache_dir else run_dir / "llm_cache")
     backend: Any = (
         contextlib.nullcontext(base_urls) if base_urls is not None else start_backend(cfg.llm, log_dir=run_dir)

@@ -31,8 +31,8 @@ from inner.llm.cache import ResponseCache
 from inner.llm.client import LLMClient, UsageMeter, track_usage
 from inner.llm.probe import probe_endpoints
 from inner.sandbox.files import copy_harness
-from inner.sandbox.process import bwrap_path
-from inner.sdk.errors import ConfigError
+from inner.sandbox.process import bwrap_path, validate_harness
+from inner.sdk.errors import ConfigError, HarnessError
 from inner.tracking import Tracker, build_tracker
 
 log = logging.getLogger(__name__)
@@ -204,6 +204,7 @@ async def _generate(
     docs = load_documents(cfg.task)
     harness_id = make_harness_id(harness_dir)
     bwrap_path()  # no sandbox, no run: fail before any LLM call
+    await check_harness_loads(harness_dir, cfg, name=harness_dir.name)
     write_run_config(run_dir, cfg, harness_id)
     writer = RunWriter(run_dir)
     done = accepted = 0
@@ -340,6 +341,30 @@ def throughput_gc() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
+
+
+#: bounds of the one import check's wall-clock limit, seconds: ``inner.harness_wall_s`` (what a
+#: document allows its import) kept within them (the lower bound leaves room for a slow sandbox
+#: start on a loaded machine)
+IMPORT_CHECK_TIMEOUT_S = (10.0, 120.0)
+
+
+async def check_harness_loads(harness_dir: Path, cfg: GenerateConfig, *, name: str) -> None:
+    """Import the harness once in the sandbox (the child's ``--check``) before any document:
+    a harness that does not import (a syntax error, a missing module) or defines no
+    ``async def run(agent)`` would crash every document alike, so it stops the run up front,
+    as a config error does.
+
+    Raises:
+        HarnessError: the import error, or the missing ``run``.
+        SandboxError: bubblewrap is missing or unusable.
+    """
+    lo, hi = IMPORT_CHECK_TIMEOUT_S
+    problem = await validate_harness(
+        harness_dir, timeout_s=min(max(cfg.inner.harness_wall_s, lo), hi), memory_mb=cfg.inner.harness_memory_mb
+    )
+    if problem is not None:
+        raise HarnessError(f"harness {name} cannot run, so no document was started: {problem}")
 
 
 def harness_dir_for(cfg: GenerateConfig) -> Path:
