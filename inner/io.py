@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 _R = TypeVar("_R")
+log = logging.getLogger(__name__)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -104,3 +108,60 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line and fsync; a torn previous line is terminated first so the new
     record stays parseable."""
     _append_line(path, json.dumps(record, default=str) + "\n")
+
+
+#: a temp file of :func:`atomic_write_text` (``tempfile.mkstemp``: ``.<name>.<8 random>.tmp``)
+_ATOMIC_TMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+#: a temp directory named after its writer's pid (``<name>.tmp<pid>``: :meth:`meta.lineage.Lineage.materialize`)
+_PID_TMP = re.compile(r"\.tmp(\d+)$")
+#: directories of a run whose content is not written through this module: not descended into
+#: (``harnesses`` and ``export`` hold harness files, which are data; their own temp
+#: directories sit at their top level)
+_SWEEP_SKIP = frozenset({".git", "lineage", "llm_cache", "scratch", ".hydra"})
+_SWEEP_TOP_ONLY = frozenset({"harnesses", "export"})
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists
+        return True
+    return True
+
+
+def sweep_stale_temps(run_dir: Path) -> list[Path]:
+    """Remove the temp files and directories a killed run left in ``run_dir``: the
+    ``.<name>.<random>.tmp`` files of :func:`atomic_write_text` (the records themselves are
+    intact: a temp file is renamed over its target or never), ``<name>.tmp<pid>`` directories
+    whose process is gone (a half-materialized harness) and ``export/<commit>.tmp`` (a
+    half-made export). Called when a run starts in ``run_dir``; one run per directory at a
+    time is assumed (a temp file of a live writer in the same directory would go too).
+
+    Returns:
+        What was removed (logged at INFO when anything was).
+    """
+    removed: list[Path] = []
+    if not run_dir.is_dir():
+        return removed
+    for top, dirs, files in os.walk(run_dir):
+        here = Path(top)
+        rel = here.relative_to(run_dir).parts
+        if rel and rel[0] in _SWEEP_TOP_ONLY:
+            for d in list(dirs):
+                m = _PID_TMP.search(d)
+                if (m and not _pid_alive(int(m.group(1)))) or (rel[0] == "export" and d.endswith(".tmp")):
+                    shutil.rmtree(here / d, ignore_errors=True)
+                    removed.append(here / d)
+            dirs[:] = []
+            continue
+        dirs[:] = [d for d in dirs if d not in _SWEEP_SKIP]
+        for name in files:
+            if _ATOMIC_TMP.match(name):
+                with contextlib.suppress(FileNotFoundError):
+                    (here / name).unlink()
+                    removed.append(here / name)
+    if removed:
+        log.info("removed %d temp file(s) left by an interrupted run in %s", len(removed), run_dir)
+    return removed

@@ -51,7 +51,7 @@ from inner.engine.documents import Document, list_document_paths, load_documents
 from inner.engine.harness import harness_id, resolve_harness_dir
 from inner.engine.records import Trajectory
 from inner.engine.run import evaluate_harness, evaluator_identity, identity_diff, identity_hash, throughput_gc
-from inner.io import append_jsonl, atomic_write_text, read_jsonl
+from inner.io import append_jsonl, atomic_write_text, read_jsonl, sweep_stale_temps
 from inner.llm.client import LLMClient, UsageMeter, track_usage
 from inner.sandbox.files import copy_harness, harness_content_hash
 from inner.sandbox.process import dry_run_harness
@@ -648,6 +648,7 @@ async def run_evolve(cfg: EvolveConfig, run_dir: Path, *, base_urls: dict[str, s
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(run_dir)  # what a killed run left half-written
     await check_start_harness(cfg, run_dir)
     cache = ResponseCache(Path(cfg.llm.cache_dir) if cfg.llm.cache_dir else run_dir / "llm_cache")
     backend: Any = (

@@ -25,7 +25,7 @@ from inner.engine.loop import Engine, LoopObserver, run_documents
 from inner.engine.records import RunWriter, Trajectory
 from inner.engine.stats import StatsAccumulator
 from inner.evaluator import FROZEN_DIR, frozen_files
-from inner.io import atomic_write_text
+from inner.io import atomic_write_text, sweep_stale_temps
 from inner.llm.backends import start_backend
 from inner.llm.cache import ResponseCache
 from inner.llm.client import LLMClient, UsageMeter, track_usage
@@ -201,6 +201,7 @@ async def _generate(
     """:func:`run_generate` with the harness snapshot in ``harness_dir``."""
     t0 = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(run_dir)  # what a killed run left half-written
     docs = load_documents(cfg.task)
     harness_id = make_harness_id(harness_dir)
     bwrap_path()  # no sandbox, no run: fail before any LLM call
