@@ -5,8 +5,11 @@ place that turns an :class:`~inner.sdk.errors.AutodataError` or a signal into an
 Exit codes (README, "Exit codes")::
 
     0    the run finished: every document finished (generate), or a budget stopped it (evolve)
-    1    a config or usage error (bad or unknown key, missing corpus, unreachable endpoint, ...),
-         or any other AutodataError; nothing was generated, or the message says what was
+    1    a config or usage error (bad or unknown key, missing corpus, unreachable endpoint, a
+         harness that does not import, a torn state file, too low an open-file limit, ...), or
+         any other AutodataError; nothing was generated, or the message says what was. Also a
+         full, read-only or unwritable run directory (``inner.io.StorageError``): one message
+         naming the file, and everything finished before is intact on disk
     3    generate: some documents ended in error (status ``error``); rerun the same command
          to redo exactly those
     4    evolve: a circuit breaker stopped the run (``stop_reason`` in summary.json)
@@ -24,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -227,6 +231,44 @@ def _cancel_pending(loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
 
+def check_run_dir_writable(argv: list[str] | None = None) -> None:
+    """Before Hydra starts (it writes ``.hydra/`` and its log file into the run directory and
+    would fail there with a traceback): create the run directory of ``hydra.run.dir=DIR`` and
+    write and fsync a 4 KiB probe file in it (without ``hydra.run.dir``, in the nearest existing
+    directory of ``runs/``). A full, read-only or unwritable directory exits 1 with one message
+    (:func:`inner.io.environment_error`). Skipped for a flag (``--help``, ``-m``, ...) or an
+    interpolated directory.
+    """
+    from inner.io import environment_error
+
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a.startswith("-") for a in argv):
+        return
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+    if given and "$" in given[-1]:
+        return
+    target = Path(given[-1]) if given else Path("runs")
+    try:
+        if given:
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            while not target.is_dir():
+                target = target.parent
+        fd, probe = tempfile.mkstemp(dir=target, prefix=".autodata-probe.", suffix=".tmp")
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        err = environment_error(exc, target)
+        if err is None:
+            return  # Hydra reports it
+        sys.stderr.write(f"autodata: error: {err}\n")
+        sys.exit(EXIT_ERROR)
+
+
 def _raise_sigterm(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
@@ -237,14 +279,25 @@ def cli_guard(on_interrupt: str = "") -> Iterator[None]:
     130 on SIGINT or 143 on SIGTERM with ``on_interrupt`` (e.g. where the finished work is)
     in the warning. SIGTERM outside :func:`run_async` (while loading documents, say) stops
     the process the same way Ctrl-C does."""
+    from inner.io import environment_error
+
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # a full disk under the log file must not print a traceback per log line: the run's own
+    # writes report it once (StorageError)
+    logging.raiseExceptions = False
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_sigterm) if main_thread else None
     try:
         yield
     except AutodataError as exc:
         log.error("%s", exc)
+        sys.exit(EXIT_ERROR)
+    except OSError as exc:  # the disk or the open-file limit, met outside the run's record writes
+        err = environment_error(exc)
+        if err is None:
+            raise
+        log.error("%s", err)
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt as exc:
         code = exc.exit_code if isinstance(exc, Interrupted) else EXIT_SIGINT

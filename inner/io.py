@@ -8,6 +8,7 @@ last line, which readers skip.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -18,8 +19,61 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from inner.sdk.errors import AutodataError
+
 _R = TypeVar("_R")
 log = logging.getLogger(__name__)
+
+#: errno values that say the run's environment cannot hold its records, with what to do: no
+#: document or harness is at fault, and retrying the document cannot help
+ENVIRONMENT_ERRNOS: dict[int, str] = {
+    errno.ENOSPC: "free space on that file system and rerun the same command",
+    errno.EDQUOT: "free space within the disk quota and rerun the same command",
+    errno.EROFS: "the file system is read-only: make it writable or choose another hydra.run.dir",
+    errno.EACCES: "make it writable by this user or choose another hydra.run.dir",
+    errno.EPERM: "make it writable by this user or choose another hydra.run.dir",
+    errno.EMFILE: "raise the open-file limit (ulimit -n) or lower inner.max_concurrent_documents",
+    errno.ENFILE: "the system's open-file table is full: lower inner.max_concurrent_documents",
+}
+
+
+class StorageError(AutodataError, OSError):
+    """The run cannot write its records (disk full, read-only or not ours) or open another
+    file: an :class:`OSError` (``errno``, ``filename`` kept) that is also an
+    :class:`~inner.sdk.errors.AutodataError`, so the console scripts print its one-line
+    message and exit 1. What was written before is intact (writes are atomic or append-only)."""
+
+    def __init__(self, message: str, *, errno_: int, path: str | None = None) -> None:
+        OSError.__init__(self, errno_, message)
+        self.filename = path
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def environment_error(exc: BaseException, path: Path | str | None = None) -> StorageError | None:
+    """``exc`` as a :class:`StorageError` when it is an :class:`OSError` of
+    :data:`ENVIRONMENT_ERRNOS` (itself if it already is one), else ``None``.
+
+    Args:
+        path: the file being written, when ``exc`` does not name it.
+    """
+    if isinstance(exc, StorageError):
+        return exc
+    if not isinstance(exc, OSError) or exc.errno not in ENVIRONMENT_ERRNOS:
+        return None
+    where = exc.filename or path
+    name = errno.errorcode.get(exc.errno, str(exc.errno))
+    what = f"cannot write {where}" if where else "cannot write the run's records (disk)"
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        what = f"cannot open {where}" if where else "cannot open another file"
+    return StorageError(
+        f"{what}: {exc.strerror or os.strerror(exc.errno)} ({name}); {ENVIRONMENT_ERRNOS[exc.errno]}. "
+        "Nothing finished was lost: records are written atomically or appended",
+        errno_=exc.errno,
+        path=str(where) if where else None,
+    )
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -28,10 +82,23 @@ def atomic_write_text(path: Path, text: str) -> None:
 
     A reader sees the old content or the new one, never a mix; after a crash or power loss
     the file holds one of the two (the rename itself is made durable by the directory fsync).
+    A failed write leaves the old content and no temp file.
 
     Raises:
-        OSError: the directory cannot be created or written.
+        StorageError: the disk is full, read-only or not writable, or no file can be opened
+            (:func:`environment_error`).
+        OSError: the directory cannot be created or written otherwise.
     """
+    try:
+        _atomic_write_text(path, text)
+    except OSError as exc:
+        err = environment_error(exc, path)
+        if err is None or err is exc:
+            raise
+        raise err from exc
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -79,7 +146,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # a line torn inside a multi-byte character must not make the whole file unreadable
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         got = _salvage(line, json.loads)
         if got is not None:
             out.append(got[0])
@@ -89,7 +157,22 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def _append_line(path: Path, line: str) -> None:
     """Append ``line`` (ending in a newline) durably: a torn previous line (a kill during a
     write) is terminated first so both stay separable, the file is fsynced, and so is its
-    directory when this call created the file."""
+    directory when this call created the file.
+
+    Raises:
+        StorageError: see :func:`atomic_write_text` (a partial line may remain: readers skip
+            it, and the next append terminates it).
+    """
+    try:
+        _append(path, line)
+    except OSError as exc:
+        err = environment_error(exc, path)
+        if err is None or err is exc:
+            raise
+        raise err from exc
+
+
+def _append(path: Path, line: str) -> None:
     created = not path.exists()
     with path.open("a+b") as fh:
         fh.seek(0, os.SEEK_END)

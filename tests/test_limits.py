@@ -6,6 +6,8 @@ server that ignores SIGTERM does not hold up the stop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from inner.io import read_jsonl
 from inner.sdk.errors import HarnessError
 from meta.loop import run_evolve
 from tests.conftest import ONE_SHOT_HARNESS, scenario, write_harness
@@ -129,3 +132,157 @@ def test_the_next_evolve_run_in_the_directory_sweeps_its_temp_files(meta_corpus,
     with pytest.raises(HarnessError):
         asyncio.run(run_evolve(evolve_config(meta_corpus, f"meta.start_harness={h}"), tmp_path / "run", base_urls={}))
     assert not any(p.exists() for p in stray) and all(p.exists() for p in kept)
+
+
+# == a full or read-only disk, torn state files ================================================
+
+#: the CLI with os.fsync failing ENOSPC on any file whose path contains argv[1] (a full disk
+#: as ext4 reports it: at fsync), then autodata-generate with the remaining arguments
+FULL_DISK_CLI = """
+import errno, os, sys
+needle, real = sys.argv.pop(1), os.fsync
+def fsync(fd):
+    if needle in os.readlink(f"/proc/self/fd/{fd}"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    real(fd)
+os.fsync = fsync
+sys.argv[0] = "autodata-generate"
+from inner.cli import main
+main()
+"""
+
+
+def test_atomic_write_on_a_full_disk_is_a_storage_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import errno
+
+    from inner.io import StorageError, atomic_write_text
+
+    path = tmp_path / "stats.json"
+    atomic_write_text(path, "old")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(StorageError) as exc:
+        atomic_write_text(path, "new")
+    assert isinstance(exc.value, OSError) and exc.value.errno == errno.ENOSPC
+    assert f"cannot write {path}: No space left on device (ENOSPC); free space" in str(exc.value)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["stats.json"]
+
+
+def test_a_disk_that_fills_mid_run_stops_generate_with_one_message_and_loses_nothing(server, corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    srv = server(scenario(RoundPlan()))
+    args = _openai_args(srv.base_url, corpus, run_dir, "inner.max_concurrent_documents=1", "task.order=name")
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    res = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_CLI, "doc-mark-b", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out
+    assert "Traceback" not in out and "Logging error" not in out
+    assert out.count("No space left on device (ENOSPC)") == 1 and "doc-mark-b" in out, out
+    # document A finished before the disk filled: it is on disk, whole
+    assert len(read_jsonl(run_dir / "dataset.jsonl")) == 1
+    assert not list(run_dir.rglob("*.tmp"))
+    # with space again, the same command finishes the rest without redoing A
+    n = srv.count()
+    res2 = _cli(GENERATE, tmp_path, *args)
+    assert res2.returncode == 0, res2.stdout + res2.stderr
+    assert len(read_jsonl(run_dir / "dataset.jsonl")) == 3
+    assert all("MARK-A" not in json.dumps(b["messages"]) for _, b in srv.requests[n:])
+
+
+def _mount_tmpfs(path: Path, *options: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    opts = ",".join(("size=1m", *options))
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def mounts():
+    made: list[Path] = []
+
+    def mount(path: Path, *options: str) -> None:
+        if not _mount_tmpfs(path, *options):
+            pytest.skip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)")
+        made.append(path)
+
+    yield mount
+    for p in reversed(made):
+        subprocess.run(["umount", "-l", str(p)], capture_output=True)
+
+
+@pytest.mark.parametrize("exe", [GENERATE, EVOLVE], ids=["generate", "evolve"])
+def test_a_read_only_run_directory_is_one_message_before_hydra(exe, mounts, corpus, tmp_path):
+    # root ignores file modes, so the directory is a read-only tmpfs mount
+    run_dir = tmp_path / "ro"
+    mounts(run_dir, "ro")
+    res = _cli(exe, tmp_path, *_openai_args("http://127.0.0.1:9/v1", corpus, run_dir))
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out
+    assert out.count("Read-only file system (EROFS)") == 1 and str(run_dir) in out
+    assert "Traceback" not in out and "choose another hydra.run.dir" in out
+
+
+def test_a_full_run_directory_is_one_message_before_hydra(mounts, corpus, tmp_path):
+    run_dir = tmp_path / "full"
+    mounts(run_dir)
+    with contextlib.suppress(OSError), open(run_dir / "filler", "wb") as fh:  # fill the 1 MiB tmpfs
+        while True:
+            fh.write(b"\0" * 4096)
+            fh.flush()
+    res = _cli(GENERATE, tmp_path, *_openai_args("http://127.0.0.1:9/v1", corpus, run_dir))
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out
+    assert out.count("No space left on device (ENOSPC)") == 1 and "Traceback" not in out
+
+
+def test_an_unwritable_run_directory_without_a_mount(tmp_path, monkeypatch, capsys):
+    import errno
+    import tempfile
+
+    from inner.entrypoint import check_run_dir_writable
+
+    def refuse(*a: Any, **k: Any) -> Any:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "run"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(SystemExit) as exc:
+        check_run_dir_writable([f"hydra.run.dir={tmp_path / 'run'}"])
+    assert exc.value.code == 1
+    assert "Read-only file system (EROFS)" in capsys.readouterr().err
+    check_run_dir_writable(["--help"])  # flags: left to Hydra
+
+
+STATE_FILES = {
+    "splits.json": '{"train": ["doc-mark-t1.txt"], "val": ["doc-mark-v',
+    "archive.json": '{"entries": [{"commit": "abc", "harness_id"',
+    "history.jsonl": '{"iteration": 1, "status": "rejected"}\n[1, 2, 3]\n',
+}
+
+
+@pytest.mark.parametrize("name", list(STATE_FILES))
+def test_a_torn_state_file_stops_evolve_with_one_message_and_is_left_alone(name, meta_corpus, tmp_path):  # noqa: F811
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / name).write_text(STATE_FILES[name])
+    res = _cli(
+        EVOLVE, tmp_path, "llm=openai", "llm.endpoints.default.base_url=http://127.0.0.1:9/v1",
+        "llm.endpoints.default.api_key_env=null", f"task.corpus={meta_corpus}", f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out
+    assert f"{run_dir / name} is" in out and ("torn or corrupt" in out or "is corrupt" in out)
+    assert "Traceback" not in out and "cannot be reached" not in out  # before the backend
+    assert (run_dir / name).read_text() == STATE_FILES[name]
+
+
+def test_a_history_line_torn_inside_a_character_is_skipped(tmp_path):
+    from meta.loop import load_history
+
+    p = tmp_path / "history.jsonl"
+    p.write_bytes(b'{"iteration": 1, "status": "rejected"}\n{"iteration": 2, "reason": "caf\xc3')
+    assert load_history(p) == [{"iteration": 1, "status": "rejected"}]
