@@ -56,6 +56,69 @@ EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
 STOP_GRACE_S = 4.0
 
 
+#: File descriptors one document in flight holds in this process: its sandbox's three pipes and
+#: its ``sandbox.log`` handle (4, measured), doubled for the pipes of a sandbox being spawned.
+FDS_PER_DOCUMENT = 8
+#: File descriptors of the process itself (Python, logs, the response cache, ``calls.jsonl``, a
+#: server's log, the event loop).
+FDS_BASE = 64
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit (``ulimit -n`` is often 1024 while
+    the hard limit is far higher); children (an LLM server) inherit it, sandboxes set their own.
+
+    Returns:
+        ``(soft, hard)`` after the change (unchanged where it cannot be raised).
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for target in (hard, 1 << 20):  # RLIM_INFINITY may be above the kernel's nr_open
+        if soft == resource.RLIM_INFINITY or (target != resource.RLIM_INFINITY and target <= soft):
+            break
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            continue
+        soft = target
+        break
+    return soft, hard
+
+
+def check_open_files(*, documents: int, connections: int, what: str) -> None:
+    """Refuse up front a concurrency the open-file limit cannot hold, rather than let documents
+    die of "Too many open files" one by one: raises the soft limit first
+    (:func:`raise_open_files_limit`), then estimates :data:`FDS_BASE` + :data:`FDS_PER_DOCUMENT`
+    per document in flight + one per LLM connection.
+
+    Args:
+        documents: documents in flight at once, at most.
+        connections: LLM connections at once, at most (the endpoints' ``max_in_flight``).
+        what: the settings behind ``documents``, for the message
+            (``inner.max_concurrent_documents=256``).
+
+    Raises:
+        ConfigError: the estimate exceeds the limit; the message names
+            ``inner.max_concurrent_documents``, the value that fits, and ``ulimit -n``.
+    """
+    import resource
+
+    soft, hard = raise_open_files_limit()
+    need = FDS_BASE + FDS_PER_DOCUMENT * documents + connections
+    if soft == resource.RLIM_INFINITY or need <= soft:
+        return
+    fit = max(0, (soft - FDS_BASE - connections) // FDS_PER_DOCUMENT)
+    hard_s = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    raise ConfigError(
+        f"{what} keeps up to {documents} documents in flight, which needs about {need} open files "
+        f"({FDS_PER_DOCUMENT} per document + {connections} LLM connections + {FDS_BASE}), but this process may "
+        f"open {soft} (ulimit -n; hard limit {hard_s}). Lower inner.max_concurrent_documents (about {fit} documents "
+        f"fit), or raise the limit (ulimit -n {need}, or the hard limit in /etc/security/limits.conf or the "
+        "container's --ulimit nofile)"
+    )
+
+
 def unknown_keys(node: DictConfig, prefix: str = "") -> list[tuple[str, list[str]]]:
     """Keys of the composed config that its schema does not have.
 
@@ -275,7 +338,8 @@ def _raise_sigterm(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def cli_guard(on_interrupt: str = "") -> Iterator[None]:
-    """Quiet noisy loggers; exit 1 with the message (no traceback) on an AutodataError, and
+    """Quiet noisy loggers; raise the soft open-file limit to the hard one
+    (:func:`raise_open_files_limit`); exit 1 with the message (no traceback) on an AutodataError, and
     130 on SIGINT or 143 on SIGTERM with ``on_interrupt`` (e.g. where the finished work is)
     in the warning. SIGTERM outside :func:`run_async` (while loading documents, say) stops
     the process the same way Ctrl-C does."""
@@ -286,6 +350,7 @@ def cli_guard(on_interrupt: str = "") -> Iterator[None]:
     # a full disk under the log file must not print a traceback per log line: the run's own
     # writes report it once (StorageError)
     logging.raiseExceptions = False
+    raise_open_files_limit()
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_sigterm) if main_thread else None
     try:

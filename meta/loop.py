@@ -695,6 +695,7 @@ async def run_evolve(cfg: EvolveConfig, run_dir: Path, *, base_urls: dict[str, s
     client across all iterations, evolve, and return the summary (also ``summary.json``)."""
     import contextlib
 
+    from inner.entrypoint import check_open_files
     from inner.llm.backends import start_backend
     from inner.llm.cache import ResponseCache
     from inner.llm.probe import probe_endpoints
@@ -703,6 +704,12 @@ async def run_evolve(cfg: EvolveConfig, run_dir: Path, *, base_urls: dict[str, s
     run_dir.mkdir(parents=True, exist_ok=True)
     sweep_stale_temps(run_dir)  # what a killed run left half-written
     check_run_state(run_dir)
+    check_open_files(  # candidate and parent evaluated at once in each iteration in flight
+        documents=cfg.meta.in_flight * 2 * cfg.inner.max_concurrent_documents,
+        connections=sum(ep.max_in_flight for ep in cfg.llm.endpoints.values()),
+        what=f"meta.in_flight={cfg.meta.in_flight} x 2 evaluations x inner.max_concurrent_documents="
+        f"{cfg.inner.max_concurrent_documents}",
+    )
     await check_start_harness(cfg, run_dir)
     cache = ResponseCache(Path(cfg.llm.cache_dir) if cfg.llm.cache_dir else run_dir / "llm_cache")
     backend: Any = (

@@ -286,3 +286,47 @@ def test_a_history_line_torn_inside_a_character_is_skipped(tmp_path):
     p = tmp_path / "history.jsonl"
     p.write_bytes(b'{"iteration": 1, "status": "rejected"}\n{"iteration": 2, "reason": "caf\xc3')
     assert load_history(p) == [{"iteration": 1, "status": "rejected"}]
+
+
+# == the open-file limit =======================================================================
+
+
+def _nofile(soft: int, hard: int) -> Any:
+    def apply() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return apply
+
+
+def test_the_soft_open_file_limit_is_raised_to_the_hard_one(tmp_path):
+    prog = (
+        "import resource\n"
+        "from inner.entrypoint import check_open_files, cli_guard\n"
+        "with cli_guard():\n"
+        "    print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+        "    check_open_files(documents=256, connections=8, what='inner.max_concurrent_documents=256')\n"
+        "    print('fits')\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", prog], capture_output=True, text=True, timeout=60, preexec_fn=_nofile(1024, 4096)
+    )
+    assert res.returncode == 0 and res.stdout.split() == ["4096", "fits"], res.stdout + res.stderr
+
+
+def test_a_concurrency_the_open_file_limit_cannot_hold_is_refused_up_front(server, corpus, tmp_path):
+    srv = server(scenario(RoundPlan()))
+    args = _openai_args(srv.base_url, corpus, tmp_path / "run", "inner.max_concurrent_documents=256")
+    res = _cli(GENERATE, tmp_path, *args, preexec_fn=_nofile(1024, 1024))
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out
+    assert "inner.max_concurrent_documents=256 keeps up to 256 documents in flight" in out
+    assert "this process may open 1024 (ulimit -n" in out and "Lower inner.max_concurrent_documents" in out
+    assert "Traceback" not in out and "Too many open files" not in out
+    assert srv.count() == 0 and not list((tmp_path / "run").glob("trajectories/*.json"))
+    # evolve counts the evaluations in flight too
+    res = _cli(EVOLVE, tmp_path, *args[:-1], "meta.in_flight=4", "inner.max_concurrent_documents=64",
+               f"hydra.run.dir={tmp_path / 'evolve'}", preexec_fn=_nofile(1024, 1024))  # fmt: skip
+    out = res.stdout + res.stderr
+    assert res.returncode == 1 and "meta.in_flight=4 x 2 evaluations x inner.max_concurrent_documents=64" in out, out

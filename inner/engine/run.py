@@ -24,6 +24,7 @@ from inner.engine.harness import resolve_harness_dir
 from inner.engine.loop import Engine, LoopObserver, run_documents
 from inner.engine.records import RunWriter, Trajectory
 from inner.engine.stats import StatsAccumulator
+from inner.entrypoint import check_open_files
 from inner.evaluator import FROZEN_DIR, frozen_files
 from inner.io import atomic_write_text, sweep_stale_temps
 from inner.llm.backends import start_backend
@@ -205,6 +206,11 @@ async def _generate(
     docs = load_documents(cfg.task)
     harness_id = make_harness_id(harness_dir)
     bwrap_path()  # no sandbox, no run: fail before any LLM call
+    check_open_files(
+        documents=cfg.inner.max_concurrent_documents,
+        connections=sum(ep.max_in_flight for ep in cfg.llm.endpoints.values()),
+        what=f"inner.max_concurrent_documents={cfg.inner.max_concurrent_documents}",
+    )
     await check_harness_loads(harness_dir, cfg, name=harness_dir.name)
     write_run_config(run_dir, cfg, harness_id)
     writer = RunWriter(run_dir)
