@@ -191,9 +191,12 @@ class Interrupted(KeyboardInterrupt):
     """The run was stopped by a signal. ``exit_code`` is ``128 + signum`` (130 for SIGINT,
     143 for SIGTERM)."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, *, prompt: bool = False) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        #: raised by :func:`run_async` after its cleanup: :func:`cli_guard` exits at once,
+        #: without waiting for threads the run left behind (their work is abandoned)
+        self.prompt = prompt
 
     @property
     def exit_code(self) -> int:
@@ -201,14 +204,30 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _hard_exit(code: int, why: str) -> None:
-    """Leave now: terminate our direct child processes (so no server outlives us), then
-    ``os._exit``. Records are append-only or atomic, so nothing finished is lost."""
+    """Leave now: kill our direct child processes and the process groups they lead (so no
+    server outlives us, even one that traps SIGTERM), then ``os._exit``. Records are
+    append-only or atomic, so nothing finished is lost."""
     with contextlib.suppress(Exception):
         sys.stderr.write(f"autodata: {why}; exiting now (exit code {code})\n")
         sys.stderr.flush()
     for pid in _child_pids():
         with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGTERM)
+            if os.getpgid(pid) == pid:  # a server or sandbox in its own session
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+    os._exit(code)
+
+
+def _exit_now(code: int) -> None:
+    """``sys.exit`` without the interpreter's shutdown: logs and standard streams are flushed,
+    but threads the interrupted run left (an executor thread removing a sandbox's cgroup, a
+    probe) are not waited for, so a stop by signal is not held up by them."""
+    with contextlib.suppress(Exception):
+        logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
     os._exit(code)
 
 
@@ -233,7 +252,8 @@ def run_async(main: Coroutine[Any, Any, T], *, grace_s: float = STOP_GRACE_S) ->
     flushed, servers stopped) and arms a watchdog: if the process is still running
     ``grace_s`` seconds later (code that does not await cannot be cancelled), it terminates
     its child processes and exits with ``128 + signum``. A second signal exits at once.
-    Threads of the default executor are not waited for.
+    Threads of the default executor are not waited for (:func:`cli_guard` exits without the
+    interpreter's shutdown, which would join them).
 
     Raises:
         Interrupted: a signal stopped the run (``exit_code`` 130 or 143).
@@ -263,7 +283,7 @@ def run_async(main: Coroutine[Any, Any, T], *, grace_s: float = STOP_GRACE_S) ->
         result = loop.run_until_complete(task)
     except asyncio.CancelledError:
         if received:
-            raise Interrupted(received[0]) from None
+            raise Interrupted(received[0], prompt=True) from None
         raise
     finally:
         # the watchdog stays armed until the process exits: cleanup after this may hang too
@@ -281,7 +301,7 @@ def run_async(main: Coroutine[Any, Any, T], *, grace_s: float = STOP_GRACE_S) ->
             for s, handler in previous.items():
                 signal.signal(s, handler)
     if received:  # main returned although it was cancelled: the run is still incomplete
-        raise Interrupted(received[0])
+        raise Interrupted(received[0], prompt=True)
     return result
 
 
@@ -368,6 +388,8 @@ def cli_guard(on_interrupt: str = "") -> Iterator[None]:
         code = exc.exit_code if isinstance(exc, Interrupted) else EXIT_SIGINT
         name = signal.Signals(code - 128).name
         log.warning("interrupted by %s%s", name, f": {on_interrupt}" if on_interrupt else "")
+        if isinstance(exc, Interrupted) and exc.prompt:
+            _exit_now(code)
         sys.exit(code)
     finally:
         if main_thread:

@@ -330,3 +330,97 @@ def test_a_concurrency_the_open_file_limit_cannot_hold_is_refused_up_front(serve
                f"hydra.run.dir={tmp_path / 'evolve'}", preexec_fn=_nofile(1024, 1024))  # fmt: skip
     out = res.stdout + res.stderr
     assert res.returncode == 1 and "meta.in_flight=4 x 2 evaluations x inner.max_concurrent_documents=64" in out, out
+
+
+# == a stop within 5 s whatever the server does ===============================================
+
+#: ``vllm serve ...`` stand-in: healthy at once, every completion takes a minute, and SIGTERM
+#: is trapped (a server busy in a long step); its pid goes to $FAKE_VLLM_DIR/pid and a line per
+#: request to $FAKE_VLLM_DIR/requests
+FAKE_VLLM = """#!{python}
+import json, os, signal, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+out = os.environ["FAKE_VLLM_DIR"]
+signal.signal(signal.SIGTERM, lambda *a: time.sleep(30))
+port = int(sys.argv[sys.argv.index("--port") + 1])
+served = sys.argv[sys.argv.index("--served-model-name") + 1]
+
+
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def _send(self, body):
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._send({{"data": [{{"id": served, "object": "model"}}]}})
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with open(os.path.join(out, "requests"), "a") as fh:
+            fh.write("x\\n")
+        time.sleep(60)
+        self._send({{}})
+
+
+with open(os.path.join(out, "pid"), "w") as fh:
+    fh.write(str(os.getpid()))
+ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_one_sigterm_stops_a_run_whose_server_traps_sigterm_within_5_s(corpus, tmp_path):
+    import signal
+    import time
+
+    bindir, state = tmp_path / "bin", tmp_path / "vllm"
+    bindir.mkdir()
+    state.mkdir()
+    (bindir / "vllm").write_text(FAKE_VLLM.format(python=sys.executable))
+    (bindir / "vllm").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env |= {"PATH": f"{bindir}:{env.get('PATH', '')}", "FAKE_VLLM_DIR": str(state)}
+    args = [
+        "llm=vllm", "llm.backend.startup_timeout_s=60", f"task.corpus={corpus}", "inner.max_rounds=1",
+        "progress=false", f"hydra.run.dir={tmp_path / 'run'}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        [str(GENERATE), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 90
+    while not (state / "requests").exists():  # the server is up and the documents wait on it
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert time.monotonic() < deadline, "the run never reached the server"
+        time.sleep(0.05)
+    server_pid = int((state / "pid").read_text())
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    took = time.monotonic() - t0
+    try:
+        assert took < 5.0, f"{took:.1f} s\n{out}"
+        assert proc.returncode == 143, out
+        assert "interrupted by SIGTERM" in out and "Traceback" not in out
+        for _ in range(20):  # the server does not outlive the run
+            if not _alive(server_pid):
+                break
+            time.sleep(0.05)
+        assert not _alive(server_pid), "the server outlived the run"
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(server_pid, signal.SIGKILL)
