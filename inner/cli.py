@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from inner.config import GenerateConfig, register_configs
-from inner.entrypoint import EXIT_DOCUMENTS_IN_ERROR, EXIT_OK, cli_guard, run_async, to_config
+from inner.entrypoint import EXIT_DOCUMENTS_IN_ERROR, EXIT_OK, check_run_dir_writable, cli_guard, run_async, to_config
 from inner.paths import PROJECT_ROOT
 
 log = logging.getLogger("autodata")
@@ -135,4 +135,5 @@ def incomplete_message(stats: dict[str, Any], run_dir: Path, *, backend: str) ->
 
 def main() -> None:
     """Console-script entry point."""
+    check_run_dir_writable()  # before Hydra writes into it
     _main()

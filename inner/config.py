@@ -309,7 +309,9 @@ class InnerConfig:
         weak_open_book / strong_open_book: whether the solver sees the source document
             (default: weak closed-book, strong open-book).
         max_concurrent_documents: documents in flight at once; the endpoints' ``max_in_flight``
-            bounds the requests.
+            bounds the requests. Each holds about 8 open files in the parent (its sandbox's
+            pipes): a value the open-file limit cannot hold, once the soft limit is raised to
+            the hard one, is refused before any document (``inner.entrypoint.check_open_files``).
         skip_solvers_on_qv_fail: a challenge the frozen quality check rejects is not sent to
             the solvers (it cannot pass the gate anyway; saves 2 x (n + n) calls).
         harness_max_calls: LLM calls a harness may make per document (its own roles).

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from inner.entrypoint import EXIT_CIRCUIT_BREAKER, EXIT_OK, cli_guard, run_async, to_config
+from inner.entrypoint import EXIT_CIRCUIT_BREAKER, EXIT_OK, check_run_dir_writable, cli_guard, run_async, to_config
 from inner.paths import PROJECT_ROOT
 from meta.config import EvolveConfig, register_configs
 
@@ -86,4 +86,5 @@ def exit_code(summary: dict[str, Any]) -> int:
 
 def main() -> None:
     """Console-script entry point."""
+    check_run_dir_writable()  # before Hydra writes into it
     _main()

@@ -51,7 +51,7 @@ from inner.engine.documents import Document, list_document_paths, load_documents
 from inner.engine.harness import harness_id, resolve_harness_dir
 from inner.engine.records import Trajectory
 from inner.engine.run import evaluate_harness, evaluator_identity, identity_diff, identity_hash, throughput_gc
-from inner.io import append_jsonl, atomic_write_text, read_jsonl
+from inner.io import StorageError, append_jsonl, atomic_write_text, read_jsonl, sweep_stale_temps
 from inner.llm.client import LLMClient, UsageMeter, track_usage
 from inner.sandbox.files import copy_harness, harness_content_hash
 from inner.sandbox.process import dry_run_harness
@@ -73,12 +73,12 @@ def make_splits(cfg: EvolveConfig, run_dir: Path) -> dict[str, list[str]]:
     """File names of the train / val / test splits, fixed in ``splits.json`` at the first run.
 
     Raises:
-        ConfigError: the corpus has fewer documents than the split sizes ask for, or a
-            resumed run's ``splits.json`` disagrees with the corpus.
+        ConfigError: the corpus has fewer documents than the split sizes ask for, a resumed
+            run's ``splits.json`` disagrees with the corpus, or it is torn or corrupt.
     """
     path = run_dir / "splits.json"
     if path.exists():
-        return json.loads(path.read_text())
+        return read_splits(path)
     s = cfg.split
     if s.train_files or s.val_files:
         splits = {
@@ -105,6 +105,25 @@ def make_splits(cfg: EvolveConfig, run_dir: Path) -> dict[str, list[str]]:
         raise ConfigError(f"split.test_files overlap train/val: {sorted(overlap)}")
     atomic_write_text(path, json.dumps(splits, indent=2) + "\n")
     return splits
+
+
+def read_splits(path: Path) -> dict[str, list[str]]:
+    """The recorded ``splits.json``.
+
+    Raises:
+        ConfigError: it is torn or corrupt (never re-drawn: the test split is sealed); it is
+            not touched.
+    """
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        if not all(isinstance(recorded.get(k), list) for k in ("train", "val", "test")):
+            raise ValueError("not a train/val/test split")
+    except (ValueError, AttributeError) as exc:
+        raise ConfigError(
+            f"{path} is torn or corrupt ({type(exc).__name__}: {exc}); it was left as it is. Restore it (the same "
+            f"splits are recorded under 'splits' in {path.parent / 'evaluator.json'}) or choose a new hydra.run.dir"
+        ) from exc
+    return recorded
 
 
 def load_split(cfg: EvolveConfig, names: list[str]) -> list[Document]:
@@ -321,6 +340,8 @@ async def run_iteration(run: MetaRun, i: int) -> dict[str, Any]:
     with track_usage(meter):
         try:
             rec.update(await _iterate(run, i, rec))
+        except StorageError:  # the run's disk or open files, not the iteration: the run stops, one message
+            raise
         except Exception as exc:  # an LLM outage (analyzer, implementer) or a bug: not the candidate's failure
             log.exception("iteration %d failed", i)
             rec.update({"status": "error", "reason": f"{type(exc).__name__}: {exc}"})
@@ -467,7 +488,7 @@ async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> MetaRu
         load_split(cfg, splits["train"]),
         load_split(cfg, splits["val"]),
     )
-    run.history = read_jsonl(run.history_path)
+    run.history = load_history(run.history_path)
     done = {h["iteration"] for h in run.history if h.get("status") != "error"}
     for it in lineage.iteration_refs():
         if it not in done:  # half-made: discard and redo
@@ -497,6 +518,54 @@ async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> MetaRu
              "parent_val": None, "best_so_far": archive.entries[0].val_pass_rate, "admitted": True},
         )  # fmt: skip
     return run
+
+
+def load_history(path: Path) -> list[dict[str, Any]]:
+    """The ledger ``history.jsonl``: a torn line (a kill during a write) is skipped, as
+    :func:`inner.io.read_jsonl` does.
+
+    Raises:
+        ConfigError: a line parses but is not an iteration record (an object with an integer
+            ``iteration`` and a ``status``): the file is corrupt; it is not touched.
+    """
+    history = read_jsonl(path)
+    for n, h in enumerate(history, 1):
+        if not (isinstance(h, dict) and isinstance(h.get("iteration"), int) and isinstance(h.get("status"), str)):
+            raise ConfigError(
+                f"{path} is corrupt: record {n} is not an iteration record ({str(h)[:80]!r}); it was left as it "
+                "is. Remove or repair that line (a removed iteration is redone) or choose a new hydra.run.dir"
+            )
+    return history
+
+
+def check_run_state(run_dir: Path) -> None:
+    """Read the run's state files once before the backend starts, so that a torn or corrupt
+    ``splits.json``, ``archive.json`` or ``history.jsonl`` stops the run with one message
+    (nothing is rewritten).
+
+    Raises:
+        ConfigError: the first unreadable file, named.
+    """
+    if (run_dir / "splits.json").exists():
+        read_splits(run_dir / "splits.json")
+    Archive(run_dir / "archive.json")
+    load_history(run_dir / "history.jsonl")
+
+
+async def check_start_harness(cfg: EvolveConfig, run_dir: Path) -> None:
+    """Before the backend starts: a starting harness that does not import or defines no
+    ``async def run(agent)`` stops the run (it would become the lineage root and crash every
+    document). Skipped once the lineage has its root (the harness is then the committed one).
+
+    Raises:
+        HarnessError: the import error, or the missing ``run``.
+    """
+    from inner.engine.run import check_harness_loads
+
+    if (run_dir / "lineage" / ".git").is_dir() and Lineage(run_dir / "lineage").root is not None:
+        return
+    start = resolve_harness_dir(cfg.meta.start_harness)
+    await check_harness_loads(start, cfg.generate_config(), name=f"meta.start_harness={cfg.meta.start_harness}")
 
 
 def check_evaluator(cfg: EvolveConfig, run_dir: Path, splits: dict[str, list[str]]) -> None:
@@ -626,12 +695,22 @@ async def run_evolve(cfg: EvolveConfig, run_dir: Path, *, base_urls: dict[str, s
     client across all iterations, evolve, and return the summary (also ``summary.json``)."""
     import contextlib
 
+    from inner.entrypoint import check_open_files
     from inner.llm.backends import start_backend
     from inner.llm.cache import ResponseCache
     from inner.llm.probe import probe_endpoints
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(run_dir)  # what a killed run left half-written
+    check_run_state(run_dir)
+    check_open_files(  # candidate and parent evaluated at once in each iteration in flight
+        documents=cfg.meta.in_flight * 2 * cfg.inner.max_concurrent_documents,
+        connections=sum(ep.max_in_flight for ep in cfg.llm.endpoints.values()),
+        what=f"meta.in_flight={cfg.meta.in_flight} x 2 evaluations x inner.max_concurrent_documents="
+        f"{cfg.inner.max_concurrent_documents}",
+    )
+    await check_start_harness(cfg, run_dir)
     cache = ResponseCache(Path(cfg.llm.cache_dir) if cfg.llm.cache_dir else run_dir / "llm_cache")
     backend: Any = (
         contextlib.nullcontext(base_urls) if base_urls is not None else start_backend(cfg.llm, log_dir=run_dir)

@@ -48,10 +48,23 @@ class Archive:
     """The admitted harnesses, persisted as ``archive.json`` (atomic rewrite)."""
 
     def __init__(self, path: Path) -> None:
+        """Load ``path`` if it exists.
+
+        Raises:
+            ConfigError: ``archive.json`` is torn or corrupt (the message names it; it is not
+                touched).
+        """
         self.path = Path(path)
         self.entries: list[ArchiveEntry] = []
         if self.path.exists():
-            self.entries = [ArchiveEntry(**e) for e in json.loads(self.path.read_text())["entries"]]
+            try:
+                self.entries = [ArchiveEntry(**e) for e in json.loads(self.path.read_text(encoding="utf-8"))["entries"]]
+            except (ValueError, KeyError, TypeError) as exc:  # torn, corrupt, or not an archive
+                raise ConfigError(
+                    f"{self.path} is torn or corrupt ({type(exc).__name__}: {exc}); it was left as it is. Restore it "
+                    "(history.jsonl lists the admitted candidates, lineage/ tags them admitted/iter-*) or choose "
+                    "a new hydra.run.dir"
+                ) from exc
 
     def add(self, entry: ArchiveEntry) -> None:
         """Add an admitted harness (idempotent per commit) and rewrite ``archive.json`` atomically."""

@@ -105,7 +105,7 @@ def test_resolve_harness_dir(tmp_path):
         resolve_harness_dir(str(tmp_path / "no_harness_py"))
 
 
-# -- broken harnesses: crashed documents, the run goes on -------------------------------------
+# -- broken harnesses: the run stops before any document ---------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -119,15 +119,14 @@ def test_resolve_harness_dir(tmp_path):
     ],
     ids=["import-error", "syntax-error", "raises-at-import", "no-run", "sync-run"],
 )
-def test_harness_that_cannot_load_crashes_its_documents(make_cfg, server, tmp_path, code, reason):
+def test_harness_that_cannot_load_stops_the_run_before_any_document(make_cfg, server, tmp_path, code, reason):
+    # one import check in the sandbox before any document: every document would crash alike
     h = write_harness(tmp_path / "broken", code)
     srv = server(scenario(ACCEPT))
-    stats = run(make_cfg(f"harness={h}", "task.limit=2"), tmp_path / "run", srv)  # returns: the run goes on
-    assert stats["finished"] == 2 and stats["crashed"] == 2 and stats["accepted"] == 0 and stats["errored"] == 0
-    for traj in RunWriter(tmp_path / "run").load_trajectories():
-        assert traj.status == "crashed" and traj.rounds == []
-        assert reason in traj.harness_error
-    assert srv.count() == 0
+    with pytest.raises(HarnessError, match="harness broken cannot run, so no document was started") as exc:
+        run(make_cfg(f"harness={h}", "task.limit=2"), tmp_path / "run", srv)
+    assert reason in str(exc.value)
+    assert srv.count() == 0 and not list((tmp_path / "run").glob("trajectories/*.json"))
 
 
 def test_harness_raising_on_one_document_crashes_only_that_one(make_cfg, server, tmp_path):

@@ -47,6 +47,7 @@ from inner.engine.records import (
     example_id,
 )
 from inner.evaluator.roles import Evaluator
+from inner.io import StorageError, environment_error
 from inner.llm.client import Completion, LLMClient
 from inner.sandbox.process import SandboxProcess
 from inner.sdk.contract import Challenge, QVVerdict, challenge_key
@@ -138,6 +139,9 @@ class DocumentSession:
         #: when the request ends usable (``structured_ok``), dropped on a schema failure or when
         #: the document ends
         self._structured: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+        #: the parent's disk or open-file limit failed a request (:func:`inner.io.environment_error`):
+        #: the document ends in ``error`` and the run stops with this, once it is recorded
+        self._fatal: StorageError | None = None
 
     # -- budgets ------------------------------------------------------------------------------
     def harness_seconds(self) -> float:
@@ -233,6 +237,8 @@ class DocumentSession:
         traj.harness_usage = self._usage
         traj.wall_s = round(traj.wall_s + time.monotonic() - self.t0, 3)
         eng.writer.write_trajectory(traj)
+        if self._fatal is not None:
+            raise self._fatal
         return traj
 
     async def _read(self, sb: SandboxProcess, handlers: set[asyncio.Task[None]]) -> None:
@@ -293,6 +299,11 @@ class DocumentSession:
             self.event("refused", text=str(exc))
             await sb.send({"t": "resp", "id": rid, "ok": False, "kind": "refused", "error": str(exc)})
         except Exception as exc:  # a bad request shape: the harness's mistake, answered, not fatal
+            if (fatal := environment_error(exc)) is not None:  # ... unless the parent's disk or fds failed
+                self._fatal = self._fatal or fatal
+                await sb.send({"t": "resp", "id": rid, "ok": False, "kind": "transport", "error": str(fatal)})
+                self.end("error", str(fatal), error=str(fatal))
+                return
             self.event("refused", text=f"{type(exc).__name__}: {exc}")
             await sb.send(
                 {"t": "resp", "id": rid, "ok": False, "kind": "refused", "error": f"{type(exc).__name__}: {exc}"}

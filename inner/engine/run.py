@@ -24,15 +24,16 @@ from inner.engine.harness import resolve_harness_dir
 from inner.engine.loop import Engine, LoopObserver, run_documents
 from inner.engine.records import RunWriter, Trajectory
 from inner.engine.stats import StatsAccumulator
+from inner.entrypoint import check_open_files
 from inner.evaluator import FROZEN_DIR, frozen_files
-from inner.io import atomic_write_text
+from inner.io import atomic_write_text, sweep_stale_temps
 from inner.llm.backends import start_backend
 from inner.llm.cache import ResponseCache
 from inner.llm.client import LLMClient, UsageMeter, track_usage
 from inner.llm.probe import probe_endpoints
 from inner.sandbox.files import copy_harness
-from inner.sandbox.process import bwrap_path
-from inner.sdk.errors import ConfigError
+from inner.sandbox.process import bwrap_path, validate_harness
+from inner.sdk.errors import ConfigError, HarnessError
 from inner.tracking import Tracker, build_tracker
 
 log = logging.getLogger(__name__)
@@ -201,9 +202,16 @@ async def _generate(
     """:func:`run_generate` with the harness snapshot in ``harness_dir``."""
     t0 = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(run_dir)  # what a killed run left half-written
     docs = load_documents(cfg.task)
     harness_id = make_harness_id(harness_dir)
     bwrap_path()  # no sandbox, no run: fail before any LLM call
+    check_open_files(
+        documents=cfg.inner.max_concurrent_documents,
+        connections=sum(ep.max_in_flight for ep in cfg.llm.endpoints.values()),
+        what=f"inner.max_concurrent_documents={cfg.inner.max_concurrent_documents}",
+    )
+    await check_harness_loads(harness_dir, cfg, name=harness_dir.name)
     write_run_config(run_dir, cfg, harness_id)
     writer = RunWriter(run_dir)
     done = accepted = 0
@@ -340,6 +348,30 @@ def throughput_gc() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
+
+
+#: bounds of the one import check's wall-clock limit, seconds: ``inner.harness_wall_s`` (what a
+#: document allows its import) kept within them (the lower bound leaves room for a slow sandbox
+#: start on a loaded machine)
+IMPORT_CHECK_TIMEOUT_S = (10.0, 120.0)
+
+
+async def check_harness_loads(harness_dir: Path, cfg: GenerateConfig, *, name: str) -> None:
+    """Import the harness once in the sandbox (the child's ``--check``) before any document:
+    a harness that does not import (a syntax error, a missing module) or defines no
+    ``async def run(agent)`` would crash every document alike, so it stops the run up front,
+    as a config error does.
+
+    Raises:
+        HarnessError: the import error, or the missing ``run``.
+        SandboxError: bubblewrap is missing or unusable.
+    """
+    lo, hi = IMPORT_CHECK_TIMEOUT_S
+    problem = await validate_harness(
+        harness_dir, timeout_s=min(max(cfg.inner.harness_wall_s, lo), hi), memory_mb=cfg.inner.harness_memory_mb
+    )
+    if problem is not None:
+        raise HarnessError(f"harness {name} cannot run, so no document was started: {problem}")
 
 
 def harness_dir_for(cfg: GenerateConfig) -> Path:

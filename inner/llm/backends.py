@@ -11,9 +11,9 @@
 
 :func:`start_backend` is a context manager that yields ``{endpoint name: base_url}`` for the
 endpoints whose ``base_url`` is unset, and stops the server on exit, Ctrl-C or error: SIGTERM
-to its process group, SIGKILL after :data:`STOP_GRACE_S`. The child gets ``PR_SET_PDEATHSIG``
-(SIGKILL) on Linux, so it dies at once when this process dies without running its cleanup
-(SIGTERM's default action, SIGKILL), even in the middle of a generation.
+to its process group, SIGKILL after :data:`STOP_GRACE_S` (1 s). The child gets
+``PR_SET_PDEATHSIG`` (SIGKILL) on Linux, so it dies at once when this process dies without
+running its cleanup (SIGTERM's default action, SIGKILL), even in the middle of a generation.
 """
 
 from __future__ import annotations
@@ -41,8 +41,14 @@ from inner.sdk.errors import BackendError
 log = logging.getLogger(__name__)
 
 #: Seconds between SIGTERM and SIGKILL when stopping a server: llama-server exits within a
-#: decode step on SIGTERM; llama-cpp-python's (uvicorn) would first finish its request.
-STOP_GRACE_S = 3.0
+#: decode step on SIGTERM; llama-cpp-python's (uvicorn) would first finish its request, and a
+#: server busy in a long step may not answer SIGTERM at all. Nothing is lost by the SIGKILL
+#: (the run has stopped sending requests), and a run stopped by a signal must be gone within
+#: 5 s (:data:`inner.entrypoint.STOP_GRACE_S`), so the grace is short.
+STOP_GRACE_S = 1.0
+#: Seconds to wait for the process after SIGKILL before giving up on reaping it (it is then
+#: killed with this process at the latest: ``PR_SET_PDEATHSIG``).
+KILL_WAIT_S = 2.0
 #: ``--cache-reuse``: 0 = reuse only a cached prompt's common *prefix* (exact). Chunk reuse by
 #: KV shifting scans the cache for the new prompt's tokens right after the common prefix, so it
 #: cannot reuse an excerpt that follows a different system prompt (measured: 0 tokens reused,
@@ -242,7 +248,8 @@ class ManagedServer:
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM the process group, then SIGKILL it after ``grace_s`` seconds; returns once
-        the process is gone (at most ``grace_s`` plus the kill, whatever the server is doing)."""
+        the process is gone, or :data:`KILL_WAIT_S` after the SIGKILL at most, whatever the
+        server is doing."""
         if self.proc is None or self.proc.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -253,7 +260,11 @@ class ManagedServer:
             log.warning("LLM server still running %.0f s after SIGTERM: SIGKILL", grace_s)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            try:
+                self.proc.wait(timeout=KILL_WAIT_S)
+            except subprocess.TimeoutExpired:
+                log.warning("LLM server (pid %d) not reaped %.0f s after SIGKILL", self.proc.pid, KILL_WAIT_S)
+                return
         log.info("LLM server stopped")
 
 
