@@ -25,7 +25,7 @@ from inner.sdk.templates import render
 from meta.analyze import PROMPTS, contract_text, history_summary
 from meta.edit import check_prompt_files, edit_plan_model
 from tests.conftest import write_corpus, write_harness
-from tests.test_harness_conformance import ACCEPT, TOO_EASY, ConformanceScenario, response_schema
+from tests.helpers.conformance import ACCEPT, TOO_EASY, ConformanceScenario, response_schema
 from tests.test_meta import GOOD_EDIT, NEUTRAL_EDIT, WORSE_EDIT, MetaScenario, evolve, evolve_config, whole_harness
 
 CODE_EDIT = """FILE: harness.py

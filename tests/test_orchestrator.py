@@ -14,8 +14,8 @@ from inner.engine.records import RunWriter
 from inner.llm.cache import ResponseCache
 from inner.llm.client import LLMClient
 from tests.conftest import run
+from tests.helpers.conformance import ACCEPT, ConformanceScenario
 from tests.scripted_server import Reply
-from tests.test_harness_conformance import ACCEPT, ConformanceScenario
 
 TOOL = [{"type": "function", "function": {"name": "ping", "description": "ping", "parameters": {"type": "object"}}}]
 
