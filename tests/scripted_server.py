@@ -150,11 +150,17 @@ class ScriptedServer:
         if reply.tool_calls:
             message["content"] = content or None
             message["tool_calls"] = [
-                {**c, "function": {**c["function"], "arguments": c["function"]["arguments"]
-                                   if isinstance(c["function"]["arguments"], str)
-                                   else json.dumps(c["function"]["arguments"])}}
+                {
+                    **c,
+                    "function": {
+                        **c["function"],
+                        "arguments": c["function"]["arguments"]
+                        if isinstance(c["function"]["arguments"], str)
+                        else json.dumps(c["function"]["arguments"]),
+                    },
+                }
                 for c in reply.tool_calls
-            ]  # fmt: skip
+            ]
             finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
         prompt_tokens = sum(len(str(m.get("content", ""))) for m in req.get("messages", [])) // 4
         self._send(

@@ -31,6 +31,17 @@ HARNESSES: dict[str, list[str]] = {
 }
 
 
+#: the paper baseline on one document, one round, one weak and one strong attempt
+PAPER_ONE_ROUND = (
+    "harness=paper_baseline",
+    "rubric=published",
+    "inner.max_rounds=1",
+    "task.limit=1",
+    "inner.n_weak=1",
+    "inner.n_strong=1",
+)
+
+
 def conformance_plans() -> dict[str, list[RoundPlan]]:
     return {"*": [TOO_EASY], "MARK-A": [ACCEPT], "MARK-B": [TOO_EASY, ACCEPT]}
 
@@ -74,8 +85,7 @@ def test_harness_conforms(name, make_cfg, server, tmp_path):
 
 def test_paper_baseline_writes_the_published_rubric_and_self_checks(make_cfg, server, tmp_path):
     srv = server(ConformanceScenario({"*": [ACCEPT]}))
-    run(make_cfg("harness=paper_baseline", "rubric=published", "inner.max_rounds=1", "task.limit=1",
-                 "inner.n_weak=1", "inner.n_strong=1"), tmp_path / "run", srv)  # fmt: skip
+    run(make_cfg(*PAPER_ONE_ROUND), tmp_path / "run", srv)
     # the schema sent to the challenger enforces the rubric shape (grammar-constrained models comply)
     body = next(b for r, b in srv.requests if r == "challenger")
     props = response_schema(body)["properties"]
@@ -94,8 +104,7 @@ def test_paper_baseline_writes_the_published_rubric_and_self_checks(make_cfg, se
 
 def test_paper_baseline_regenerates_a_draft_its_self_check_rejects(make_cfg, server, tmp_path):
     srv = server(ConformanceScenario({"*": [ACCEPT]}, self_check_passes=False))
-    run(make_cfg("harness=paper_baseline", "rubric=published", "inner.max_rounds=1", "task.limit=1",
-                 "inner.n_weak=1", "inner.n_strong=1"), tmp_path / "run", srv)  # fmt: skip
+    run(make_cfg(*PAPER_ONE_ROUND), tmp_path / "run", srv)
     (traj,) = RunWriter(tmp_path / "run").load_trajectories()
     # MAX_REGENERATIONS=2 drafts are regenerated, the third is evaluated anyway with its verdict
     assert srv.count("challenger") == 3 and srv.count("self_check") == 3
@@ -110,8 +119,8 @@ def test_rubric_policy_is_enforced_for_a_harness_written_for_another(make_cfg, s
     """The baseline's 10 positive criteria break the published policy (no pitfalls): every
     round is INVALID_CHALLENGE, no solver is called."""
     srv = server(ConformanceScenario({"*": [ACCEPT]}))
-    stats = run(make_cfg("harness=baseline", "rubric=published", "inner.max_rounds=1", "task.limit=1"),
-                tmp_path / "run", srv)  # fmt: skip
+    cfg = make_cfg("harness=baseline", "rubric=published", "inner.max_rounds=1", "task.limit=1")
+    stats = run(cfg, tmp_path / "run", srv)
     assert stats["failure_modes"] == {"INVALID_CHALLENGE": 1}
     assert srv.count("weak_solver") == 0
 
@@ -136,10 +145,8 @@ def test_embedded_exact_is_accepted_on_the_verifiable_path(make_cfg, server, tmp
     (weak 0 of 4, strong 4 of 4 equivalent to the reference)."""
     # the cloze question is this sentence with the term blanked; the scripted server reads its
     # round from the "QMARK-A r1" tag in it
-    srv, stats = _run_exact(
-        make_cfg, server, tmp_path,
-        "The banding is most visible in layer mixed_5b of the network (QMARK-A r1), where it dominates.",
-    )  # fmt: skip
+    sentence = "The banding is most visible in layer mixed_5b of the network (QMARK-A r1), where it dominates."
+    srv, stats = _run_exact(make_cfg, server, tmp_path, sentence)
     assert stats["accepted"] == 1 and stats["crashed"] == 0
     (ex,) = RunWriter(tmp_path / "run").load_examples()
     assert ex.verifiable and ex.reference_answer == "mixed_5b"
@@ -174,10 +181,8 @@ def test_embedded_exact_candidates_and_question_forms():
 def test_embedded_exact_asks_the_challenger_when_the_term_has_no_blank_form(make_cfg, server, tmp_path):
     """A term that occurs twice in its sentence has no one-answer blank: the challenger phrases
     the question (the scripted one), and the frozen gate decides as before."""
-    srv, stats = _run_exact(
-        make_cfg, server, tmp_path,
-        "The banding of layer mixed_5b is visible because mixed_5b sits in the network, where it dominates.",
-    )  # fmt: skip
+    sentence = "The banding of layer mixed_5b is visible because mixed_5b sits in the network, where it dominates."
+    srv, stats = _run_exact(make_cfg, server, tmp_path, sentence)
     assert stats["accepted"] == 1 and srv.count("challenger") == 1
     (ex,) = RunWriter(tmp_path / "run").load_examples()
     assert ex.reference_answer == "mixed_5b" and ex.question.startswith("QMARK-A r1")

@@ -143,9 +143,16 @@ def test_history_lines_limits_the_history_shown(meta_corpus, server, tmp_path):
 
 
 def test_json_edit_format_sends_the_schema(meta_corpus, server, tmp_path):
-    edit = {"edits": [{"file": "harness.py", "search": '        res = await agent.llm_json("challenger", messages, Challenge)',
-                       "replace": '        messages[0]["content"] = "IMPROVED " + messages[0]["content"]\n'
-                                  '        res = await agent.llm_json("challenger", messages, Challenge)'}]}  # fmt: skip
+    edit = {
+        "edits": [
+            {
+                "file": "harness.py",
+                "search": '        res = await agent.llm_json("challenger", messages, Challenge)',
+                "replace": '        messages[0]["content"] = "IMPROVED " + messages[0]["content"]\n'
+                '        res = await agent.llm_json("challenger", messages, Challenge)',
+            }
+        ]
+    }
     srv = server(MetaScenario([edit]))  # type: ignore[list-item]
     evolve(evolve_config(meta_corpus, "meta.max_iterations=1", "meta.edit_format=json"), tmp_path / "run", srv)
     (h,) = read_jsonl(tmp_path / "run" / "history.jsonl")

@@ -82,8 +82,9 @@ class ScriptedMainAgent(ConformanceScenario):
 
 
 def one_doc(make_cfg, *extra: str):
-    return make_cfg("harness=orchestrator", "inner.max_rounds=2", "task.limit=1", "inner.n_weak=1", "inner.n_strong=1",
-                    *extra)  # fmt: skip
+    return make_cfg(
+        "harness=orchestrator", "inner.max_rounds=2", "task.limit=1", "inner.n_weak=1", "inner.n_strong=1", *extra
+    )
 
 
 def notes(run_dir) -> list[str]:

@@ -41,15 +41,22 @@ class ConformanceScenario(Scenario):
             assert isinstance(out, dict)
             return {
                 "scratchpad": {"key_insight": "the mechanism", "weak_solver_errors": "the textbook answer"},
-                "context": out["context"], "question": out["question"], "reference_answer": out["reference_answer"],
+                "context": out["context"],
+                "question": out["question"],
+                "reference_answer": out["reference_answer"],
                 "criteria": [{"id": f"c{i}", "criterion": f"states key point {i}", "weight": 1} for i in range(1, 11)],
                 "pitfalls": [{"id": f"p{i}", "criterion": f"claims wrong thing {i}", "weight": 2} for i in range(1, 4)],
                 "question_type": "mechanism",
-            }  # fmt: skip
+            }
         if role == "self_check":
             ok = self.self_check_passes
-            return {"context_leak": False, "generic": not ok, "multi_part": False, "rubric_covers_answer": True,
-                    "reason": "fine" if ok else "answerable without the document"}  # fmt: skip
+            return {
+                "context_leak": False,
+                "generic": not ok,
+                "multi_part": False,
+                "rubric_covers_answer": True,
+                "reason": "fine" if ok else "answerable without the document",
+            }
         if role == "main_agent" and body.get("tools"):
             return self.main_agent_step(body)
         if role == "judge":
