@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_train_export import legal_doc_ids, make_example, write_run
-from tests.test_train_rewards import judge_script, train_config
+from tests.helpers.train import judge_script, legal_doc_ids, make_example, train_config, write_run
 
 pytestmark = pytest.mark.train
 pytest.importorskip("trl")
