@@ -68,9 +68,11 @@ test: install browser
 test-fast: install
 	$(PY) -m pytest -m "not slow"
 
+# vulture: dead code at high confidence; vulture_whitelist.py names what a signature requires.
 check: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/vulture inner meta train analysis harnesses tests vulture_whitelist.py --min-confidence 80
 
 format: install
 	$(VENV)/bin/ruff format .

@@ -359,7 +359,7 @@ class InnerConfig:
             "harness_cpu_s",
             "harness_max_procs",
         ):
-            _check(getattr(self, key) >= 1, f"inner.{key}", getattr(self, key), "must be >= 1")  # fmt: skip
+            _check(getattr(self, key) >= 1, f"inner.{key}", getattr(self, key), "must be >= 1")
         _check(self.harness_wall_s > 0, "inner.harness_wall_s", self.harness_wall_s, "must be > 0 seconds")
         _check(self.harness_memory_mb >= 256, "inner.harness_memory_mb", self.harness_memory_mb, "must be >= 256")
         _check(self.harness_max_files >= 1, "inner.harness_max_files", self.harness_max_files, "must be >= 1")

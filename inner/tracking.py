@@ -73,9 +73,16 @@ class WandbTracker:
         except ImportError as exc:
             raise ConfigError("logger=wandb needs the wandb package: pip install wandb") from exc
         self._run = wandb.init(
-            project=cfg.project, entity=cfg.entity, mode=cfg.mode, dir=str(run_dir), config=config,
-            name=f"{job}-{run_dir.name}", tags=list(cfg.tags), job_type=job, reinit="create_new",
-        )  # fmt: skip
+            project=cfg.project,
+            entity=cfg.entity,
+            mode=cfg.mode,
+            dir=str(run_dir),
+            config=config,
+            name=f"{job}-{run_dir.name}",
+            tags=list(cfg.tags),
+            job_type=job,
+            reinit="create_new",
+        )
 
     def log(self, metrics: dict[str, Any], *, step: int | None = None) -> None:
         self._run.log(

@@ -150,11 +150,17 @@ class ScriptedServer:
         if reply.tool_calls:
             message["content"] = content or None
             message["tool_calls"] = [
-                {**c, "function": {**c["function"], "arguments": c["function"]["arguments"]
-                                   if isinstance(c["function"]["arguments"], str)
-                                   else json.dumps(c["function"]["arguments"])}}
+                {
+                    **c,
+                    "function": {
+                        **c["function"],
+                        "arguments": c["function"]["arguments"]
+                        if isinstance(c["function"]["arguments"], str)
+                        else json.dumps(c["function"]["arguments"]),
+                    },
+                }
                 for c in reply.tool_calls
-            ]  # fmt: skip
+            ]
             finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
         prompt_tokens = sum(len(str(m.get("content", ""))) for m in req.get("messages", [])) // 4
         self._send(
@@ -208,17 +214,33 @@ class ScriptedServer:
         self.port = self._server.sockets[0].getsockname()[1]
         return self._server
 
+    async def _close(self) -> None:
+        """Stop listening, then cancel and await every connection handler, so that none is left
+        pending when the loop closes (its ``finally`` closing the writer on a closed loop was
+        "Event loop is closed" / "Task was destroyed but it is pending" at garbage collection)."""
+        if self._server is not None:
+            self._server.close()
+        handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in handlers:
+            t.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        await asyncio.sleep(0)  # let the closed transports run their connection_lost callbacks
+
     def start(self) -> str:
         """Start in a daemon thread; returns the base URL (``.../v1``)."""
         ready = threading.Event()
 
         def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self.serve())
+            loop = self._loop = asyncio.new_event_loop()
+            loop.run_until_complete(self.serve())
             ready.set()
-            self._loop.run_forever()
-            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
-            self._loop.close()
+            loop.run_forever()
+            loop.run_until_complete(self._close())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
 
         self._thread = threading.Thread(target=run, name="scripted-server", daemon=True)
         self._thread.start()
@@ -229,13 +251,7 @@ class ScriptedServer:
         if self._loop is None:
             return
 
-        def shutdown() -> None:
-            assert self._server is not None
-            self._server.close()
-            assert self._loop is not None
-            self._loop.stop()
-
-        self._loop.call_soon_threadsafe(shutdown)
+        self._loop.call_soon_threadsafe(self._loop.stop)  # run() then closes everything (_close)
         assert self._thread is not None
         self._thread.join(10)
         self._loop = None

@@ -113,20 +113,23 @@ def no_server(monkeypatch):
     monkeypatch.setattr(backends, "ensure_gguf", forbidden)
 
 
-def test_start_backend_openai_yields_nothing(no_server, tmp_path):
+@pytest.mark.usefixtures("no_server")
+def test_start_backend_openai_yields_nothing(tmp_path):
     cfg = compose_config("llm=openai").llm
     with backends.start_backend(cfg, log_dir=tmp_path) as urls:
         assert urls == {}
     assert not (tmp_path / "llm_server.log").exists()
 
 
-def test_start_backend_local_with_every_base_url_set_starts_nothing(no_server, tmp_path):
+@pytest.mark.usefixtures("no_server")
+def test_start_backend_local_with_every_base_url_set_starts_nothing(tmp_path):
     cfg = compose_config("llm=local", "llm.endpoints.default.base_url=http://127.0.0.1:9/v1").llm
     with backends.start_backend(cfg, log_dir=tmp_path) as urls:
         assert urls == {}
 
 
-def test_start_backend_reports_missing_extras(no_server, monkeypatch, tmp_path):
+@pytest.mark.usefixtures("no_server")
+def test_start_backend_reports_missing_extras(monkeypatch, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llama_cpp" else real(n, *a))
     with pytest.raises(BackendError, match=r"pip install -e '\.\[local\]'"):

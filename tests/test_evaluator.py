@@ -20,6 +20,7 @@ from inner.evaluator import INNER_PROMPTS
 from inner.evaluator.scoring import check_rubric_policy, rubric_score
 from inner.sdk.templates import USER_MARK
 from tests.conftest import ONE_SHOT_HARNESS, compose_config, run, write_harness
+from tests.helpers.records import request_bodies
 from tests.scenario import MARK
 
 REFERENCE = "REFERENCE-SECRET-9137"
@@ -79,10 +80,6 @@ def _one_round(run_dir: Path):
     (traj,) = RunWriter(run_dir).load_trajectories()
     assert len(traj.rounds) == 1
     return traj, traj.rounds[0]
-
-
-def _bodies(srv, role: str) -> list[dict[str, Any]]:
-    return [b for r, b in srv.requests if r == role]
 
 
 def _text(body: dict[str, Any]) -> str:
@@ -212,7 +209,7 @@ def test_published_rubric_with_pitfalls_is_scored_as_the_formula_says(make_cfg, 
         PUBLISHED.values()
     )
     # the judge is told which criteria are pitfalls
-    judge_prompt = _bodies(srv, "judge")[0]["messages"][1]["content"]
+    judge_prompt = request_bodies(srv, "judge")[0]["messages"][1]["content"]
     assert "- id p1 [PITFALL (1 = the answer makes this mistake)]: CRITERION-TEXT p1" in judge_prompt
     assert "- id c1 [requirement]: CRITERION-TEXT c1" in judge_prompt
 
@@ -248,8 +245,8 @@ def test_judge_and_solvers_see_only_what_they_may(make_cfg, server, tmp_path, on
     srv = server(RubricScript(EVOLVED))
     stats = run(make_cfg(f"harness={one_shot}", "task.limit=1"), tmp_path / "run", srv)
     assert stats["accepted"] == 1
-    qv, judge = _bodies(srv, "quality_verifier"), _bodies(srv, "judge")
-    weak, strong = _bodies(srv, "weak_solver"), _bodies(srv, "strong_solver")
+    qv, judge = request_bodies(srv, "quality_verifier"), request_bodies(srv, "judge")
+    weak, strong = request_bodies(srv, "weak_solver"), request_bodies(srv, "strong_solver")
     assert (len(qv), len(weak), len(strong), len(judge)) == (1, 3, 3, 6)
     # the markers are real: the quality check sees the reference, the judge sees the rubric
     assert REFERENCE in _text(qv[0]) and DOC_SENTENCE in _text(qv[0])
@@ -273,10 +270,10 @@ def test_closed_book_strong_solver_never_sees_the_document(make_cfg, server, tmp
     # still its own requests (the role is part of the response cache key)
     srv = server(RubricScript(EVOLVED))
     run(make_cfg(f"harness={one_shot}", "task.limit=1", "inner.strong_open_book=false"), tmp_path / "run", srv)
-    strong = _bodies(srv, "strong_solver")
+    strong = request_bodies(srv, "strong_solver")
     assert len(strong) == 3 and not any(DOC_SENTENCE in _text(b) for b in strong)
     # the same prompt as the weak solver's, but never the same seed: no sample is replayed
-    weak_seeds = {b["seed"] for b in _bodies(srv, "weak_solver")}
+    weak_seeds = {b["seed"] for b in request_bodies(srv, "weak_solver")}
     assert weak_seeds.isdisjoint(b["seed"] for b in strong)
 
 
@@ -300,7 +297,7 @@ def test_unusable_judge_grade_is_retried_once_with_a_new_sample(make_cfg, server
     _, rnd = _one_round(tmp_path / "run")
     assert rnd.weak_scores == [0.4] * 3 and rnd.strong_scores == [0.9] * 3
     assert all(len(a.judge_raw) == 3 for a in rnd.weak + rnd.strong)  # bad, bad repair, good
-    seeds = Counter(b["seed"] for b in _bodies(srv, "judge"))
+    seeds = Counter(b["seed"] for b in request_bodies(srv, "judge"))
     # per side and attempt i: seed 2i twice (reply + repair), seed 2i+1 once
     assert seeds == {0: 4, 1: 2, 2: 4, 3: 2, 4: 4, 5: 2}
 
@@ -317,7 +314,7 @@ def test_judge_error_ends_the_document_as_error_and_a_rerun_redoes_it(make_cfg, 
     # not counted against the harness: not finished, not crashed, no pass rate
     assert (first["errored"], first["finished"], first["crashed"], first["pass_rate"]) == (1, 0, 0, None)
     # retried once per attempt (2 samples, each with its repair request), then given up
-    assert Counter(b["seed"] for b in _bodies(srv, "judge")) == {s: 2 for s in range(6)}
+    assert Counter(b["seed"] for b in request_bodies(srv, "judge")) == {s: 2 for s in range(6)}
     assert srv.count("strong_solver") == 0
     n_weak = srv.count("weak_solver")
 
@@ -326,7 +323,7 @@ def test_judge_error_ends_the_document_as_error_and_a_rerun_redoes_it(make_cfg, 
     assert traj.status == "accepted" and rnd.failure_mode.value == "ACCEPTED" and rnd.round == 1
     assert (second["errored"], second["accepted"]) == (0, 1)
     assert srv.count("weak_solver") == n_weak  # the weak answers are replayed from the cache
-    redo = sorted(b["seed"] for b in _bodies(srv, "judge") if b["seed"] >= 1000)
+    redo = sorted(b["seed"] for b in request_bodies(srv, "judge") if b["seed"] >= 1000)
     assert redo == [1000, 1000, 1002, 1002, 1004, 1004]  # weak and strong attempt i: seed 1000 + 2i
 
 
@@ -340,7 +337,7 @@ def test_quality_check_is_the_frozen_prompt_run_by_the_parent(make_cfg, server, 
     srv = server(RubricScript(EVOLVED))
     cfg = make_cfg(f"harness={one_shot}", "task.limit=1")
     run(cfg, tmp_path / "run", srv)
-    (qv,) = _bodies(srv, "quality_verifier")
+    (qv,) = request_bodies(srv, "quality_verifier")
     system = (INNER_PROMPTS / "quality_verifier.md").read_text().split(USER_MARK)[0].strip()
     assert qv["messages"][0]["content"] == system.replace("$domain", cfg.task.domain)
     user = qv["messages"][1]["content"]

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from inner.engine.records import RunWriter
 from tests.conftest import compose_config, run, scenario, write_corpus
+from tests.helpers.records import read_jsonl
 from tests.scenario import MARK, RoundPlan
 from tests.scripted_server import Reply
 
@@ -88,10 +88,6 @@ class FaultyServerScript:
         return FAULTS[kind][0]
 
 
-def _lines(p: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
-
-
 def _marker_of(body: dict[str, Any]) -> str | None:
     m = MARK.search(json.dumps(body["messages"]))
     return m.group(0) if m else None
@@ -127,7 +123,7 @@ def test_ten_percent_faults_over_a_thousand_calls_then_a_healthy_rerun(server, t
     assert faulty.answered + injected == total
 
     # -- every failure typed and counted --------------------------------------------------------
-    calls = _lines(run_dir / "calls.jsonl")
+    calls = read_jsonl(run_dir / "calls.jsonl")
     failed = [c for c in calls if c["error"]]
     kinds = Counter(c["error"] for c in failed)
     assert set(kinds) <= {"status", "timeout", "connection", "bad_response", "empty", "schema"}
@@ -165,7 +161,7 @@ def test_ten_percent_faults_over_a_thousand_calls_then_a_healthy_rerun(server, t
         if t.status == "error":
             assert t.error and ("LLM" in t.error or "judge" in t.error), t.error
     finished_first = {t.doc_id for t in trajs if t.finished}
-    first_dataset = _lines(run_dir / "dataset.jsonl")
+    first_dataset = read_jsonl(run_dir / "dataset.jsonl")
 
     # -- a healthy rerun finishes everything, with no duplicate and no repeated work -------------
     healthy = server(scenario(RoundPlan()))
@@ -177,7 +173,7 @@ def test_ten_percent_faults_over_a_thousand_calls_then_a_healthy_rerun(server, t
     finished_markers = {m for m in markers if any(m.lower() in d for d in finished_first)}
     assert not redone_markers & finished_markers  # 0 new calls for documents finished before
     assert healthy.count() > 0
-    dataset = _lines(run_dir / "dataset.jsonl")
+    dataset = read_jsonl(run_dir / "dataset.jsonl")
     ids = [e["example_id"] for e in dataset]
     assert len(ids) == len(set(ids)) == stats2["accepted"]
     assert dataset[: len(first_dataset)] == first_dataset  # appended, never rewritten

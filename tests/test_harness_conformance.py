@@ -20,11 +20,8 @@ from inner.engine.harness import HARNESSES_DIR
 from inner.engine.records import RunWriter
 from inner.evaluator.scoring import check_rubric_policy
 from tests.conftest import run
+from tests.helpers.conformance import ACCEPT, TOO_EASY, ConformanceScenario, response_schema
 from tests.scenario import MARK, RoundPlan, Scenario
-from tests.scripted_server import Reply
-
-ACCEPT = RoundPlan(weak=[0.5], strong=[0.9])
-TOO_EASY = RoundPlan(weak=[0.9], strong=[0.9])
 
 #: harness name -> config overrides it is run with
 HARNESSES: dict[str, list[str]] = {
@@ -34,84 +31,15 @@ HARNESSES: dict[str, list[str]] = {
 }
 
 
-def response_schema(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The JSON schema a request asked for (llama.cpp or OpenAI ``response_format``)."""
-    rf = body.get("response_format") or {}
-    return rf.get("schema") or (rf.get("json_schema") or {}).get("schema")
-
-
-class ConformanceScenario(Scenario):
-    """:class:`~tests.scenario.Scenario` for any harness: answers the paper challenger's schema
-    (scratchpad, 10 requirements, 3 pitfalls), the ``self_check`` role, a tool-calling main
-    agent (a fixed research sequence through the tools), and grades every rubric id the judge
-    is asked for (requirements satisfied in proportion to the planned score, pitfalls never
-    committed)."""
-
-    def __init__(self, plans: dict[str, list[RoundPlan]], *, self_check_passes: bool = True) -> None:
-        super().__init__(plans)
-        self.self_check_passes = self_check_passes
-        self.tool_calls_sent: list[str] = []
-
-    def __call__(self, role: str, body: dict[str, Any]) -> Any:
-        schema = response_schema(body) or {}
-        props = schema.get("properties", {})
-        if role == "challenger" and "pitfalls" in props:
-            out = super().__call__(role, body)
-            assert isinstance(out, dict)
-            return {
-                "scratchpad": {"key_insight": "the mechanism", "weak_solver_errors": "the textbook answer"},
-                "context": out["context"], "question": out["question"], "reference_answer": out["reference_answer"],
-                "criteria": [{"id": f"c{i}", "criterion": f"states key point {i}", "weight": 1} for i in range(1, 11)],
-                "pitfalls": [{"id": f"p{i}", "criterion": f"claims wrong thing {i}", "weight": 2} for i in range(1, 4)],
-                "question_type": "mechanism",
-            }  # fmt: skip
-        if role == "self_check":
-            ok = self.self_check_passes
-            return {"context_leak": False, "generic": not ok, "multi_part": False, "rubric_covers_answer": True,
-                    "reason": "fine" if ok else "answerable without the document"}  # fmt: skip
-        if role == "main_agent" and body.get("tools"):
-            return self.main_agent_step(body)
-        if role == "judge":
-            return self.judge(body)
-        return super().__call__(role, body)
-
-    def main_agent_step(self, body: dict[str, Any]) -> Reply:
-        """read_section -> draft_challenge -> self_check -> evaluate_weak -> evaluate_both (if
-        the weak side passed) -> draft_challenge ... by the last tool call and its result."""
-        msgs = body["messages"]
-        last_call = next((m["tool_calls"][-1]["function"]["name"] for m in reversed(msgs) if m.get("tool_calls")), None)
-        last_result = next((m["content"] for m in reversed(msgs) if m.get("role") == "tool"), "")
-        if last_call is None:
-            name, args = "read_section", {"heading": "Title"}
-        elif last_call in ("read_section", "evaluate_both") or (
-            last_call == "evaluate_weak" and "WEAK_PASSED" not in last_result
-        ):
-            name, args = "draft_challenge", {"focus": "the mechanism"}
-        elif last_call == "draft_challenge":
-            name, args = "self_check", {}
-        elif last_call == "self_check":
-            name, args = "evaluate_weak", {}
-        else:
-            name, args = "evaluate_both", {}
-        with self._lock:
-            self.tool_calls_sent.append(name)
-            n = len(self.tool_calls_sent)
-        return Reply(
-            tool_calls=[{"id": f"call_{n}", "type": "function", "function": {"name": name, "arguments": args}}]
-        )
-
-    def judge(self, body: dict[str, Any]) -> dict[str, Any]:
-        import re
-
-        user = body["messages"][1]["content"]
-        m = re.search(r"ANSWER side=(\w+) q=Q(MARK-[A-Za-z0-9]+) r(\d+) i=(\d+)", user)
-        assert m, user[-300:]
-        side, marker, rnd, i = m.group(1), m.group(2), int(m.group(3)), int(m.group(4))
-        score = getattr(self.plan(marker, rnd), side)[i]
-        ids = response_schema(body)["properties"]["grades"]["items"]["properties"]["id"]["enum"]
-        positive = [x for x in ids if not x.startswith("p")]
-        k = round(len(positive) * score)
-        return {"grades": [{"id": x, "score": int(x in positive[:k])} for x in ids]}
+#: the paper baseline on one document, one round, one weak and one strong attempt
+PAPER_ONE_ROUND = (
+    "harness=paper_baseline",
+    "rubric=published",
+    "inner.max_rounds=1",
+    "task.limit=1",
+    "inner.n_weak=1",
+    "inner.n_strong=1",
+)
 
 
 def conformance_plans() -> dict[str, list[RoundPlan]]:
@@ -157,8 +85,7 @@ def test_harness_conforms(name, make_cfg, server, tmp_path):
 
 def test_paper_baseline_writes_the_published_rubric_and_self_checks(make_cfg, server, tmp_path):
     srv = server(ConformanceScenario({"*": [ACCEPT]}))
-    run(make_cfg("harness=paper_baseline", "rubric=published", "inner.max_rounds=1", "task.limit=1",
-                 "inner.n_weak=1", "inner.n_strong=1"), tmp_path / "run", srv)  # fmt: skip
+    run(make_cfg(*PAPER_ONE_ROUND), tmp_path / "run", srv)
     # the schema sent to the challenger enforces the rubric shape (grammar-constrained models comply)
     body = next(b for r, b in srv.requests if r == "challenger")
     props = response_schema(body)["properties"]
@@ -177,8 +104,7 @@ def test_paper_baseline_writes_the_published_rubric_and_self_checks(make_cfg, se
 
 def test_paper_baseline_regenerates_a_draft_its_self_check_rejects(make_cfg, server, tmp_path):
     srv = server(ConformanceScenario({"*": [ACCEPT]}, self_check_passes=False))
-    run(make_cfg("harness=paper_baseline", "rubric=published", "inner.max_rounds=1", "task.limit=1",
-                 "inner.n_weak=1", "inner.n_strong=1"), tmp_path / "run", srv)  # fmt: skip
+    run(make_cfg(*PAPER_ONE_ROUND), tmp_path / "run", srv)
     (traj,) = RunWriter(tmp_path / "run").load_trajectories()
     # MAX_REGENERATIONS=2 drafts are regenerated, the third is evaluated anyway with its verdict
     assert srv.count("challenger") == 3 and srv.count("self_check") == 3
@@ -193,8 +119,8 @@ def test_rubric_policy_is_enforced_for_a_harness_written_for_another(make_cfg, s
     """The baseline's 10 positive criteria break the published policy (no pitfalls): every
     round is INVALID_CHALLENGE, no solver is called."""
     srv = server(ConformanceScenario({"*": [ACCEPT]}))
-    stats = run(make_cfg("harness=baseline", "rubric=published", "inner.max_rounds=1", "task.limit=1"),
-                tmp_path / "run", srv)  # fmt: skip
+    cfg = make_cfg("harness=baseline", "rubric=published", "inner.max_rounds=1", "task.limit=1")
+    stats = run(cfg, tmp_path / "run", srv)
     assert stats["failure_modes"] == {"INVALID_CHALLENGE": 1}
     assert srv.count("weak_solver") == 0
 
@@ -219,10 +145,8 @@ def test_embedded_exact_is_accepted_on_the_verifiable_path(make_cfg, server, tmp
     (weak 0 of 4, strong 4 of 4 equivalent to the reference)."""
     # the cloze question is this sentence with the term blanked; the scripted server reads its
     # round from the "QMARK-A r1" tag in it
-    srv, stats = _run_exact(
-        make_cfg, server, tmp_path,
-        "The banding is most visible in layer mixed_5b of the network (QMARK-A r1), where it dominates.",
-    )  # fmt: skip
+    sentence = "The banding is most visible in layer mixed_5b of the network (QMARK-A r1), where it dominates."
+    srv, stats = _run_exact(make_cfg, server, tmp_path, sentence)
     assert stats["accepted"] == 1 and stats["crashed"] == 0
     (ex,) = RunWriter(tmp_path / "run").load_examples()
     assert ex.verifiable and ex.reference_answer == "mixed_5b"
@@ -257,10 +181,8 @@ def test_embedded_exact_candidates_and_question_forms():
 def test_embedded_exact_asks_the_challenger_when_the_term_has_no_blank_form(make_cfg, server, tmp_path):
     """A term that occurs twice in its sentence has no one-answer blank: the challenger phrases
     the question (the scripted one), and the frozen gate decides as before."""
-    srv, stats = _run_exact(
-        make_cfg, server, tmp_path,
-        "The banding of layer mixed_5b is visible because mixed_5b sits in the network, where it dominates.",
-    )  # fmt: skip
+    sentence = "The banding of layer mixed_5b is visible because mixed_5b sits in the network, where it dominates."
+    srv, stats = _run_exact(make_cfg, server, tmp_path, sentence)
     assert stats["accepted"] == 1 and srv.count("challenger") == 1
     (ex,) = RunWriter(tmp_path / "run").load_examples()
     assert ex.reference_answer == "mixed_5b" and ex.question.startswith("QMARK-A r1")

@@ -25,7 +25,7 @@ from inner.sdk.templates import render
 from meta.analyze import PROMPTS, contract_text, history_summary
 from meta.edit import check_prompt_files, edit_plan_model
 from tests.conftest import write_corpus, write_harness
-from tests.test_harness_conformance import ACCEPT, TOO_EASY, ConformanceScenario, response_schema
+from tests.helpers.conformance import ACCEPT, TOO_EASY, ConformanceScenario, response_schema
 from tests.test_meta import GOOD_EDIT, NEUTRAL_EDIT, WORSE_EDIT, MetaScenario, evolve, evolve_config, whole_harness
 
 CODE_EDIT = """FILE: harness.py
@@ -143,9 +143,16 @@ def test_history_lines_limits_the_history_shown(meta_corpus, server, tmp_path):
 
 
 def test_json_edit_format_sends_the_schema(meta_corpus, server, tmp_path):
-    edit = {"edits": [{"file": "harness.py", "search": '        res = await agent.llm_json("challenger", messages, Challenge)',
-                       "replace": '        messages[0]["content"] = "IMPROVED " + messages[0]["content"]\n'
-                                  '        res = await agent.llm_json("challenger", messages, Challenge)'}]}  # fmt: skip
+    edit = {
+        "edits": [
+            {
+                "file": "harness.py",
+                "search": '        res = await agent.llm_json("challenger", messages, Challenge)',
+                "replace": '        messages[0]["content"] = "IMPROVED " + messages[0]["content"]\n'
+                '        res = await agent.llm_json("challenger", messages, Challenge)',
+            }
+        ]
+    }
     srv = server(MetaScenario([edit]))  # type: ignore[list-item]
     evolve(evolve_config(meta_corpus, "meta.max_iterations=1", "meta.edit_format=json"), tmp_path / "run", srv)
     (h,) = read_jsonl(tmp_path / "run" / "history.jsonl")

@@ -13,6 +13,7 @@ from typing import Any
 
 from inner.engine.records import RunWriter
 from tests.conftest import run, scenario
+from tests.helpers.records import read_jsonl, request_bodies
 from tests.scenario import RoundPlan, Scenario, challenge_json
 from tests.scripted_server import Reply
 
@@ -48,18 +49,10 @@ class FailFirst:
         return self.inner(role, body)
 
 
-def _lines(p: Path) -> list[dict]:
-    return [json.loads(x) for x in p.read_text().splitlines()]
-
-
 def _traj(run_dir: Path, marker: str):
     trajs = [t for t in RunWriter(run_dir).load_trajectories() if marker.lower() in t.doc_id]
     assert len(trajs) == 1
     return trajs[0]
-
-
-def _bodies(srv, role: str) -> list[dict[str, Any]]:
-    return [b for r, b in srv.requests if r == role]
 
 
 # -- structured output ------------------------------------------------------------------------
@@ -73,7 +66,7 @@ def test_malformed_json_is_repaired_once(make_cfg, server, tmp_path):
     assert traj.rounds[0].failure_mode.value == "ACCEPTED"
     replies = [e.text for e in traj.events if e.kind == "llm" and e.role == "challenger"]
     assert len(replies) == 2 and replies[0] == "not json, sorry"
-    ch = _bodies(srv, "challenger")
+    ch = request_bodies(srv, "challenger")
     assert len(ch) == 2
     repair = ch[1]["messages"]
     assert repair[-2] == {"role": "assistant", "content": "not json, sorry"}
@@ -85,7 +78,7 @@ def test_schema_violation_error_is_sent_back_in_the_repair(make_cfg, server, tmp
     srv = server(scenario(RoundPlan(challenge={"context": "c", "question": "q"})))
     stats = run(make_cfg("task.limit=1", "inner.max_rounds=1"), tmp_path / "run", srv)
     assert stats["accepted"] == 1
-    repair = _bodies(srv, "challenger")[1]["messages"][-1]["content"]
+    repair = request_bodies(srv, "challenger")[1]["messages"][-1]["content"]
     assert "JSON does not match the schema" in repair
     assert "reference_answer" in repair and "rubric" in repair
 
@@ -123,11 +116,11 @@ def test_structured_roles_send_the_schema(make_cfg, server, tmp_path):
         tmp_path / "r",
         srv,
     )
-    rf = _bodies(srv, "challenger")[0]["response_format"]
+    rf = request_bodies(srv, "challenger")[0]["response_format"]
     assert rf["type"] == "json_schema" and rf["json_schema"]["name"] == "Challenge"
     assert {"context", "question", "reference_answer", "rubric"} <= set(rf["json_schema"]["schema"]["properties"])
-    assert "response_format" not in _bodies(srv, "weak_solver")[0]
-    assert _bodies(srv, "judge")[0]["response_format"]["json_schema"]["name"] == "JudgeOutput"
+    assert "response_format" not in request_bodies(srv, "weak_solver")[0]
+    assert request_bodies(srv, "judge")[0]["response_format"]["json_schema"]["name"] == "JudgeOutput"
 
 
 def test_json_mode_none_sends_no_response_format(make_cfg, server, tmp_path):
@@ -155,7 +148,7 @@ def test_role_header_arrives_with_every_request(make_cfg, server, tmp_path):
     # each header names the role whose prompt is in the body
     systems = {"challenger": "challenger", "judge": "strict grader", "weak_solver": "expert solver"}
     for role, phrase in systems.items():
-        assert all(phrase in b["messages"][0]["content"] for b in _bodies(srv, role))
+        assert all(phrase in b["messages"][0]["content"] for b in request_bodies(srv, role))
 
 
 # -- retries ----------------------------------------------------------------------------------
@@ -221,9 +214,9 @@ def test_persistent_500_marks_only_that_document_error_and_a_rerun_finishes_it(m
     assert traj_b.status == "error" and "LLMStatusError" in traj_b.error and "HTTP 500" in traj_b.error
     assert _traj(tmp_path / "run", "MARK-A").status == "accepted"
     assert _traj(tmp_path / "run", "MARK-C").status == "accepted"
-    assert len(_lines(tmp_path / "run" / "dataset.jsonl")) == 2
+    assert len(read_jsonl(tmp_path / "run" / "dataset.jsonl")) == 2
     assert bad.count("challenger") == 2 + 2  # B: 1 + 1 retry; A and C: 1 each
-    failed = [c for c in _lines(tmp_path / "run" / "calls.jsonl") if c["error"]]
+    failed = [c for c in read_jsonl(tmp_path / "run" / "calls.jsonl") if c["error"]]
     assert len(failed) == 1 and failed[0]["role"] == "challenger"
     assert failed[0]["error"] == "status" and failed[0]["status"] == 500
 
@@ -232,7 +225,7 @@ def test_persistent_500_marks_only_that_document_error_and_a_rerun_finishes_it(m
     assert stats2["accepted"] == 3 and stats2["errored"] == 0
     assert good.count() == PER_ROUND_ACCEPT  # only document B is redone
     assert all("MARK-B" in json.dumps(b["messages"]) for _, b in good.requests)
-    ds = _lines(tmp_path / "run" / "dataset.jsonl")
+    ds = read_jsonl(tmp_path / "run" / "dataset.jsonl")
     assert len(ds) == 3 and len({e["example_id"] for e in ds}) == 3
 
 
@@ -263,14 +256,14 @@ def test_usage_per_role_and_call_log(make_cfg, server, tmp_path):
     assert all(u["cached_calls"] == 0 and u["failures"] == 0 for u in inv.values())
     for role in expected_calls:
         # the scripted server reports prompt_tokens = characters of the messages // 4
-        sent = sum(sum(len(m["content"]) for m in b["messages"]) // 4 for b in _bodies(srv, role))
+        sent = sum(sum(len(m["content"]) for m in b["messages"]) // 4 for b in request_bodies(srv, role))
         assert inv[role]["prompt_tokens"] == sent
         assert inv[role]["completion_tokens"] >= expected_calls[role]
     # the records carry the same usage, round by round
     assert stats["usage_per_role"] == inv
     assert stats["tokens_total"] == sum(u["prompt_tokens"] + u["completion_tokens"] for u in inv.values())
 
-    calls = _lines(tmp_path / "run" / "calls.jsonl")
+    calls = read_jsonl(tmp_path / "run" / "calls.jsonl")
     assert len(calls) == srv.count() == sum(expected_calls.values())
     assert Counter(c["role"] for c in calls) == Counter(srv.roles())
     assert all(c["key"] and c["cached"] is False and c["error"] is None for c in calls)
@@ -304,9 +297,9 @@ def test_shared_cache_replays_every_call(make_cfg, server, tmp_path):
         assert inv2[role]["cached_calls"] == inv1[role]["calls"]
     # identical records, and the cached calls are logged as such
     assert second["accepted"] == first["accepted"] == 3
-    ds1 = _lines(tmp_path / "run1" / "dataset.jsonl")
-    ds2 = _lines(tmp_path / "run2" / "dataset.jsonl")
+    ds1 = read_jsonl(tmp_path / "run1" / "dataset.jsonl")
+    ds2 = read_jsonl(tmp_path / "run2" / "dataset.jsonl")
     assert sorted(e["example_id"] for e in ds1) == sorted(e["example_id"] for e in ds2)
-    calls2 = _lines(tmp_path / "run2" / "calls.jsonl")
+    calls2 = read_jsonl(tmp_path / "run2" / "calls.jsonl")
     assert len(calls2) == n and all(c["cached"] for c in calls2)
     assert second["usage_per_role"]["judge"]["cached_calls"] == inv1["judge"]["calls"]

@@ -4,10 +4,10 @@ the scripted server."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from inner.engine.records import RunWriter
 from tests.conftest import run, scenario
+from tests.helpers.records import read_jsonl
 from tests.scenario import RoundPlan
 
 ACCEPT = RoundPlan(weak=[0.5, 0.5, 0.5], strong=[0.9, 0.9, 0.9])
@@ -15,14 +15,10 @@ TOO_EASY = RoundPlan(weak=[0.8, 0.8, 0.8])
 FAILED_STRONG = RoundPlan(weak=[0.5, 0.5, 0.5], strong=[0.6, 0.6, 0.6])
 
 
-def _lines(p: Path) -> list[dict]:
-    return [json.loads(x) for x in p.read_text().splitlines()]
-
-
 def test_accept_in_round_one_writes_all_records(make_cfg, server, tmp_path):
     srv = server(scenario(ACCEPT))
     stats = run(make_cfg(), tmp_path / "run", srv)
-    ds = _lines(tmp_path / "run" / "dataset.jsonl")
+    ds = read_jsonl(tmp_path / "run" / "dataset.jsonl")
     assert len(ds) == 3 and stats["accepted"] == 3 and stats["pass_rate"] == 1.0
     ex = ds[0]
     assert ex["weak_scores"] == [0.5, 0.5, 0.5] and ex["strong_scores"] == [0.9, 0.9, 0.9]

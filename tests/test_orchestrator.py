@@ -14,8 +14,8 @@ from inner.engine.records import RunWriter
 from inner.llm.cache import ResponseCache
 from inner.llm.client import LLMClient
 from tests.conftest import run
+from tests.helpers.conformance import ACCEPT, ConformanceScenario
 from tests.scripted_server import Reply
-from tests.test_harness_conformance import ACCEPT, ConformanceScenario
 
 TOOL = [{"type": "function", "function": {"name": "ping", "description": "ping", "parameters": {"type": "object"}}}]
 
@@ -82,8 +82,9 @@ class ScriptedMainAgent(ConformanceScenario):
 
 
 def one_doc(make_cfg, *extra: str):
-    return make_cfg("harness=orchestrator", "inner.max_rounds=2", "task.limit=1", "inner.n_weak=1", "inner.n_strong=1",
-                    *extra)  # fmt: skip
+    return make_cfg(
+        "harness=orchestrator", "inner.max_rounds=2", "task.limit=1", "inner.n_weak=1", "inner.n_strong=1", *extra
+    )
 
 
 def notes(run_dir) -> list[str]:

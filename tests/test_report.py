@@ -18,7 +18,7 @@ from analysis.loaders import load_generation_run, load_meta_run
 from analysis.report import ReportConfig, TaxonomyConfig, build_report
 from analysis.taxonomy import UNASSIGNED
 from inner.config import LLMConfig
-from tests.conftest import run
+from tests.conftest import run, write_corpus
 from tests.scenario import RoundPlan
 from tests.test_meta import (
     GOOD_EDIT,
@@ -58,8 +58,6 @@ class TaxonomyScript:
 
 @pytest.fixture
 def meta_run(tmp_path, server) -> tuple[Path, Any]:
-    from tests.test_meta import write_corpus
-
     corpus = write_corpus(tmp_path / "corpus", ["MARK-T1", "MARK-T2", "MARK-V1", "MARK-V2", "MARK-S1"])
     # iteration 2: an edit outside the harness, and again in its one repair attempt: invalid-edit
     srv = server(TaxonomyScript(MetaScenario([GOOD_EDIT, OUTSIDE_EDIT, OUTSIDE_EDIT, NEUTRAL_EDIT])))
@@ -88,8 +86,19 @@ def test_meta_report_curve_lineage_stats_taxonomy(meta_run):
     cfg = ReportConfig(run=str(run_dir), taxonomy=TaxonomyConfig(population="all"), llm=LLMConfig())
     report = build_report(cfg, base_urls={"default": srv.base_url})
     out = report.parent
-    for name in ("curve.png", "curve.svg", "lineage.html", "stats_scores.png", "stats_failure_modes.png",
-                 "stats_rounds.png", "methods.md", "methods.png", "taxonomy.json", "taxonomy.png", "report.md"):  # fmt: skip
+    for name in (
+        "curve.png",
+        "curve.svg",
+        "lineage.html",
+        "stats_scores.png",
+        "stats_failure_modes.png",
+        "stats_rounds.png",
+        "methods.md",
+        "methods.png",
+        "taxonomy.json",
+        "taxonomy.png",
+        "report.md",
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     text = report.read_text()
     assert "1 of 3 candidates admitted" in text and "lineage.html" in text
@@ -139,8 +148,6 @@ def test_generation_stats_and_methods_table(make_cfg, server, tmp_path):
 
 
 def test_multirun_aggregation(tmp_path, server):
-    from tests.test_meta import write_corpus
-
     corpus = write_corpus(tmp_path / "corpus", ["MARK-T1", "MARK-T2", "MARK-V1", "MARK-V2", "MARK-S1"])
     sweep = tmp_path / "sweep"
     srv_a = server(MetaScenario([GOOD_EDIT]))
@@ -161,6 +168,7 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (make browser installs Debian's chromium)")
 def test_lineage_html_renders_in_headless_chromium(meta_run, tmp_path):
     run_dir, srv = meta_run
     build_report(ReportConfig(run=str(run_dir), taxonomy=TaxonomyConfig(enabled=False)))
@@ -168,12 +176,19 @@ def test_lineage_html_renders_in_headless_chromium(meta_run, tmp_path):
     meta = load_meta_run(run_dir)
     admitted = next(n for n in lineage_nodes(meta) if n["status"] == "admitted")
     browser = _chromium()
-    assert browser, "chromium is not installed: .ci/run installs Debian's chromium package"
+    assert browser is not None
     flags = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
-    ]  # fmt: skip
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+    ]
     dom = subprocess.run(
         [browser, *flags, "--dump-dom", f"file://{page}#{admitted['id']}"],
         capture_output=True,
@@ -185,6 +200,9 @@ def test_lineage_html_renders_in_headless_chromium(meta_run, tmp_path):
     assert 'id="detail-diff"' in dom and "+IMPROVED You are the challenger" in dom
     assert "Root cause: questions are answerable" in dom  # the analysis behind it
     shot = run_dir / "report" / "lineage.png"
-    subprocess.run([browser, *flags, "--window-size=1400,900", f"--screenshot={shot}", f"file://{page}#{admitted['id']}"],
-                   capture_output=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [browser, *flags, "--window-size=1400,900", f"--screenshot={shot}", f"file://{page}#{admitted['id']}"],
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.is_file() and shot.stat().st_size > 10_000

@@ -144,8 +144,13 @@ def test_recorded_rounds_of_an_unfinished_document_are_reused_without_evaluator_
     # the harness runs again (challenger and main agent for round 1 too); round 1's challenge
     # is the recorded one, so the evaluator makes only round 2's calls: 1 QV + 3 + 3 solvers + 6 judge
     assert Counter(fresh.roles()) == {
-        "challenger": 2, "main_agent": 1, "quality_verifier": 1, "weak_solver": 3, "strong_solver": 3, "judge": 6,
-    }  # fmt: skip
+        "challenger": 2,
+        "main_agent": 1,
+        "quality_verifier": 1,
+        "weak_solver": 3,
+        "strong_solver": 3,
+        "judge": 6,
+    }
     after = json.loads(path.read_text())
     assert after["rounds"][0] == round_one  # the recorded report itself, untouched
     assert [e["text"] for e in after["events"] if e["kind"] == "evaluate"] == ["recorded report returned", "ACCEPTED"]

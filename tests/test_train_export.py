@@ -8,61 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from inner.engine.documents import make_doc_id
-from inner.engine.records import Example, RubricItem, RunWriter, example_id
-from inner.engine.run import write_run_config
-from inner.paths import PROJECT_ROOT
-from tests.conftest import compose_config
+from tests.helpers.train import legal_doc_ids, make_example, write_run
 
 pytestmark = pytest.mark.train
-
-LEGAL = PROJECT_ROOT / "experiments" / "corpora" / "legal"
-
-
-def legal_doc_ids(n: int) -> list[str]:
-    """Doc ids of the first ``n`` shipped legal documents, made as the document loader does."""
-    files = sorted(p for p in LEGAL.glob("*.txt"))[:n]
-    return [make_doc_id(p.stem, p.read_text(encoding="utf-8")) for p in files]
-
-
-def make_example(doc_id: str, i: int, *, verifiable: bool = False, task: str = "legal") -> Example:
-    question = f"Question {i} about {doc_id}?"
-    reference = "0.5" if verifiable else f"The court held point {i}."
-    return Example(
-        example_id=example_id(doc_id, question),
-        doc_id=doc_id,
-        task=task,
-        method="agentic_self_instruct",
-        harness_id="baseline@test",
-        round=1,
-        context=f"Context {i} for {doc_id}.",
-        question=question,
-        reference_answer=reference,
-        rubric=[
-            RubricItem(id="c1", criterion="names the holding", weight=3),
-            RubricItem(id="c2", criterion="cites the statute", weight=2),
-            RubricItem(id="p1", criterion="confuses plaintiff and defendant", weight=-4),
-        ],
-        question_type="holding",
-        verifiable=verifiable,
-        weak_scores=[0.2, 0.4],
-        strong_scores=[0.8, 0.8],
-        weak_avg=0.3,
-        strong_avg=0.8,
-        gap=0.5,
-    )
-
-
-def write_run(run_dir: Path, examples: list[Example], *, corpus: Path = LEGAL, task: str = "legal") -> Path:
-    """A run directory as autodata-generate leaves it: config.yaml (identity + resolved config)
-    and dataset.jsonl, written with the project's own writers."""
-    cfg = compose_config(f"task.corpus={corpus}", f"task.name={task}", "gate=lenient")
-    RunWriter(run_dir)  # creates the directory layout
-    write_run_config(run_dir, cfg, "baseline@test")
-    writer = RunWriter(run_dir)
-    for ex in examples:
-        writer.append_example(ex)
-    return run_dir
 
 
 def test_export_loads_back_split_by_document_with_card(tmp_path):
@@ -126,6 +74,7 @@ def test_split_is_deterministic_and_independent_of_run_order(tmp_path):
 
 
 def test_no_accepted_example_is_a_clear_error(tmp_path):
+    pytest.importorskip("pandas")  # the train extra (export_dataset writes parquet through pandas)
     from inner.sdk.errors import ConfigError
     from train.export import DatasetError, export_dataset, main
 

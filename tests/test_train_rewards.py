@@ -4,16 +4,12 @@ judge on loopback: pitfalls, clipping, truncation, exact answers, unusable judge
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from inner.paths import PROJECT_ROOT
+from tests.helpers.train import judge_script, train_config
 from tests.scripted_server import Reply
 
 pytestmark = pytest.mark.train
@@ -23,38 +19,6 @@ RUBRIC = [
     {"id": "c2", "criterion": "gives the number", "weight": 2},
     {"id": "p1", "criterion": "confuses cause and effect", "weight": -4},
 ]
-
-
-def judge_script(role: str, body: dict[str, Any]) -> Reply | dict[str, Any]:
-    """The judge's verdicts: criterion ``X`` is met (or pitfall ``X`` committed) iff the answer
-    contains ``<X>``. An answer without markers (a tiny model's random text) meets the first
-    requirement, meets the others by a bit of its hash and commits no pitfall, so every finished
-    completion scores above 0 and its score varies. ``GARBAGE`` in the answer makes the judge
-    reply with unusable text."""
-    assert role == "judge", role
-    user = body["messages"][1]["content"]
-    crit = re.findall(r"^- id (\S+) \[(\w+)", user, flags=re.MULTILINE)
-    answer = user.split("## Answer to grade", 1)[1]
-    if "GARBAGE" in answer:
-        return Reply(content="I think it is fine.")
-    if re.search(r"<[a-z]\d>", answer):
-        return {"grades": [{"id": i, "score": int(f"<{i}>" in answer)} for i, _ in crit]}
-    h = hashlib.sha256(answer.encode()).digest()
-    grades = [
-        {"id": i, "score": 0 if kind == "PITFALL" else 1 if n == 0 else h[n] % 2} for n, (i, kind) in enumerate(crit)
-    ]
-    return {"grades": grades}
-
-
-def train_config(*overrides: str) -> Any:
-    from train.config import TrainConfig, register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        dcfg = compose(config_name="train", overrides=["llm.endpoints.default.max_retries=0", *overrides])
-    cfg = OmegaConf.to_object(dcfg)
-    assert isinstance(cfg, TrainConfig)
-    return cfg
 
 
 def judge_client(srv: Any, tmp_path: Path) -> Any:

@@ -132,13 +132,11 @@ def _llama_cpp_tree(version: str, source: Path | None, work: Path, log_path: Pat
             raise BackendError(f"--source {source} is not a llama.cpp tree nor an unpacked {PACKAGE} sdist")
         return _unpack(source, work)
     dl = work / "sdist"
+    pip = [sys.executable, "-m", "pip", "--quiet", "--disable-pip-version-check"]
     _run(
-        [
-            sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-            "--no-binary", ":all:", "--no-deps", f"{PACKAGE}=={version}", "-d", str(dl),
-        ],
+        [*pip, "download", "--no-binary", ":all:", "--no-deps", f"{PACKAGE}=={version}", "-d", str(dl)],
         log_path=log_path,
-    )  # fmt: skip
+    )
     archives = sorted(dl.glob("*.tar.gz"))
     if not archives:
         raise BackendError(f"pip download of {PACKAGE}=={version} gave no sdist in {dl}")

@@ -122,5 +122,9 @@ def probe_endpoints(
         if served and ep.model not in served:
             log.warning(
                 "endpoint %r at %s does not list model %r (llm.endpoints.%s.model); it serves %s",
-                name, url, ep.model, name, ", ".join(map(str, served[:10])) + (" ..." if len(served) > 10 else ""),
-            )  # fmt: skip
+                name,
+                url,
+                ep.model,
+                name,
+                ", ".join(map(str, served[:10])) + (" ..." if len(served) > 10 else ""),
+            )
