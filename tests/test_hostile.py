@@ -1179,3 +1179,83 @@ def test_evolve_candidate_cannot_sabotage_later_evaluations(meta_corpus, server,
             (sdk_dir() / rel).write_bytes(data)
     assert not tampered
     assert [h["status"] for h in hist] == ["rejected", "admitted"], [(h["status"], h.get("reason")) for h in hist]
+
+
+# == issue 15: the trust boundary, physical and tight =============================================
+# -- failed documents laundered as infrastructure errors through an evaluator role -------------
+OVERSIZED = """
+async def run(agent):
+    report = await honest(agent)
+    if not report.accepted:
+        # a challenge too large for the evaluator's prompts: the endpoint would answer HTTP 400
+        await agent.evaluate(Challenge.model_validate(challenge(agent, rnd=2, **{@FIELD@: "x" * 60_000})))
+"""
+
+
+@pytest.mark.parametrize("field", ["context", "reference_answer"])
+def test_oversized_challenge_is_invalid_before_any_llm_call(make_cfg, server, tmp_path, field):
+    plans = {"*": [TOO_EASY], "MARK-A": [ACCEPT]}
+    h = make_harness(tmp_path, "oversized", OVERSIZED, FIELD=field)
+    srv = server(ContextWindow(plans))
+    stats, trajs = generate(make_cfg, srv, tmp_path / "run", h, "inner.max_rounds=2")
+    honest_rate = baseline_pass_rate(make_cfg, server, tmp_path, ContextWindow(plans), "inner.max_rounds=2")
+    assert honest_rate == round(1 / 3, 4)
+    assert stats["errored"] == 0 and stats["finished"] == 3
+    for m in ("MARK-B", "MARK-C"):
+        t = trajs[m]
+        (_, r2) = t.rounds
+        assert t.status == "exhausted" and r2.failure_mode.value == "INVALID_CHALLENGE"
+        assert f"{field} is 60000 characters" in r2.reasons[0] and r2.usage == {}
+    # the oversized challenge never reached the endpoint
+    assert all("x" * 10_000 not in json.dumps(b) for _, b in srv.requests)
+    assert stats["pass_rate"] <= honest_rate, stats
+
+
+class EvaluatorRejects(Scenario):
+    """The endpoint answers ``status`` to requests of ``role`` whose messages hold REJECT-ME
+    (as a real server does for a prompt it cannot take)."""
+
+    def __init__(self, plans: dict[str, list[RoundPlan]], role: str, status: int) -> None:
+        super().__init__(plans)
+        self.role, self.status = role, status
+
+    def __call__(self, role: str, body: dict[str, Any]) -> Any:
+        if role == self.role and "REJECT-ME" in json.dumps(body["messages"]):
+            return Reply(status=self.status)
+        return super().__call__(role, body)
+
+
+REJECTED = """
+async def run(agent):
+    report = await honest(agent)
+    if not report.accepted:
+        r2 = await agent.evaluate(Challenge.model_validate(challenge(agent, rnd=2, context="REJECT-ME " * 50)))
+        await agent.note("r2:" + r2.failure_mode)
+"""
+
+
+@pytest.mark.parametrize(
+    "role,status",
+    [("quality_verifier", 400), ("weak_solver", 413), ("strong_solver", 422), ("judge", 400)],
+)
+def test_evaluator_4xx_caused_by_the_challenge_is_a_failed_round(make_cfg, server, tmp_path, role, status):
+    # round 2 reaches the strong solver only when its weak side passes
+    second = ACCEPT if role == "strong_solver" else TOO_EASY
+    plans = {"*": [TOO_EASY, second], "MARK-A": [ACCEPT]}
+    h = make_harness(tmp_path, "rejected", REJECTED)
+    srv = server(EvaluatorRejects(plans, role, status))
+    stats, trajs = generate(make_cfg, srv, tmp_path / "run", h, "inner.max_rounds=2")
+    honest_rate = baseline_pass_rate(
+        make_cfg, server, tmp_path, EvaluatorRejects(plans, role, status), "inner.max_rounds=2"
+    )
+    # the endpoint did reject the evaluator's requests ...
+    assert any(r == role and "REJECT-ME" in json.dumps(b["messages"]) for r, b in srv.requests)
+    # ... and that is the challenge's failed round, recorded, never an infrastructure error
+    assert stats["errored"] == 0 and stats["finished"] == 3
+    for m in ("MARK-B", "MARK-C"):
+        t = trajs[m]
+        (_, r2) = t.rounds
+        assert t.status == "exhausted" and t.error is None
+        assert r2.failure_mode.value == "INVALID_CHALLENGE" and notes(t) == ["r2:INVALID_CHALLENGE"]
+        assert f"rejected the {role} request for this challenge (HTTP {status})" in r2.reasons[0]
+    assert stats["pass_rate"] <= honest_rate, stats

@@ -46,7 +46,7 @@ from inner.engine.records import (
     Trajectory,
     example_id,
 )
-from inner.evaluator.roles import Evaluator
+from inner.evaluator.roles import CHALLENGE_FAULT_STATUSES, Evaluator
 from inner.llm.client import Completion, LLMClient
 from inner.sandbox.process import SandboxProcess
 from inner.sdk.contract import Challenge, QVVerdict, challenge_key
@@ -62,8 +62,9 @@ MAX_PENDING = 32
 #: end the document, so a flood cannot grow the trajectory without bound
 MAX_OTHER_EVENTS = 200
 #: HTTP statuses that mean "this request is malformed" (bad messages, a prompt over the context
-#: window): on a harness role that is the harness's failure, not an infrastructure error
-HARNESS_FAULT_STATUSES = (400, 413, 422)
+#: window): on a harness role that is the harness's failure, not an infrastructure error (on an
+#: evaluator role, the challenge's: :data:`inner.evaluator.roles.CHALLENGE_FAULT_STATUSES`)
+HARNESS_FAULT_STATUSES = CHALLENGE_FAULT_STATUSES
 
 
 class LoopObserver:

@@ -47,7 +47,7 @@ class FailureMode(StrEnum):
     WEAK_ZERO = "WEAK_ZERO"  # some weak attempt scored 0 (question likely broken)
     FAILED_STRONG = "FAILED_STRONG"  # strong too weak, a strong 0, or gap too small
     FAILED_QV = "FAILED_QV"  # the frozen quality check rejected the challenge
-    INVALID_CHALLENGE = "INVALID_CHALLENGE"  # the rubric breaks the rubric policy
+    INVALID_CHALLENGE = "INVALID_CHALLENGE"  # over the challenge limits, breaks the rubric policy, or a 4xx
     WEAK_PASSED = "WEAK_PASSED"  # evaluated with side="weak" only: the weak side passes the gate
     JUDGE_ERROR = "JUDGE_ERROR"  # an attempt stayed ungraded after a retry (infrastructure; redone)
 
