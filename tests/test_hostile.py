@@ -1259,3 +1259,125 @@ def test_evaluator_4xx_caused_by_the_challenge_is_a_failed_round(make_cfg, serve
         assert r2.failure_mode.value == "INVALID_CHALLENGE" and notes(t) == ["r2:INVALID_CHALLENGE"]
         assert f"rejected the {role} request for this challenge (HTTP {status})" in r2.reasons[0]
     assert stats["pass_rate"] <= honest_rate, stats
+
+
+# -- one harness's strings end the whole run ---------------------------------------------------
+class SurrogateReplies(Scenario):
+    """The harness's ``main_agent`` role replies with a lone surrogate (JSON ``"\\udcff"``)."""
+
+    def __call__(self, role: str, body: dict[str, Any]) -> Any:
+        return "\udcff advice \ud800" if role == "main_agent" else super().__call__(role, body)
+
+
+SURROGATES = """
+async def run(agent):
+    await agent.note("\\udcff lone")
+    ch = challenge(agent, context="ctx \\ud800 end", question_type="\\udcff\\udcff")
+    ch["rubric"][0]["criterion"] = "point \\udfff"
+    # pydantic in the sandbox refuses them: the raw request goes round it
+    await agent._conn.request("evaluate", challenge=ch, side="both", self_check={"passed": True, "reason": "\\udcff"})
+    reply = await agent.llm("main_agent", prompt(agent))
+    await agent.note("reply:" + reply.text)
+"""
+
+
+def test_lone_surrogates_from_a_harness_are_made_valid_utf8(make_cfg, server, tmp_path):
+    srv = server(SurrogateReplies({"*": [TOO_EASY]}))
+    stats, trajs = generate(make_cfg, srv, tmp_path / "run", make_harness(tmp_path, "surrogates", SURROGATES))
+    assert (tmp_path / "run" / "stats.json").exists() and stats["finished"] == 3
+    for t in trajs.values():
+        assert t.status == "exhausted", (t.status, t.end_reason, t.harness_error)
+        assert notes(t) == ["\ufffd lone", "reply:\ufffd advice \ufffd"]
+        (r,) = t.rounds
+        assert r.challenge.context == "ctx \ufffd end" and r.challenge.rubric[0].criterion == "point \ufffd"
+        assert r.challenge.question_type == "\ufffd\ufffd" and r.self_check.reason == "\ufffd"
+    for p in (tmp_path / "run").rglob("*.json*"):
+        p.read_bytes().decode("utf-8")  # every record is valid UTF-8
+    sent = json.dumps([b for _, b in srv.requests])
+    assert "ctx \\ufffd end" in sent and not re.search(r"\\ud[89a-f]", sent)  # nothing unpaired went out
+    assert stats["pass_rate"] <= baseline_pass_rate(make_cfg, server, tmp_path, SurrogateReplies({"*": [TOO_EASY]}))
+
+
+BREAKER = """
+async def run(agent):
+    if marker(agent) == "MARK-B":
+        await agent.note("BREAK-RECORDS")
+    await honest(agent)
+"""
+
+
+def test_a_record_that_cannot_be_written_crashes_its_document_only(make_cfg, server, tmp_path, monkeypatch):
+    write = RunWriter.write_trajectory
+
+    def failing(self: RunWriter, traj: Trajectory) -> None:
+        if any(e.text == "BREAK-RECORDS" for e in traj.events):
+            raise ValueError("simulated serialization failure")
+        write(self, traj)
+
+    monkeypatch.setattr(RunWriter, "write_trajectory", failing)
+    stats, trajs = generate(
+        make_cfg, server(scenario(TOO_EASY)), tmp_path / "run", make_harness(tmp_path, "b", BREAKER)
+    )
+    assert (tmp_path / "run" / "stats.json").exists() and stats["finished"] == 3
+    bad = trajs["MARK-B"]
+    assert bad.status == "crashed" and bad.end_reason.startswith("the document's records could not be written")
+    assert "simulated serialization failure" in bad.end_reason
+    assert trajs["MARK-A"].status == trajs["MARK-C"].status == "exhausted"
+
+
+# -- free text copied into the records ---------------------------------------------------------
+LABELS = """
+async def run(agent):
+    await agent.note("n" * 1_000_000)
+    try:
+        await agent.llm("r" * 100_000, prompt(agent))
+    except Exception as exc:
+        await agent.note("role:" + type(exc).__name__)
+    qt = "multi\\nline\\x00 label " + "x" * (8 << 20)
+    await agent.evaluate(Challenge.model_validate(challenge(agent, question_type=qt)))
+"""
+
+
+def test_question_type_is_a_bounded_label_and_notes_are_capped(make_cfg, server, tmp_path):
+    run_dir = tmp_path / "run"
+    stats, trajs = generate(make_cfg, server(scenario(ACCEPT)), run_dir, make_harness(tmp_path, "labels", LABELS))
+    rows = dataset(run_dir)
+    assert len(rows) == stats["accepted"] == 3
+    for row in rows:
+        assert row["question_type"] == ("multi line label " + "x" * 64)[:64].strip()
+    assert (run_dir / "dataset.jsonl").stat().st_size < 64 << 10
+    for t in trajs.values():
+        assert [len(e.text) for e in t.events if e.kind == "note"] == [4000, len("role:HarnessError")]
+        assert all(len(e.text) <= 4000 for e in t.events)
+    for p in (run_dir / "trajectories").glob("*.json"):
+        assert p.stat().st_size < 1 << 20
+    assert stats["pass_rate"] <= baseline_pass_rate(make_cfg, server, tmp_path, scenario(ACCEPT))
+
+
+# -- pathological protocol lines ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    "line,reason",
+    [
+        ("'[' * 100_000 + ']' * 100_000", "nested too deep to decode"),
+        ("json.dumps({'t': 'req', 'id': 1, 'op': 'note', 'text': json.loads('[' * 100 + ']' * 100)})",
+         "nested deeper than 64 levels"),
+        ("'{\"t\": \"req\", \"id\": 1, \"op\": \"note\", \"text\": \"' + 'y' * (2 << 20) + '\"}'", "over 1048576 bytes"),
+    ],
+)  # fmt: skip
+def test_pathological_protocol_line_crashes_the_document_at_once(make_cfg, server, tmp_path, monkeypatch, line, reason):
+    monkeypatch.setattr("inner.sandbox.process.MAX_LINE", 1 << 20)
+    body = f"""
+    async def run(agent):
+        agent._conn.out.write({line} + "\\n")
+        agent._conn.out.flush()
+        await asyncio.sleep(60)
+    """
+    t0 = time.monotonic()
+    stats, trajs = generate(
+        make_cfg, server(scenario(TOO_EASY)), tmp_path / "run", make_harness(tmp_path, "deep", body),
+        "inner.harness_wall_s=60",
+    )  # fmt: skip
+    assert time.monotonic() - t0 < 30  # at once, not at the wall-clock limit
+    for t in trajs.values():
+        assert t.status == "crashed" and reason in t.end_reason, t.end_reason
+    assert stats["finished"] == 3 and stats["pass_rate"] == 0.0
