@@ -1381,3 +1381,96 @@ def test_pathological_protocol_line_crashes_the_document_at_once(make_cfg, serve
     for t in trajs.values():
         assert t.status == "crashed" and reason in t.end_reason, t.end_reason
     assert stats["finished"] == 3 and stats["pass_rate"] == 0.0
+
+
+# -- harness directories are data: links and sizes ---------------------------------------------
+LINKED = """
+async def run(agent):
+    await honest(agent)
+"""
+
+
+def refused_harness(tmp_path: Path, kind: str) -> tuple[Path, str, str]:
+    """A harness directory holding one hostile member: (directory, member name, what must
+    appear nowhere)."""
+    h = make_harness(tmp_path, f"links_{kind}", LINKED)
+    if kind == "environ":
+        os.symlink("/proc/self/environ", h / "env")
+        return h, "env", "sk-LINKED-SECRET-4711"
+    if kind == "root":
+        os.symlink("/", h / "rootdir")
+        return h, "rootdir", "root:x:0:0"  # a line of the host's /etc/passwd
+    if kind == "outside":
+        outside = tmp_path / "outside.txt"
+        outside.write_text("OUTSIDE-MARKER-0815\n")
+        (h / "prompts").mkdir()
+        os.symlink(os.path.relpath(outside, h / "prompts"), h / "prompts" / "challenger.md")
+        return h, "prompts/challenger.md", "OUTSIDE-MARKER-0815"
+    with open(h / "big.bin", "wb") as fh:  # sparse: 1 GiB that costs no disk
+        fh.truncate(1 << 30)
+    return h, "big.bin", "inner.harness_max_mb"
+
+
+def _maxrss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("kind", ["environ", "root", "outside", "huge"])
+def test_harness_links_out_and_huge_files_are_refused_before_anything_runs(
+    make_cfg, meta_corpus, server, tmp_path, monkeypatch, kind
+):
+    from inner.sdk.errors import HarnessError
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-LINKED-SECRET-4711")
+    h, member, needle = refused_harness(tmp_path, kind)
+    srv = server(scenario(TOO_EASY))
+    rss0 = _maxrss_mib()
+    with pytest.raises(HarnessError) as gen_err:
+        generate(make_cfg, srv, tmp_path / "run", h)
+    with pytest.raises(HarnessError) as evo_err:
+        evolve_from(meta_corpus, server, tmp_path / "evolve", h)
+    for err in (gen_err.value, evo_err.value):
+        assert member in str(err), err  # the error names the member ...
+        if kind == "huge":  # ... and the cap, checked before a byte was read
+            assert "inner.harness_max_mb" in str(err)
+        else:
+            assert "symbolic link" in str(err)
+    assert _maxrss_mib() - rss0 < 200, "the 1 GiB file was read into the parent"
+    assert srv.requests == []  # nothing ran
+    for root in (tmp_path / "run", tmp_path / "evolve"):
+        for p in root.rglob("*") if root.exists() else []:
+            assert not p.is_symlink(), p  # nothing of the host was copied in, not even as a link
+            if p.is_file():
+                assert needle.encode() not in p.read_bytes(), p
+    lineage = tmp_path / "evolve" / "lineage"
+    if lineage.exists():  # no commit holds the member (or the secret)
+        import subprocess
+
+        log = subprocess.run(["git", "--git-dir", str(lineage), "log", "--all", "-p"], capture_output=True, text=True)
+        assert needle not in log.stdout and member not in log.stdout
+
+
+INSIDE = """
+async def run(agent):
+    seen = {p: open("/harness/" + p).read().strip() for p in ("alias.md", "pr/challenger.md")}
+    await agent.note("seen:" + json.dumps(seen))
+    await honest(agent, extra="\\n" + seen["alias.md"])
+"""
+
+
+def test_harness_links_that_stay_inside_keep_working(make_cfg, server, tmp_path):
+    h = make_harness(tmp_path, "links_inside", INSIDE)
+    (h / "prompts").mkdir()
+    (h / "prompts" / "challenger.md").write_text("INSIDE-MARKER-42\n")
+    os.symlink("prompts/challenger.md", h / "alias.md")
+    os.symlink("prompts", h / "pr")
+    srv = server(scenario(TOO_EASY))
+    stats, trajs = generate(make_cfg, srv, tmp_path / "run", h, "task.limit=1")
+    assert note_json(trajs["MARK-A"], "seen:") == {
+        "alias.md": "INSIDE-MARKER-42",
+        "pr/challenger.md": "INSIDE-MARKER-42",
+    }
+    assert "INSIDE-MARKER-42" in json.dumps([b for r, b in srv.requests if r == "challenger"])
+    assert trajs["MARK-A"].status == "exhausted" and stats["pass_rate"] == 0.0
