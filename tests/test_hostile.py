@@ -1474,3 +1474,33 @@ def test_harness_links_that_stay_inside_keep_working(make_cfg, server, tmp_path)
     }
     assert "INSIDE-MARKER-42" in json.dumps([b for r, b in srv.requests if r == "challenger"])
     assert trajs["MARK-A"].status == "exhausted" and stats["pass_rate"] == 0.0
+
+
+class MetaEvaluatorRejects(MetaScenario):
+    """:class:`MetaScenario` whose endpoint answers HTTP 400 to quality checks holding REJECT-ME."""
+
+    def __call__(self, role: str, body: dict[str, Any]) -> Any:
+        if role == "quality_verifier" and "REJECT-ME" in json.dumps(body["messages"]):
+            return Reply(status=400)
+        return super().__call__(role, body)
+
+
+META_LAUNDERER = """
+async def run(agent):
+    await agent.note("\\udcff lone")
+    if not (await honest(agent)).accepted:
+        await agent.evaluate(Challenge.model_validate(challenge(agent, rnd=2, context="REJECT-ME " * 50)))
+"""
+
+
+def test_evolve_start_harness_cannot_launder_through_an_evaluator_role(meta_corpus, server, tmp_path):
+    h = make_harness(tmp_path, "meta_launderer", META_LAUNDERER)
+    summary, srv = evolve_from(meta_corpus, server, tmp_path / "run", h, MetaEvaluatorRejects([]), "inner.max_rounds=2")
+    honest, _ = evolve_from(
+        meta_corpus, server, tmp_path / "honest", "baseline", MetaEvaluatorRejects([]), "inner.max_rounds=2"
+    )
+    assert any(r == "quality_verifier" and "REJECT-ME" in json.dumps(b) for r, b in srv.requests)
+    t = root_trajectories(tmp_path / "run")["MARK-V2"]
+    assert t.status == "exhausted" and [r.failure_mode.value for r in t.rounds] == ["TOO_EASY", "INVALID_CHALLENGE"]
+    assert notes(t) == ["\ufffd lone"]
+    assert summary["baseline_val_pass_rate"] <= honest["baseline_val_pass_rate"] == 0.5
