@@ -1178,3 +1178,328 @@ def test_evolve_candidate_cannot_sabotage_later_evaluations(meta_corpus, server,
             (sdk_dir() / rel).write_bytes(data)
     assert not tampered
     assert [h["status"] for h in hist] == ["rejected", "admitted"], [(h["status"], h.get("reason")) for h in hist]
+
+
+# == issue 15: the trust boundary, physical and tight =============================================
+# -- failed documents laundered as infrastructure errors through an evaluator role -------------
+OVERSIZED = """
+async def run(agent):
+    report = await honest(agent)
+    if not report.accepted:
+        # a challenge too large for the evaluator's prompts: the endpoint would answer HTTP 400
+        await agent.evaluate(Challenge.model_validate(challenge(agent, rnd=2, **{@FIELD@: "x" * 60_000})))
+"""
+
+
+@pytest.mark.parametrize("field", ["context", "reference_answer"])
+def test_oversized_challenge_is_invalid_before_any_llm_call(make_cfg, server, tmp_path, field):
+    plans = {"*": [TOO_EASY], "MARK-A": [ACCEPT]}
+    h = make_harness(tmp_path, "oversized", OVERSIZED, FIELD=field)
+    srv = server(ContextWindow(plans))
+    stats, trajs = generate(make_cfg, srv, tmp_path / "run", h, "inner.max_rounds=2")
+    honest_rate = baseline_pass_rate(make_cfg, server, tmp_path, ContextWindow(plans), "inner.max_rounds=2")
+    assert honest_rate == round(1 / 3, 4)
+    assert stats["errored"] == 0 and stats["finished"] == 3
+    for m in ("MARK-B", "MARK-C"):
+        t = trajs[m]
+        (_, r2) = t.rounds
+        assert t.status == "exhausted" and r2.failure_mode.value == "INVALID_CHALLENGE"
+        assert f"{field} is 60000 characters" in r2.reasons[0] and r2.usage == {}
+    # the oversized challenge never reached the endpoint
+    assert all("x" * 10_000 not in json.dumps(b) for _, b in srv.requests)
+    assert stats["pass_rate"] <= honest_rate, stats
+
+
+class EvaluatorRejects(Scenario):
+    """The endpoint answers ``status`` to requests of ``role`` whose messages hold REJECT-ME
+    (as a real server does for a prompt it cannot take)."""
+
+    def __init__(self, plans: dict[str, list[RoundPlan]], role: str, status: int) -> None:
+        super().__init__(plans)
+        self.role, self.status = role, status
+
+    def __call__(self, role: str, body: dict[str, Any]) -> Any:
+        if role == self.role and "REJECT-ME" in json.dumps(body["messages"]):
+            return Reply(status=self.status)
+        return super().__call__(role, body)
+
+
+REJECTED = """
+async def run(agent):
+    report = await honest(agent)
+    if not report.accepted:
+        r2 = await agent.evaluate(Challenge.model_validate(challenge(agent, rnd=2, context="REJECT-ME " * 50)))
+        await agent.note("r2:" + r2.failure_mode)
+"""
+
+
+@pytest.mark.parametrize(
+    "role,status",
+    [("quality_verifier", 400), ("weak_solver", 413), ("strong_solver", 422), ("judge", 400)],
+)
+def test_evaluator_4xx_caused_by_the_challenge_is_a_failed_round(make_cfg, server, tmp_path, role, status):
+    # round 2 reaches the strong solver only when its weak side passes
+    second = ACCEPT if role == "strong_solver" else TOO_EASY
+    plans = {"*": [TOO_EASY, second], "MARK-A": [ACCEPT]}
+    h = make_harness(tmp_path, "rejected", REJECTED)
+    srv = server(EvaluatorRejects(plans, role, status))
+    stats, trajs = generate(make_cfg, srv, tmp_path / "run", h, "inner.max_rounds=2")
+    honest_rate = baseline_pass_rate(
+        make_cfg, server, tmp_path, EvaluatorRejects(plans, role, status), "inner.max_rounds=2"
+    )
+    # the endpoint did reject the evaluator's requests ...
+    assert any(r == role and "REJECT-ME" in json.dumps(b["messages"]) for r, b in srv.requests)
+    # ... and that is the challenge's failed round, recorded, never an infrastructure error
+    assert stats["errored"] == 0 and stats["finished"] == 3
+    for m in ("MARK-B", "MARK-C"):
+        t = trajs[m]
+        (_, r2) = t.rounds
+        assert t.status == "exhausted" and t.error is None
+        assert r2.failure_mode.value == "INVALID_CHALLENGE" and notes(t) == ["r2:INVALID_CHALLENGE"]
+        assert f"rejected the {role} request for this challenge (HTTP {status})" in r2.reasons[0]
+    assert stats["pass_rate"] <= honest_rate, stats
+
+
+# -- one harness's strings end the whole run ---------------------------------------------------
+class SurrogateReplies(Scenario):
+    """The harness's ``main_agent`` role replies with a lone surrogate (JSON ``"\\udcff"``)."""
+
+    def __call__(self, role: str, body: dict[str, Any]) -> Any:
+        return "\udcff advice \ud800" if role == "main_agent" else super().__call__(role, body)
+
+
+SURROGATES = """
+async def run(agent):
+    await agent.note("\\udcff lone")
+    ch = challenge(agent, context="ctx \\ud800 end", question_type="\\udcff\\udcff")
+    ch["rubric"][0]["criterion"] = "point \\udfff"
+    # pydantic in the sandbox refuses them: the raw request goes round it
+    await agent._conn.request("evaluate", challenge=ch, side="both", self_check={"passed": True, "reason": "\\udcff"})
+    reply = await agent.llm("main_agent", prompt(agent))
+    await agent.note("reply:" + reply.text)
+"""
+
+
+def test_lone_surrogates_from_a_harness_are_made_valid_utf8(make_cfg, server, tmp_path):
+    srv = server(SurrogateReplies({"*": [TOO_EASY]}))
+    stats, trajs = generate(make_cfg, srv, tmp_path / "run", make_harness(tmp_path, "surrogates", SURROGATES))
+    assert (tmp_path / "run" / "stats.json").exists() and stats["finished"] == 3
+    for t in trajs.values():
+        assert t.status == "exhausted", (t.status, t.end_reason, t.harness_error)
+        assert notes(t) == ["\ufffd lone", "reply:\ufffd advice \ufffd"]
+        (r,) = t.rounds
+        assert r.challenge.context == "ctx \ufffd end" and r.challenge.rubric[0].criterion == "point \ufffd"
+        assert r.challenge.question_type == "\ufffd\ufffd" and r.self_check.reason == "\ufffd"
+    for p in (tmp_path / "run").rglob("*.json*"):
+        p.read_bytes().decode("utf-8")  # every record is valid UTF-8
+    sent = json.dumps([b for _, b in srv.requests])
+    assert "ctx \\ufffd end" in sent and not re.search(r"\\ud[89a-f]", sent)  # nothing unpaired went out
+    assert stats["pass_rate"] <= baseline_pass_rate(make_cfg, server, tmp_path, SurrogateReplies({"*": [TOO_EASY]}))
+
+
+BREAKER = """
+async def run(agent):
+    if marker(agent) == "MARK-B":
+        await agent.note("BREAK-RECORDS")
+    await honest(agent)
+"""
+
+
+def test_a_record_that_cannot_be_written_crashes_its_document_only(make_cfg, server, tmp_path, monkeypatch):
+    write = RunWriter.write_trajectory
+
+    def failing(self: RunWriter, traj: Trajectory) -> None:
+        if any(e.text == "BREAK-RECORDS" for e in traj.events):
+            raise ValueError("simulated serialization failure")
+        write(self, traj)
+
+    monkeypatch.setattr(RunWriter, "write_trajectory", failing)
+    stats, trajs = generate(
+        make_cfg, server(scenario(TOO_EASY)), tmp_path / "run", make_harness(tmp_path, "b", BREAKER)
+    )
+    assert (tmp_path / "run" / "stats.json").exists() and stats["finished"] == 3
+    bad = trajs["MARK-B"]
+    assert bad.status == "crashed" and bad.end_reason.startswith("the document's records could not be written")
+    assert "simulated serialization failure" in bad.end_reason
+    assert trajs["MARK-A"].status == trajs["MARK-C"].status == "exhausted"
+
+
+# -- free text copied into the records ---------------------------------------------------------
+LABELS = """
+async def run(agent):
+    await agent.note("n" * 1_000_000)
+    try:
+        await agent.llm("r" * 100_000, prompt(agent))
+    except Exception as exc:
+        await agent.note("role:" + type(exc).__name__)
+    qt = "multi\\nline\\x00 label " + "x" * (8 << 20)
+    await agent.evaluate(Challenge.model_validate(challenge(agent, question_type=qt)))
+"""
+
+
+def test_question_type_is_a_bounded_label_and_notes_are_capped(make_cfg, server, tmp_path):
+    run_dir = tmp_path / "run"
+    stats, trajs = generate(make_cfg, server(scenario(ACCEPT)), run_dir, make_harness(tmp_path, "labels", LABELS))
+    rows = dataset(run_dir)
+    assert len(rows) == stats["accepted"] == 3
+    for row in rows:
+        assert row["question_type"] == ("multi line label " + "x" * 64)[:64].strip()
+    assert (run_dir / "dataset.jsonl").stat().st_size < 64 << 10
+    for t in trajs.values():
+        assert [len(e.text) for e in t.events if e.kind == "note"] == [4000, len("role:HarnessError")]
+        assert all(len(e.text) <= 4000 for e in t.events)
+    for p in (run_dir / "trajectories").glob("*.json"):
+        assert p.stat().st_size < 1 << 20
+    assert stats["pass_rate"] <= baseline_pass_rate(make_cfg, server, tmp_path, scenario(ACCEPT))
+
+
+# -- pathological protocol lines ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    "line,reason",
+    [
+        ("'[' * 100_000 + ']' * 100_000", "nested too deep to decode"),
+        ("json.dumps({'t': 'req', 'id': 1, 'op': 'note', 'text': json.loads('[' * 100 + ']' * 100)})",
+         "nested deeper than 64 levels"),
+        ("'{\"t\": \"req\", \"id\": 1, \"op\": \"note\", \"text\": \"' + 'y' * (2 << 20) + '\"}'", "over 1048576 bytes"),
+    ],
+)  # fmt: skip
+def test_pathological_protocol_line_crashes_the_document_at_once(make_cfg, server, tmp_path, monkeypatch, line, reason):
+    monkeypatch.setattr("inner.sandbox.process.MAX_LINE", 1 << 20)
+    body = f"""
+    async def run(agent):
+        agent._conn.out.write({line} + "\\n")
+        agent._conn.out.flush()
+        await asyncio.sleep(60)
+    """
+    t0 = time.monotonic()
+    stats, trajs = generate(
+        make_cfg, server(scenario(TOO_EASY)), tmp_path / "run", make_harness(tmp_path, "deep", body),
+        "inner.harness_wall_s=60",
+    )  # fmt: skip
+    assert time.monotonic() - t0 < 30  # at once, not at the wall-clock limit
+    for t in trajs.values():
+        assert t.status == "crashed" and reason in t.end_reason, t.end_reason
+    assert stats["finished"] == 3 and stats["pass_rate"] == 0.0
+
+
+# -- harness directories are data: links and sizes ---------------------------------------------
+LINKED = """
+async def run(agent):
+    await honest(agent)
+"""
+
+
+def refused_harness(tmp_path: Path, kind: str) -> tuple[Path, str, str]:
+    """A harness directory holding one hostile member: (directory, member name, what must
+    appear nowhere)."""
+    h = make_harness(tmp_path, f"links_{kind}", LINKED)
+    if kind == "environ":
+        os.symlink("/proc/self/environ", h / "env")
+        return h, "env", "sk-LINKED-SECRET-4711"
+    if kind == "root":
+        os.symlink("/", h / "rootdir")
+        return h, "rootdir", "root:x:0:0"  # a line of the host's /etc/passwd
+    if kind == "outside":
+        outside = tmp_path / "outside.txt"
+        outside.write_text("OUTSIDE-MARKER-0815\n")
+        (h / "prompts").mkdir()
+        os.symlink(os.path.relpath(outside, h / "prompts"), h / "prompts" / "challenger.md")
+        return h, "prompts/challenger.md", "OUTSIDE-MARKER-0815"
+    with open(h / "big.bin", "wb") as fh:  # sparse: 1 GiB that costs no disk
+        fh.truncate(1 << 30)
+    return h, "big.bin", "inner.harness_max_mb"
+
+
+def _maxrss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("kind", ["environ", "root", "outside", "huge"])
+def test_harness_links_out_and_huge_files_are_refused_before_anything_runs(
+    make_cfg, meta_corpus, server, tmp_path, monkeypatch, kind
+):
+    from inner.sdk.errors import HarnessError
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-LINKED-SECRET-4711")
+    h, member, needle = refused_harness(tmp_path, kind)
+    srv = server(scenario(TOO_EASY))
+    rss0 = _maxrss_mib()
+    with pytest.raises(HarnessError) as gen_err:
+        generate(make_cfg, srv, tmp_path / "run", h)
+    with pytest.raises(HarnessError) as evo_err:
+        evolve_from(meta_corpus, server, tmp_path / "evolve", h)
+    for err in (gen_err.value, evo_err.value):
+        assert member in str(err), err  # the error names the member ...
+        if kind == "huge":  # ... and the cap, checked before a byte was read
+            assert "inner.harness_max_mb" in str(err)
+        else:
+            assert "symbolic link" in str(err)
+    assert _maxrss_mib() - rss0 < 200, "the 1 GiB file was read into the parent"
+    assert srv.requests == []  # nothing ran
+    for root in (tmp_path / "run", tmp_path / "evolve"):
+        for p in root.rglob("*") if root.exists() else []:
+            assert not p.is_symlink(), p  # nothing of the host was copied in, not even as a link
+            if p.is_file():
+                assert needle.encode() not in p.read_bytes(), p
+    lineage = tmp_path / "evolve" / "lineage"
+    if lineage.exists():  # no commit holds the member (or the secret)
+        import subprocess
+
+        log = subprocess.run(["git", "--git-dir", str(lineage), "log", "--all", "-p"], capture_output=True, text=True)
+        assert needle not in log.stdout and member not in log.stdout
+
+
+INSIDE = """
+async def run(agent):
+    seen = {p: open("/harness/" + p).read().strip() for p in ("alias.md", "pr/challenger.md")}
+    await agent.note("seen:" + json.dumps(seen))
+    await honest(agent, extra="\\n" + seen["alias.md"])
+"""
+
+
+def test_harness_links_that_stay_inside_keep_working(make_cfg, server, tmp_path):
+    h = make_harness(tmp_path, "links_inside", INSIDE)
+    (h / "prompts").mkdir()
+    (h / "prompts" / "challenger.md").write_text("INSIDE-MARKER-42\n")
+    os.symlink("prompts/challenger.md", h / "alias.md")
+    os.symlink("prompts", h / "pr")
+    srv = server(scenario(TOO_EASY))
+    stats, trajs = generate(make_cfg, srv, tmp_path / "run", h, "task.limit=1")
+    assert note_json(trajs["MARK-A"], "seen:") == {
+        "alias.md": "INSIDE-MARKER-42",
+        "pr/challenger.md": "INSIDE-MARKER-42",
+    }
+    assert "INSIDE-MARKER-42" in json.dumps([b for r, b in srv.requests if r == "challenger"])
+    assert trajs["MARK-A"].status == "exhausted" and stats["pass_rate"] == 0.0
+
+
+class MetaEvaluatorRejects(MetaScenario):
+    """:class:`MetaScenario` whose endpoint answers HTTP 400 to quality checks holding REJECT-ME."""
+
+    def __call__(self, role: str, body: dict[str, Any]) -> Any:
+        if role == "quality_verifier" and "REJECT-ME" in json.dumps(body["messages"]):
+            return Reply(status=400)
+        return super().__call__(role, body)
+
+
+META_LAUNDERER = """
+async def run(agent):
+    await agent.note("\\udcff lone")
+    if not (await honest(agent)).accepted:
+        await agent.evaluate(Challenge.model_validate(challenge(agent, rnd=2, context="REJECT-ME " * 50)))
+"""
+
+
+def test_evolve_start_harness_cannot_launder_through_an_evaluator_role(meta_corpus, server, tmp_path):
+    h = make_harness(tmp_path, "meta_launderer", META_LAUNDERER)
+    summary, srv = evolve_from(meta_corpus, server, tmp_path / "run", h, MetaEvaluatorRejects([]), "inner.max_rounds=2")
+    honest, _ = evolve_from(
+        meta_corpus, server, tmp_path / "honest", "baseline", MetaEvaluatorRejects([]), "inner.max_rounds=2"
+    )
+    assert any(r == "quality_verifier" and "REJECT-ME" in json.dumps(b) for r, b in srv.requests)
+    t = root_trajectories(tmp_path / "run")["MARK-V2"]
+    assert t.status == "exhausted" and [r.failure_mode.value for r in t.rounds] == ["TOO_EASY", "INVALID_CHALLENGE"]
+    assert notes(t) == ["\ufffd lone"]
+    assert summary["baseline_val_pass_rate"] <= honest["baseline_val_pass_rate"] == 0.5

@@ -46,25 +46,27 @@ from inner.engine.records import (
     Trajectory,
     example_id,
 )
-from inner.evaluator.roles import Evaluator
+from inner.evaluator.roles import CHALLENGE_FAULT_STATUSES, Evaluator
 from inner.io import StorageError, environment_error
 from inner.llm.client import Completion, LLMClient
 from inner.sandbox.process import SandboxProcess
 from inner.sdk.contract import Challenge, QVVerdict, challenge_key
 from inner.sdk.errors import HarnessError, LLMCallError, LLMSchemaError
+from inner.sdk.protocol import NOTE_CHARS, clean_label, clean_text, sanitize
 
 log = logging.getLogger(__name__)
 
-#: longest reply text kept per event in the trajectory, characters
-EVENT_TEXT_CHARS = 4000
+#: longest text kept per event in the trajectory (a reply, a note, a refusal), characters
+EVENT_TEXT_CHARS = NOTE_CHARS
 #: requests a sandbox may have in flight at once (more wait; a flood cannot exhaust memory)
 MAX_PENDING = 32
 #: events kept per document beyond those of LLM calls and evaluations (notes, refusals); more
 #: end the document, so a flood cannot grow the trajectory without bound
 MAX_OTHER_EVENTS = 200
 #: HTTP statuses that mean "this request is malformed" (bad messages, a prompt over the context
-#: window): on a harness role that is the harness's failure, not an infrastructure error
-HARNESS_FAULT_STATUSES = (400, 413, 422)
+#: window): on a harness role that is the harness's failure, not an infrastructure error (on an
+#: evaluator role, the challenge's: :data:`inner.evaluator.roles.CHALLENGE_FAULT_STATUSES`)
+HARNESS_FAULT_STATUSES = CHALLENGE_FAULT_STATUSES
 
 
 class LoopObserver:
@@ -164,15 +166,35 @@ class DocumentSession:
         if not self.ended.done():
             self.ended.set_result(_End(status, reason, error=error))
 
-    def event(self, kind: str, **kw: Any) -> None:
-        """Record one harness event; notes and refusals beyond :data:`MAX_OTHER_EVENTS` end the
+    def event(self, kind: str, *, text: str = "", role: str | None = None, **kw: Any) -> None:
+        """Record one harness event, its text valid UTF-8 and cut to :data:`EVENT_TEXT_CHARS`
+        (its role to a label); notes and refusals beyond :data:`MAX_OTHER_EVENTS` end the
         document instead."""
         if kind in ("note", "refused", "schema_failure"):
             self._other_events += 1
             if self._other_events > MAX_OTHER_EVENTS:
                 self.end("exhausted", f"event budget spent ({MAX_OTHER_EVENTS} notes and refused requests)")
                 return
-        self.traj.events.append(HarnessEvent(kind=kind, t=round(time.monotonic() - self.t0, 3), **kw))
+        self.traj.events.append(
+            HarnessEvent(
+                kind=kind,
+                t=round(time.monotonic() - self.t0, 3),
+                text=clean_text(text[:EVENT_TEXT_CHARS]),
+                role=None if role is None else clean_label(role, ""),
+                **kw,
+            )
+        )
+
+    def write(self) -> None:
+        """Rewrite the trajectory on disk.
+
+        Raises:
+            _End: it could not be written (the document ends ``crashed`` with the reason).
+        """
+        try:
+            self.eng.writer.write_trajectory(self.traj)
+        except Exception as exc:
+            raise _End("crashed", records_failed(exc)) from exc
 
     # -- the run ------------------------------------------------------------------------------
     async def run(self) -> Trajectory:
@@ -236,12 +258,15 @@ class DocumentSession:
             traj.error = outcome.error or outcome.reason
         traj.harness_usage = self._usage
         traj.wall_s = round(traj.wall_s + time.monotonic() - self.t0, 3)
-        eng.writer.write_trajectory(traj)
+        write_contained(eng, traj)
         if self._fatal is not None:
             raise self._fatal
         return traj
 
     async def _read(self, sb: SandboxProcess, handlers: set[asyncio.Task[None]]) -> None:
+        """Read the sandbox's lines until it is done. A line that cannot be read (malformed,
+        too deep, too long) ends the document ``crashed`` with the reason at once, and so does
+        any failure of the reader itself: it never dies silently."""
         try:
             while (msg := await sb.readline()) is not None:
                 if msg.get("t") == "req":
@@ -258,6 +283,9 @@ class DocumentSession:
         except HarnessError as exc:
             self.end("crashed", str(exc))
             return
+        except Exception as exc:  # noqa: BLE001 - whatever the line did, the document ends with the reason
+            self.end("crashed", f"the harness's protocol line could not be read: {type(exc).__name__}: {exc}"[:2000])
+            return
         await sb.proc.wait() if sb.proc else None
         self.end("crashed", f"the harness process {sb.exit_description()} (crash, sys.exit or os._exit)")
 
@@ -269,7 +297,7 @@ class DocumentSession:
             elif op == "evaluate":
                 value = await self._evaluate(msg)
             elif op == "note":
-                self.event("note", text=str(msg.get("text", ""))[:EVENT_TEXT_CHARS])
+                self.event("note", text=str(msg.get("text", "")))
                 value = None
             elif op == "budget":
                 value = self.budget_left()
@@ -321,7 +349,7 @@ class DocumentSession:
         if role not in HARNESS_ROLES:
             raise HarnessError(f"a harness may only report on the roles {HARNESS_ROLES}, not {role!r}")
         detail = str(msg.get("error") or "unusable output")[:EVENT_TEXT_CHARS]
-        name = str(msg.get("schema_name") or "output")[:100]
+        name = clean_label(msg.get("schema_name") or "output", "output")
         self.event("schema_failure", role=role, text=f"{name}: {detail}")
         if self.ended.done():  # over the event budget: the document has ended
             return
@@ -391,6 +419,8 @@ class DocumentSession:
         if side not in ("weak", "both"):
             raise HarnessError(f"side must be 'weak' or 'both', not {side!r}")
         self_check = QVVerdict.model_validate(msg["self_check"]) if msg.get("self_check") else None
+        if self_check is not None:  # the harness's own text, kept with the round: bounded
+            self_check.reason = self_check.reason[:EVENT_TEXT_CHARS]
         async with self._eval_lock:
             self.eval_since = time.monotonic()
             try:
@@ -428,7 +458,7 @@ class DocumentSession:
         if rec.failure_mode is FailureMode.JUDGE_ERROR:
             traj.judge_errors += 1
             if traj.judge_errors <= 1:  # infrastructure the first time: the document is redone
-                eng.writer.write_trajectory(traj)
+                self.write()
                 raise _End("error", "a judge grade stayed unusable after a retry (redone on the next run)")
             # again after a redo, with new judge samples: the challenge cannot be graded; it is
             # a failed round of the harness (so a rubric made to break the judge cannot launder
@@ -437,13 +467,17 @@ class DocumentSession:
                 "the judge could not grade this challenge, again after a redo: counted as a failed round"
             )
         if rec.accepted:
-            eng.writer.append_example(make_example(eng, self.doc, rec))
-            eng.writer.write_trajectory(traj)
+            # the round first: a run killed in between finishes the example on resume
+            self.write()
+            try:
+                eng.writer.append_example(make_example(eng, self.doc, rec))
+            except Exception as exc:
+                raise _End("crashed", records_failed(exc)) from exc
             self.end("accepted", f"round {round_no} passed the gate")
             return rec
         # With every round used the harness may still note what it learnt; a new challenge
         # then ends the document (round budget), and its call, token and time budgets bound it.
-        eng.writer.write_trajectory(traj)
+        self.write()
         return rec
 
 
@@ -458,6 +492,41 @@ def _group(msg: dict[str, Any]) -> int:
     if not isinstance(group, int) or isinstance(group, bool):
         raise HarnessError(f"structured request group must be an integer, not {group!r}")
     return group
+
+
+def records_failed(exc: BaseException) -> str:
+    """The end reason of a document whose records could not be written."""
+    return f"the document's records could not be written: {type(exc).__name__}: {exc}"[:2000]
+
+
+def write_contained(eng: Engine, traj: Trajectory) -> None:
+    """Write the finished ``traj``; a failure stays with this document: it ends ``crashed`` with
+    the reason, written with every string made valid UTF-8, or, if that fails too, without its
+    rounds and events. The run goes on (and writes ``stats.json``) whatever one document held.
+
+    Raises:
+        StorageError: the parent's disk or open-file limit failed (:func:`inner.io.environment_error`):
+            that is the run's failure, not the document's, and stops the run with one message.
+    """
+    try:
+        eng.writer.write_trajectory(traj)
+        return
+    except Exception as exc:  # noqa: BLE001 - contained per document
+        if (fatal := environment_error(exc)) is not None:
+            raise fatal from exc
+        reason = records_failed(exc)
+        log.error("%s: %s", traj.doc_id, reason)
+    traj.status, traj.end_reason, traj.harness_error = "crashed", reason, reason
+    try:
+        clean = Trajectory.model_validate(sanitize(traj.model_dump(), max_depth=1 << 30))
+        eng.writer.write_trajectory(clean)
+        return
+    except Exception:  # noqa: BLE001
+        log.exception("%s: the sanitized trajectory could not be written either", traj.doc_id)
+    try:
+        eng.writer.write_trajectory(traj.model_copy(update={"rounds": [], "events": []}))
+    except Exception:  # noqa: BLE001 - the document stays unfinished on disk: redone by the next run
+        log.exception("%s: the trajectory could not be written", traj.doc_id)
 
 
 def make_example(eng: Engine, doc: Document, rec: RoundRecord) -> Example:

@@ -45,13 +45,21 @@ from inner.engine.records import (
 from inner.evaluator import INNER_PROMPTS
 from inner.evaluator.answers import answers_equivalent, extract_final_answer, is_exact_reference, normalize_answer
 from inner.evaluator.gate import check_rubric, check_verifiable, check_verifiable_weak, check_weak
-from inner.evaluator.scoring import check_rubric_policy, rubric_score
+from inner.evaluator.scoring import check_challenge_limits, check_rubric_policy, rubric_score
 from inner.llm.client import LLMClient, UsageMeter, track_usage
 from inner.sdk.contract import challenge_key
+from inner.sdk.errors import LLMCallError
 from inner.sdk.templates import render
 
 #: sample-index offset of the strong solver's attempts (weak attempt i: seed + i; strong: + 1000)
 STRONG_SEED_OFFSET = 1000
+#: HTTP statuses that mean "this request is malformed" (a prompt over the context window, a body
+#: too large, an unprocessable entity). Every evaluator prompt is the frozen template, the bounded
+#: document excerpt and the challenge, so on an evaluator role such a status is caused by the
+#: challenge: a failed round (INVALID_CHALLENGE), never an infrastructure error (which would leave
+#: a failed document out of the pass rate). The same statuses on a harness role are its refusal
+#: (:mod:`inner.engine.loop`).
+CHALLENGE_FAULT_STATUSES = (400, 413, 422)
 
 
 @dataclass
@@ -172,6 +180,7 @@ class Evaluator:
 
     Order (weak first, strong only if the weak side passes; arXiv 2606.25996)::
 
+        challenge limits   -> INVALID_CHALLENGE (no LLM call)
         rubric policy      -> INVALID_CHALLENGE (no LLM call)
         quality check      -> FAILED_QV (solvers skipped unless inner.skip_solvers_on_qv_fail=false)
         weak x n -> judge  -> TOO_EASY | WEAK_ZERO, or WEAK_PASSED when side="weak"
@@ -338,7 +347,8 @@ class Evaluator:
             The round record (failure_mode set; JUDGE_ERROR when an attempt stayed ungraded).
 
         Raises:
-            LLMCallError: a request failed after retries (infrastructure, not the harness).
+            LLMCallError: a request failed after retries (infrastructure, not the harness); a
+                4xx of :data:`CHALLENGE_FAULT_STATUSES` is the challenge's INVALID_CHALLENGE instead.
         """
         t0 = time.perf_counter()
         if prior is not None:
@@ -349,7 +359,16 @@ class Evaluator:
                               failure_mode=FailureMode.INVALID_CHALLENGE)  # fmt: skip
         meter = UsageMeter()
         with track_usage(meter):
-            await self._decide(doc, challenge, rec, side=side, reuse=prior is not None, judge_offset=judge_offset)
+            try:
+                await self._decide(doc, challenge, rec, side=side, reuse=prior is not None, judge_offset=judge_offset)
+            except LLMCallError as exc:
+                if exc.status not in CHALLENGE_FAULT_STATUSES:
+                    raise
+                rec.failure_mode = FailureMode.INVALID_CHALLENGE
+                rec.reasons = [
+                    f"the endpoint rejected the {exc.role} request for this challenge (HTTP {exc.status}): "
+                    f"the challenge is malformed or too large for the evaluator; a failed round ({exc.cause})"
+                ]
         usage = {role: RoleUsageRecord(**vars(u)) for role, u in meter.roles.items()}
         for role, u in usage.items():
             old = rec.usage.get(role)
@@ -364,7 +383,7 @@ class Evaluator:
     ) -> None:
         gate = self.cfg.gate
         if not reuse:
-            problem = check_rubric_policy(ch.rubric, self.cfg.rubric)
+            problem = check_challenge_limits(ch) or check_rubric_policy(ch.rubric, self.cfg.rubric)
             if problem is not None:
                 rec.failure_mode, rec.reasons = FailureMode.INVALID_CHALLENGE, [problem]
                 return

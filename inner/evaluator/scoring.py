@@ -11,7 +11,10 @@ where ``w`` is a criterion's integer weight in [-10, 10] without 0 (a negative w
 *commits* the pitfall.
 
 The rubric policy (``conf/rubric/``) is checked on every challenge before any solver runs; a
-rubric that breaks it is an INVALID_CHALLENGE with the reason, never clamped or repaired.
+rubric that breaks it is an INVALID_CHALLENGE with the reason, never clamped or repaired. Before
+it, the challenge limits (:data:`MAX_FIELD_CHARS`, :data:`MAX_CRITERIA`,
+:data:`MAX_CRITERION_CHARS`, :data:`CRITERION_ID`; all in one place below) bound every field of a
+challenge, so an oversized one is INVALID_CHALLENGE before any LLM call.
 """
 
 from __future__ import annotations
@@ -103,10 +106,45 @@ def rubric_score(rubric: Sequence[Criterion], verdicts: Mapping[str, float]) -> 
     return min(1.0, max(0.0, (gained - lost) / positive))
 
 
-#: a criterion id: short and plain, so a judge can reproduce it (policy-independent)
+# -- the challenge limits (policy-independent, frozen) ------------------------------------------
+# Every challenge is held to these before any LLM call; one over a limit is INVALID_CHALLENGE with
+# the reason (:func:`check_challenge_limits`), never cut. They keep every evaluator prompt well
+# inside an endpoint's context window, so an endpoint's 4xx on an evaluator role is rare, and when
+# one still happens it is the challenge's failed round too (:mod:`inner.evaluator.roles`).
+
+#: a criterion id: short and plain, so a judge can reproduce it
 CRITERION_ID = re.compile(r"[A-Za-z0-9_.-]{1,16}")
-#: longest criterion text, characters (policy-independent)
+#: longest criterion text, characters
 MAX_CRITERION_CHARS = 600
+#: most criteria in a rubric, whatever the policy allows
+MAX_CRITERIA = 30
+#: longest ``context``, ``question`` and ``reference_answer``, characters
+MAX_FIELD_CHARS = {"context": 8000, "question": 2000, "reference_answer": 8000}
+
+
+class ChallengeLike(Protocol):
+    """What :func:`check_challenge_limits` needs of a challenge (:class:`inner.sdk.contract.Challenge`)."""
+
+    context: str
+    question: str
+    reference_answer: str
+    rubric: Sequence[Criterion]
+
+
+def check_challenge_limits(challenge: ChallengeLike) -> str | None:
+    """``None`` if every field of ``challenge`` is within the challenge limits above, else the
+    reason naming each field over its limit (checked before the rubric policy and before any
+    LLM call)."""
+    problems = [
+        f"{name} is {len(getattr(challenge, name))} characters (at most {cap})"
+        for name, cap in MAX_FIELD_CHARS.items()
+        if len(getattr(challenge, name)) > cap
+    ]
+    if len(challenge.rubric) > MAX_CRITERIA:
+        problems.append(f"{len(challenge.rubric)} criteria (at most {MAX_CRITERIA})")
+    if not problems:
+        return None
+    return "challenge over the evaluator's limits: " + "; ".join(problems)
 
 
 def check_rubric_policy(rubric: Sequence[Criterion], policy: RubricPolicyConfig) -> str | None:

@@ -61,6 +61,7 @@ from inner.sdk.errors import (
     LLMStatusError,
     LLMTimeoutError,
 )
+from inner.sdk.protocol import sanitize
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -430,7 +431,8 @@ class LLMClient:
         choice = choices[0] if isinstance(choices, list) and choices else None
         if not isinstance(choice, dict):
             raise err(LLMBadResponseError, "the reply has no choices", repr(json.dumps(resp)[:200]))
-        message = choice.get("message")
+        # valid UTF-8 from here on (JSON allows lone surrogates): the reply reaches the cache and records
+        message = sanitize(choice.get("message"), max_depth=1 << 30)
         text = message.get("content") if isinstance(message, dict) else None
         if text is not None and not isinstance(text, str):
             raise err(LLMBadResponseError, "the message content is not text", repr(text)[:200])

@@ -52,6 +52,7 @@ from typing import Any
 from inner.paths import PROJECT_ROOT
 from inner.sdk import HARNESS_MODULES, SDK_DIR
 from inner.sdk.errors import HarnessError, SandboxError
+from inner.sdk.protocol import ProtocolError, decode_line
 
 log = logging.getLogger(__name__)
 
@@ -318,8 +319,11 @@ class SandboxProcess:
     async def readline(self) -> dict[str, Any] | None:
         """The next protocol message, or ``None`` at end of stream.
 
+        Every string of the message is valid UTF-8 (:func:`inner.sdk.protocol.decode_line`).
+
         Raises:
-            HarnessError: the child sent a line that is not a JSON object or is too long.
+            HarnessError: the child sent a line that is not a JSON object, is nested too deep or
+                is too long (the message says which).
         """
         assert self.proc is not None and self.proc.stdout is not None
         try:
@@ -329,12 +333,9 @@ class SandboxProcess:
         if not raw:
             return None
         try:
-            msg = json.loads(raw)
-        except ValueError as exc:
-            raise HarnessError(f"the harness sent a malformed protocol line: {raw[:200]!r}") from exc
-        if not isinstance(msg, dict):
-            raise HarnessError(f"the harness sent a protocol line that is not an object: {raw[:200]!r}")
-        return msg
+            return decode_line(raw)
+        except ProtocolError as exc:
+            raise HarnessError(f"the harness sent a {exc}") from exc
 
     async def send(self, msg: dict[str, Any]) -> None:
         """Send one protocol message (ignored if the child is gone)."""

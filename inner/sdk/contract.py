@@ -30,13 +30,40 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from inner.sdk.templates import render
 
 __all__ = [
-    "Challenge", "Completion", "CriterionGrade", "FailureMode", "JSONResult", "JudgeOutput", "QVVerdict",
-    "RoleUsageRecord", "RoundRecord", "RubricItem", "SolverAttempt", "challenge_key", "json_with_repair",
-    "model_schema", "parse_json_output", "render",
+    "LABEL_CHARS", "Challenge", "Completion", "CriterionGrade", "FailureMode", "JSONResult", "JudgeOutput",
+    "QVVerdict", "RoleUsageRecord", "RoundRecord", "RubricItem", "SolverAttempt", "challenge_key", "clean_label",
+    "clean_text", "json_with_repair", "model_schema", "parse_json_output", "render",
 ]  # fmt: skip
 
 T = TypeVar("T", bound=BaseModel)
 Message = dict[str, str]
+
+#: longest label (a challenge's ``question_type``, a schema name, an event's role), characters;
+#: a longer one is cut (:func:`clean_label`)
+LABEL_CHARS = 64
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SPACE = re.compile(r"[\s\x00-\x1f\x7f]+")
+
+
+def clean_text(text: str) -> str:
+    """``text`` as valid UTF-8: every lone surrogate (JSON allows ``"\\udcff"``, UTF-8 does not)
+    replaced by U+FFFD; other characters kept."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+def clean_label(text: object, default: str = "other") -> str:
+    """A bounded label: valid UTF-8, runs of whitespace and control characters made one space,
+    trimmed, cut to :data:`LABEL_CHARS` characters; ``default`` when nothing is left. A label
+    describes a record and never decides acceptance, so an over-long one is cut, not refused."""
+    label = _SPACE.sub(" ", clean_text(str(text))).strip()[:LABEL_CHARS].strip()
+    return label or default
 
 
 class FailureMode(StrEnum):
@@ -47,7 +74,7 @@ class FailureMode(StrEnum):
     WEAK_ZERO = "WEAK_ZERO"  # some weak attempt scored 0 (question likely broken)
     FAILED_STRONG = "FAILED_STRONG"  # strong too weak, a strong 0, or gap too small
     FAILED_QV = "FAILED_QV"  # the frozen quality check rejected the challenge
-    INVALID_CHALLENGE = "INVALID_CHALLENGE"  # the rubric breaks the rubric policy
+    INVALID_CHALLENGE = "INVALID_CHALLENGE"  # over the challenge limits, breaks the rubric policy, or a 4xx
     WEAK_PASSED = "WEAK_PASSED"  # evaluated with side="weak" only: the weak side passes the gate
     JUDGE_ERROR = "JUDGE_ERROR"  # an attempt stayed ungraded after a retry (infrastructure; redone)
 
@@ -69,7 +96,8 @@ class Challenge(BaseModel):
     atomic and specific to the document; ``reference_answer`` is never shown to the solvers or
     the judge. Whether the answer is checked by exact match is the task's decision
     (``task.verifiable``), never the challenger's: extra fields such as ``answer_is_exact`` are
-    ignored.
+    ignored. ``question_type`` is a label of at most :data:`LABEL_CHARS` characters (longer is
+    cut); the other fields' limits are the frozen evaluator's (:mod:`inner.evaluator.scoring`).
     """
 
     context: str = Field(min_length=1)
@@ -77,6 +105,13 @@ class Challenge(BaseModel):
     reference_answer: str = Field(min_length=1)
     rubric: list[RubricItem] = Field(min_length=1)
     question_type: str = "other"
+
+    @field_validator("question_type", mode="before")
+    @classmethod
+    def _label(cls, v: object) -> str:
+        """A bounded label (:func:`clean_label`: at most :data:`LABEL_CHARS` characters, cut),
+        never free text: it is copied into ``dataset.jsonl``."""
+        return clean_label(v)
 
 
 class QVVerdict(BaseModel):
