@@ -52,7 +52,21 @@ from inner.llm.client import Completion, LLMClient
 from inner.sandbox.process import SandboxProcess
 from inner.sdk.contract import Challenge, QVVerdict, challenge_key
 from inner.sdk.errors import HarnessError, LLMCallError, LLMSchemaError
-from inner.sdk.protocol import NOTE_CHARS, clean_label, clean_text, sanitize
+from inner.sdk.protocol import (
+    NOTE_CHARS,
+    BudgetRequest,
+    EvaluateRequest,
+    LLMRequest,
+    NoteRequest,
+    ProtocolError,
+    SchemaFailureRequest,
+    StructuredOkRequest,
+    clean_label,
+    clean_text,
+    parse_request,
+    sanitize,
+    serve,
+)
 
 log = logging.getLogger(__name__)
 
@@ -290,40 +304,27 @@ class DocumentSession:
         self.end("crashed", f"the harness process {sb.exit_description()} (crash, sys.exit or os._exit)")
 
     async def _handle(self, sb: SandboxProcess, msg: dict[str, Any]) -> None:
-        rid, op = msg.get("id"), msg.get("op")
+        """Validate one request (:func:`inner.sdk.protocol.parse_request`, once), serve it
+        (:func:`inner.sdk.protocol.serve`) and answer it. A request that does not validate is
+        refused, answered and recorded; it never ends the document."""
+        rid, req = msg.get("id"), None
         try:
-            if op == "llm":
-                value: Any = await self._llm(msg)
-            elif op == "evaluate":
-                value = await self._evaluate(msg)
-            elif op == "note":
-                self.event("note", text=str(msg.get("text", "")))
-                value = None
-            elif op == "budget":
-                value = self.budget_left()
-            elif op == "structured_ok":  # an llm_json request ended usable: cache its replies
-                self.eng.client.commit(self._structured.pop(_group(msg), []))
-                value = None
-            elif op == "schema_failure":
-                self._structured.pop(_group(msg), None)  # its replies are never cached
-                self._schema_failure(msg)
-                value = None
-            else:
-                raise HarnessError(f"unknown request {op!r}")
+            req = parse_request(msg)
+            value = await serve(self, req)
             await sb.send({"t": "resp", "id": rid, "ok": True, "value": value})
         except _End as end:
             await sb.send({"t": "resp", "id": rid, "ok": False, "kind": "budget", "error": end.reason})
             self.end(end.status, end.reason, error=end.error)
         except LLMCallError as exc:
-            if op == "llm" and getattr(exc, "status", None) in HARNESS_FAULT_STATUSES:
+            if isinstance(req, LLMRequest) and getattr(exc, "status", None) in HARNESS_FAULT_STATUSES:
                 # the harness's own request was malformed (e.g. a prompt over the context window):
                 # its failure, answered as a refusal, never laundered into an infrastructure error
-                self.event("refused", role=str(msg.get("role")), text=f"the endpoint rejected the request: {exc}")
+                self.event("refused", role=req.role, text=f"the endpoint rejected the request: {exc}")
                 await sb.send({"t": "resp", "id": rid, "ok": False, "kind": "refused", "error": str(exc)})
                 return
             await sb.send({"t": "resp", "id": rid, "ok": False, "kind": "transport", "error": str(exc)})
             self.end("error", f"an LLM request failed after retries: {exc}", error=f"{type(exc).__name__}: {exc}")
-        except HarnessError as exc:
+        except (HarnessError, ProtocolError) as exc:
             self.event("refused", text=str(exc))
             await sb.send({"t": "resp", "id": rid, "ok": False, "kind": "refused", "error": str(exc)})
         except Exception as exc:  # a bad request shape: the harness's mistake, answered, not fatal
@@ -339,17 +340,28 @@ class DocumentSession:
         finally:
             self._pending.release()
 
-    # -- requests -----------------------------------------------------------------------------
-    def _schema_failure(self, msg: dict[str, Any]) -> None:
+    # -- requests (the host interface, inner.sdk.protocol.Host) --------------------------------
+    async def on_note(self, req: NoteRequest) -> None:
+        self.event("note", text=req.text)
+
+    async def on_budget(self, req: BudgetRequest) -> dict[str, float]:
+        return self.budget_left()
+
+    async def on_structured_ok(self, req: StructuredOkRequest) -> None:
+        """An llm_json request ended usable: cache its replies."""
+        self.eng.client.commit(self._structured.pop(req.group, []))
+
+    async def on_schema_failure(self, req: SchemaFailureRequest) -> None:
         """The harness's ``llm_json`` got no usable reply after its repair: one typed
         ``LLMSchemaError`` of the role in the accounting, as the parent's own
-        ``complete_json`` records it, and an event of kind ``schema_failure``. Counted against
-        :data:`MAX_OTHER_EVENTS` (a harness cannot flood the records with reports)."""
-        role = msg.get("role")
+        ``complete_json`` records it, and an event of kind ``schema_failure``; its replies are
+        never cached. Counted against :data:`MAX_OTHER_EVENTS` (a harness cannot flood the
+        records with reports)."""
+        self._structured.pop(req.group, None)
+        role = req.role
         if role not in HARNESS_ROLES:
             raise HarnessError(f"a harness may only report on the roles {HARNESS_ROLES}, not {role!r}")
-        detail = str(msg.get("error") or "unusable output")[:EVENT_TEXT_CHARS]
-        name = clean_label(msg.get("schema_name") or "output", "output")
+        detail, name = req.error, req.schema_name
         self.event("schema_failure", role=role, text=f"{name}: {detail}")
         if self.ended.done():  # over the event budget: the document has ended
             return
@@ -363,13 +375,11 @@ class DocumentSession:
             )  # fmt: skip
         )
 
-    async def _llm(self, msg: dict[str, Any]) -> dict[str, Any]:
-        role = msg.get("role")
+    async def on_llm(self, req: LLMRequest) -> dict[str, Any]:
+        role = req.role
         if role not in HARNESS_ROLES:
             raise HarnessError(f"a harness may only call the roles {HARNESS_ROLES}, not {role!r}")
-        messages = msg.get("messages")
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            raise HarnessError("messages must be a list of {role, content} objects")
+        messages = req.messages
         if self.calls >= self.cfg.harness_max_calls:
             raise _End(
                 "exhausted", f"LLM call budget spent ({self.cfg.harness_max_calls} calls, inner.harness_max_calls)"
@@ -377,17 +387,17 @@ class DocumentSession:
         if self.tokens >= self.cfg.harness_max_tokens:
             raise _End("exhausted", f"token budget spent ({self.tokens} tokens, inner.harness_max_tokens)")
         self.calls += 1
-        schema, tools = msg.get("json_schema"), msg.get("tools")
-        sample = msg.get("sample")
+        schema, tools = req.json_schema, req.tools
+        sample = req.sample
         if sample is None:  # a fresh sample per identical call, deterministic on replay
             fp = hashlib.sha256(json.dumps([role, messages, schema, tools], sort_keys=True).encode()).hexdigest()
             sample = self._samples[fp]
             self._samples[fp] += 1
         try:
-            pending = self._structured.setdefault(_group(msg), []) if msg.get("group") is not None else None
+            pending = self._structured.setdefault(req.group, []) if req.group is not None else None
             comp: Completion = await self.eng.client.complete(
                 role, messages, sample_index=int(sample), json_schema=schema,
-                schema_name=str(msg.get("schema_name") or "output"), pending=pending,
+                schema_name=req.schema_name, pending=pending,
                 **({"tools": tools} if tools else {}),
             )  # fmt: skip
         except asyncio.CancelledError:  # the document ended with this call in flight: keep a trace
@@ -413,14 +423,8 @@ class DocumentSession:
             "tool_calls": getattr(comp, "tool_calls", None),
         }  # fmt: skip
 
-    async def _evaluate(self, msg: dict[str, Any]) -> dict[str, Any]:
-        challenge = Challenge.model_validate(msg.get("challenge"))
-        side = msg.get("side", "both")
-        if side not in ("weak", "both"):
-            raise HarnessError(f"side must be 'weak' or 'both', not {side!r}")
-        self_check = QVVerdict.model_validate(msg["self_check"]) if msg.get("self_check") else None
-        if self_check is not None:  # the harness's own text, kept with the round: bounded
-            self_check.reason = self_check.reason[:EVENT_TEXT_CHARS]
+    async def on_evaluate(self, req: EvaluateRequest) -> dict[str, Any]:
+        challenge, side, self_check = req.challenge, req.side, req.self_check
         async with self._eval_lock:
             self.eval_since = time.monotonic()
             try:
@@ -479,19 +483,6 @@ class DocumentSession:
         # then ends the document (round budget), and its call, token and time budgets bound it.
         self.write()
         return rec
-
-
-def _group(msg: dict[str, Any]) -> int:
-    """The ``agent.llm_json`` request a sandbox message belongs to (``group``: an integer the
-    sandbox numbers them with).
-
-    Raises:
-        HarnessError: not an integer.
-    """
-    group = msg.get("group")
-    if not isinstance(group, int) or isinstance(group, bool):
-        raise HarnessError(f"structured request group must be an integer, not {group!r}")
-    return group
 
 
 def records_failed(exc: BaseException) -> str:

@@ -2,12 +2,13 @@
 
 Started by :mod:`inner.sandbox.process` as
 ``python -I /sdk/inner/sdk/child.py /harness [--check | --dry-run]``
-with only the harness SDK (:mod:`inner.sdk.contract`, :mod:`inner.sdk.templates`, :mod:`inner.sdk.errors`
-and this file) and the harness directory visible. It imports the harness, builds the
+with only the harness SDK (:mod:`inner.sdk.contract`, :mod:`inner.sdk.protocol`, :mod:`inner.sdk.templates`,
+:mod:`inner.sdk.errors` and this file) and the harness directory visible. It imports the harness, builds the
 :class:`Agent` and runs ``await harness.run(agent)`` on the one document the parent sends.
 
 Every capability of the agent is a request to the parent over JSON lines (requests on a
-private duplicate of stdout; the harness's own prints go to stderr)::
+private duplicate of stdout; the harness's own prints go to stderr); the messages are typed in
+:mod:`inner.sdk.protocol`::
 
     parent -> child  {"t": "run", "doc": {...}, "domain", "max_rounds", "budget": {...}}
     child  -> parent {"t": "req", "id", "op": "llm" | "evaluate" | "note" | "budget" | "structured_ok"
@@ -58,6 +59,18 @@ from inner.sdk.contract import (
     json_with_repair,
 )
 from inner.sdk.errors import BudgetExhausted, HarnessError, LLMCallError
+from inner.sdk.protocol import (
+    BudgetRequest,
+    EvaluateRequest,
+    LLMRequest,
+    NoteRequest,
+    ProtocolError,
+    SchemaFailureRequest,
+    StructuredOkRequest,
+    decode_line,
+    parse_request,
+    serve,
+)
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -401,7 +414,10 @@ def schema_instance(schema: Any, tag: str = "") -> Any:
 
 
 class _DryConnection:
-    """Answers the agent's requests inside the sandbox, with no parent, no LLM, no evaluator."""
+    """Answers the agent's requests inside the sandbox, with no parent, no LLM, no evaluator: the
+    dry run's :class:`~inner.sdk.protocol.Host`. Each request goes through the same JSON line
+    and the same validation as to the parent (:func:`~inner.sdk.protocol.decode_line`,
+    :func:`~inner.sdk.protocol.parse_request`)."""
 
     def __init__(self, *, roles: list[str], max_rounds: int, max_calls: int) -> None:
         self.roles, self.max_rounds, self.max_calls = roles, max_rounds, max_calls
@@ -410,32 +426,37 @@ class _DryConnection:
 
     async def request(self, op: str, **args: Any) -> Any:
         await asyncio.sleep(0)
-        if op == "llm":
-            return self._llm(**args)
-        if op == "evaluate":
-            return self._evaluate(**args)
-        if op in ("note", "structured_ok", "schema_failure"):
-            return None
-        if op == "budget":
-            return {"rounds": self.max_rounds - len(self.reports), "calls": self.max_calls - self.calls,
-                    "tokens": 10**6, "seconds": 60.0}  # fmt: skip
-        raise HarnessError(f"unknown request {op!r}")
+        try:
+            req = parse_request(decode_line(json.dumps({"t": "req", "id": 0, "op": op, **args})))
+        except ProtocolError as exc:
+            raise HarnessError(str(exc)) from exc
+        return await serve(self, req)
 
-    def _llm(self, *, role: str, messages: Any, json_schema: Any = None, tools: Any = None, **_: Any) -> dict[str, Any]:
-        if role not in self.roles:
-            raise HarnessError(f"a harness may only call the roles {tuple(self.roles)}, not {role!r}")
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            raise HarnessError("messages must be a list of {role, content} objects")
-        json.dumps(messages)  # what the parent would have to send: must be JSON
+    async def on_note(self, req: NoteRequest) -> None:
+        return None
+
+    async def on_structured_ok(self, req: StructuredOkRequest) -> None:
+        return None
+
+    async def on_schema_failure(self, req: SchemaFailureRequest) -> None:
+        return None
+
+    async def on_budget(self, req: BudgetRequest) -> dict[str, float]:
+        return {"rounds": self.max_rounds - len(self.reports), "calls": self.max_calls - self.calls,
+                "tokens": 10**6, "seconds": 60.0}  # fmt: skip
+
+    async def on_llm(self, req: LLMRequest) -> dict[str, Any]:
+        if req.role not in self.roles:
+            raise HarnessError(f"a harness may only call the roles {tuple(self.roles)}, not {req.role!r}")
         if self.calls >= self.max_calls:
             raise BudgetExhausted(f"dry run: LLM call budget spent ({self.max_calls} calls)")
         self.calls += 1
         reply: dict[str, Any] = {"text": "dry-run reply", "finish_reason": "stop", "prompt_tokens": 1,
                                  "completion_tokens": 1, "cached": False, "tool_calls": None}  # fmt: skip
-        if json_schema is not None:
-            reply["text"] = json.dumps(schema_instance(json_schema, str(self.calls)))
-        elif tools:  # each offered tool in turn
-            tool = tools[(self.calls - 1) % len(tools)]
+        if req.json_schema is not None:
+            reply["text"] = json.dumps(schema_instance(req.json_schema, str(self.calls)))
+        elif req.tools:  # each offered tool in turn
+            tool = req.tools[(self.calls - 1) % len(req.tools)]
             fn = tool.get("function", {}) if isinstance(tool, dict) else {}
             args = schema_instance(fn.get("parameters") or {"type": "object"}, str(self.calls))
             reply.update(text="", finish_reason="tool_calls", tool_calls=[
@@ -443,17 +464,14 @@ class _DryConnection:
                  "function": {"name": str(fn.get("name", "tool")), "arguments": json.dumps(args or {})}}])  # fmt: skip
         return reply
 
-    def _evaluate(self, *, challenge: Any, side: str = "both", self_check: Any = None) -> dict[str, Any]:
-        if side not in ("weak", "both"):
-            raise HarnessError(f"side must be 'weak' or 'both', not {side!r}")
-        ch = Challenge.model_validate(challenge)
+    async def on_evaluate(self, req: EvaluateRequest) -> dict[str, Any]:
+        ch = req.challenge
         key = challenge_key(ch)
         if key not in self.reports:
             if len(self.reports) >= self.max_rounds:
                 raise BudgetExhausted(f"dry run: round budget spent ({self.max_rounds} rounds)")
             self.reports[key] = RoundRecord(
-                round=len(self.reports) + 1, key=key, side=side, challenge=ch,
-                self_check=QVVerdict.model_validate(self_check) if self_check else None,
+                round=len(self.reports) + 1, key=key, side=req.side, challenge=ch, self_check=req.self_check,
                 qv=QVVerdict(passed=True, reason="dry run"), weak_scores=[1.0], weak_avg=1.0,
                 failure_mode=FailureMode.TOO_EASY, reasons=["dry run: canned report (no solver ran)"],
             ).model_dump(mode="json")  # fmt: skip
