@@ -137,7 +137,10 @@ def evolve(cfg: EvolveConfig, run_dir: Path, srv: Any) -> dict[str, Any]:
 def test_better_edit_admitted_equal_and_worse_rejected(meta_corpus, server, tmp_path):
     srv = server(MetaScenario([GOOD_EDIT, NEUTRAL_EDIT, WORSE_EDIT]))
     # greedy selection: after iteration 1 the improved harness is always the parent
-    cfg = evolve_config(meta_corpus, "meta.max_iterations=3", "meta.selection=greedy")
+    # the paper's strict rule; no confirmation, so the sealed test document is never read
+    cfg = evolve_config(
+        meta_corpus, "meta.max_iterations=3", "meta.selection=greedy", "meta.admission=strict", "meta.confirm_reps=0"
+    )
     summary = evolve(cfg, tmp_path / "run", srv)
     hist = read_jsonl(tmp_path / "run" / "history.jsonl")
     assert [h["status"] for h in hist] == ["admitted", "rejected", "rejected"]
@@ -173,7 +176,8 @@ def test_structured_json_edits_for_small_models(meta_corpus, server, tmp_path):
                        "replace": "IMPROVED You are the challenger in Agentic Self-Instruct"}]}  # fmt: skip
     scen = MetaScenario([edit])  # type: ignore[list-item]
     srv = server(scen)
-    evolve(evolve_config(meta_corpus, "meta.max_iterations=1", "meta.edit_format=auto"), tmp_path / "run", srv)
+    cfg = evolve_config(meta_corpus, "meta.max_iterations=1", "meta.edit_format=auto", "meta.admission=strict")
+    evolve(cfg, tmp_path / "run", srv)
     (h,) = read_jsonl(tmp_path / "run" / "history.jsonl")
     assert h["status"] == "admitted" and h["candidate_val"] == 1.0
     assert h["implementer_reply"].startswith("FILE: prompts/challenger.md\n<<<<<<< SEARCH")
@@ -341,15 +345,15 @@ def test_duplicate_candidate_is_not_evaluated(meta_corpus, server, tmp_path, mon
     evaluated: list[tuple[str, str]] = []
     real = MetaRun.evaluate
 
-    async def spy(self, harness_dir, docs, split):  # type: ignore[no-untyped-def]
+    async def spy(self, harness_dir, docs, split, **kw):  # type: ignore[no-untyped-def]
         from inner.sandbox.files import harness_content_hash
 
         evaluated.append((harness_content_hash(harness_dir), split))
-        return await real(self, harness_dir, docs, split)
+        return await real(self, harness_dir, docs, split, **kw)
 
     monkeypatch.setattr(MetaRun, "evaluate", spy)
     srv = server(MetaScenario([GOOD_EDIT, NEUTRAL_EDIT, NEUTRAL_EDIT]))
-    cfg = evolve_config(meta_corpus, "meta.max_iterations=3", "meta.selection=greedy")
+    cfg = evolve_config(meta_corpus, "meta.max_iterations=3", "meta.selection=greedy", "meta.admission=strict")
     summary = evolve(cfg, tmp_path / "run", srv)
     hist = read_jsonl(tmp_path / "run" / "history.jsonl")
     assert [h["status"] for h in hist] == ["admitted", "rejected", "duplicate"]
@@ -383,14 +387,15 @@ def test_circuit_breaker_stops_after_consecutive_infrastructure_errors(meta_corp
     assert summary["stop_reason"].startswith("circuit breaker")
     # a rerun with a healthy endpoint redoes them
     srv2 = server(MetaScenario([GOOD_EDIT]))
-    summary = evolve(evolve_config(meta_corpus, "meta.max_iterations=1"), tmp_path / "run", srv2)
+    cfg = evolve_config(meta_corpus, "meta.max_iterations=1", "meta.admission=strict")
+    summary = evolve(cfg, tmp_path / "run", srv2)
     hist = read_jsonl(tmp_path / "run" / "history.jsonl")
     assert hist[-1]["iteration"] == 1 and hist[-1]["status"] == "admitted"
 
 
 def test_export_then_generate(meta_corpus, server, tmp_path):
     srv = server(MetaScenario([GOOD_EDIT]))
-    evolve(evolve_config(meta_corpus, "meta.max_iterations=1"), tmp_path / "run", srv)
+    evolve(evolve_config(meta_corpus, "meta.max_iterations=1", "meta.admission=strict"), tmp_path / "run", srv)
     out = tmp_path / "exported"
     _, manifest = export_harness(tmp_path / "run", out)
     hist = read_jsonl(tmp_path / "run" / "history.jsonl")
@@ -447,7 +452,7 @@ def test_resume_after_kill_mid_iteration(meta_corpus, server, tmp_path):
         f"llm.endpoints.default.base_url={srv.base_url}", "llm.endpoints.default.api_key_env=null",
         "split.train_files=[doc-mark-t1.txt,doc-mark-t2.txt]", "split.val_files=[doc-mark-v1.txt,doc-mark-v2.txt]",
         "inner.max_rounds=1", "inner.n_weak=1", "inner.n_strong=1", "meta.minibatch=1", "meta.in_flight=1",
-        "meta.max_iterations=2", f"hydra.run.dir={run_dir}",
+        "meta.max_iterations=2", "meta.admission=strict", f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 60
@@ -487,7 +492,7 @@ def test_hydra_sweep_with_joblib_launcher_then_multirun_report(meta_corpus, serv
         f"llm.endpoints.default.base_url={srv.base_url}", "llm.endpoints.default.api_key_env=null",
         "split.train_files=[doc-mark-t1.txt,doc-mark-t2.txt]", "split.val_files=[doc-mark-v1.txt,doc-mark-v2.txt]",
         "inner.max_rounds=1", "inner.n_weak=1", "inner.n_strong=1", "meta.minibatch=1", "meta.max_iterations=1",
-        f"hydra.sweep.dir={sweep}",
+        "meta.admission=strict", f"hydra.sweep.dir={sweep}",
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
