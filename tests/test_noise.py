@@ -190,6 +190,13 @@ def test_paired_admits_only_the_better_mutant_and_confirms_it(world_corpus, serv
     assert (run_dir / "tallies.json").read_text() == tallies
     assert again["confirmation"] == conf and again["iterations"] == 5
 
+    # the report shows the noise floor, each decision's T and p, and the confirmed gain
+    from analysis.report import ReportConfig, TaxonomyConfig, build_report
+
+    report = build_report(ReportConfig(run=str(run_dir), taxonomy=TaxonomyConfig(enabled=False))).read_text()
+    assert "Noise floor of the starting harness" in report and "confirmed test gain +" in report
+    assert f"| 5 | admitted | {better['candidate_val']:.3f}" in report and f"{better['p_value']:.3f} |" in report
+
 
 def test_tallies_survive_a_reload_and_count_a_replicate_once(tmp_path):
     store = TallyStore(tmp_path / "tallies.json")
