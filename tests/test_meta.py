@@ -117,6 +117,9 @@ def evolve_config(corpus: Path, *overrides: str) -> EvolveConfig:
         "meta.edit_format=blocks",
         "llm.endpoints.default.max_retries=1",
         "llm.endpoints.default.timeout_s=20",
+        # the paper's strict rule: these scenarios have 2 validation documents, on which the paired
+        # rule cannot reach p <= 0.10 (its smallest p-value is 1/4); tests/test_noise.py tests paired
+        "meta.admission=strict",
     ]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         dcfg = compose(config_name="evolve", overrides=[*base, *overrides])
@@ -138,9 +141,7 @@ def test_better_edit_admitted_equal_and_worse_rejected(meta_corpus, server, tmp_
     srv = server(MetaScenario([GOOD_EDIT, NEUTRAL_EDIT, WORSE_EDIT]))
     # greedy selection: after iteration 1 the improved harness is always the parent
     # the paper's strict rule; no confirmation, so the sealed test document is never read
-    cfg = evolve_config(
-        meta_corpus, "meta.max_iterations=3", "meta.selection=greedy", "meta.admission=strict", "meta.confirm_reps=0"
-    )
+    cfg = evolve_config(meta_corpus, "meta.max_iterations=3", "meta.selection=greedy", "meta.confirm_reps=0")
     summary = evolve(cfg, tmp_path / "run", srv)
     hist = read_jsonl(tmp_path / "run" / "history.jsonl")
     assert [h["status"] for h in hist] == ["admitted", "rejected", "rejected"]
@@ -176,8 +177,7 @@ def test_structured_json_edits_for_small_models(meta_corpus, server, tmp_path):
                        "replace": "IMPROVED You are the challenger in Agentic Self-Instruct"}]}  # fmt: skip
     scen = MetaScenario([edit])  # type: ignore[list-item]
     srv = server(scen)
-    cfg = evolve_config(meta_corpus, "meta.max_iterations=1", "meta.edit_format=auto", "meta.admission=strict")
-    evolve(cfg, tmp_path / "run", srv)
+    evolve(evolve_config(meta_corpus, "meta.max_iterations=1", "meta.edit_format=auto"), tmp_path / "run", srv)
     (h,) = read_jsonl(tmp_path / "run" / "history.jsonl")
     assert h["status"] == "admitted" and h["candidate_val"] == 1.0
     assert h["implementer_reply"].startswith("FILE: prompts/challenger.md\n<<<<<<< SEARCH")
@@ -353,7 +353,7 @@ def test_duplicate_candidate_is_not_evaluated(meta_corpus, server, tmp_path, mon
 
     monkeypatch.setattr(MetaRun, "evaluate", spy)
     srv = server(MetaScenario([GOOD_EDIT, NEUTRAL_EDIT, NEUTRAL_EDIT]))
-    cfg = evolve_config(meta_corpus, "meta.max_iterations=3", "meta.selection=greedy", "meta.admission=strict")
+    cfg = evolve_config(meta_corpus, "meta.max_iterations=3", "meta.selection=greedy")
     summary = evolve(cfg, tmp_path / "run", srv)
     hist = read_jsonl(tmp_path / "run" / "history.jsonl")
     assert [h["status"] for h in hist] == ["admitted", "rejected", "duplicate"]
@@ -387,15 +387,14 @@ def test_circuit_breaker_stops_after_consecutive_infrastructure_errors(meta_corp
     assert summary["stop_reason"].startswith("circuit breaker")
     # a rerun with a healthy endpoint redoes them
     srv2 = server(MetaScenario([GOOD_EDIT]))
-    cfg = evolve_config(meta_corpus, "meta.max_iterations=1", "meta.admission=strict")
-    summary = evolve(cfg, tmp_path / "run", srv2)
+    summary = evolve(evolve_config(meta_corpus, "meta.max_iterations=1"), tmp_path / "run", srv2)
     hist = read_jsonl(tmp_path / "run" / "history.jsonl")
     assert hist[-1]["iteration"] == 1 and hist[-1]["status"] == "admitted"
 
 
 def test_export_then_generate(meta_corpus, server, tmp_path):
     srv = server(MetaScenario([GOOD_EDIT]))
-    evolve(evolve_config(meta_corpus, "meta.max_iterations=1", "meta.admission=strict"), tmp_path / "run", srv)
+    evolve(evolve_config(meta_corpus, "meta.max_iterations=1"), tmp_path / "run", srv)
     out = tmp_path / "exported"
     _, manifest = export_harness(tmp_path / "run", out)
     hist = read_jsonl(tmp_path / "run" / "history.jsonl")

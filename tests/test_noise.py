@@ -98,6 +98,7 @@ def world_config(corpus: Path, *overrides: str) -> Any:
         "meta.selection=greedy",
         f"meta.max_iterations={len(NEUTRAL) + 1}",
         "inner.max_concurrent_documents=8",
+        "meta.admission=paired",  # the default (tests.test_meta.evolve_config sets strict)
         *overrides,
     )
 
