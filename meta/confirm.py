@@ -182,7 +182,7 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None) -> Any:
 def main(argv: list[str] | None = None) -> None:
     """``autodata-confirm run=DIR [key=value ...]``: confirm a meta run's best harness on its
     sealed test split (overrides such as ``meta.confirm_reps=3`` or ``llm=...`` endpoint keys)."""
-    from inner.sdk.errors import AutodataError
+    from inner.sdk.errors import AutodataError, ConfigError
 
     args = list(sys.argv[1:] if argv is None else argv)
     runs = [a.split("=", 1)[1] for a in args if a.startswith("run=")]
@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         run_dir = Path(runs[0])
+        if not (run_dir / "archive.json").is_file():
+            raise ConfigError(f"run={run_dir} is not an autodata-evolve run directory (no archive.json)")
         cfg = load_run_config(run_dir, [a for a in args if not a.startswith("run=")])
         out = asyncio.run(confirm_run(run_dir, cfg))
     except (AutodataError, FileNotFoundError) as exc:
