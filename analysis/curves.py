@@ -2,7 +2,9 @@
 
 The published Autodata figure plots the validation pass rate of every candidate per
 iteration, the best-so-far line and the starting harness's level; it climbs from 12.8% to
-42.4% over 233 iterations (126 admitted).
+42.4% over 233 iterations (126 admitted). Runs with a noise floor (``noise_floor.json``) also
+show the starting harness's replicate band (mean +- 1 std) and, when confirmed, the best
+harness's gain on the sealed test split with its 95% interval (:func:`confirmation_text`).
 """
 
 from __future__ import annotations
@@ -54,9 +56,59 @@ def curve_points(meta: MetaRunRecords) -> list[dict[str, Any]]:
                 "parent_val": h.get("parent_val"),
                 "admitted": bool(h.get("admitted")),
                 "best_so_far": best,
+                "T": h.get("T"),
+                "p_value": h.get("p_value"),
             }
         )
     return points
+
+
+def noise_band(meta: MetaRunRecords) -> dict[str, Any] | None:
+    """The starting harness's noise floor (``summary.json``'s ``noise_floor``, else the root line
+    of ``curve.jsonl``): ``n_replicates``, ``mean``, ``std``, ``min``, ``max``; ``None`` if absent."""
+    floor = meta.summary.get("noise_floor")
+    if floor is None:
+        floor = next((c.get("noise_floor") for c in meta.curve if c.get("iteration") == 0), None)
+    return floor
+
+
+def confirmation_text(meta: MetaRunRecords) -> str:
+    """One sentence on the confirmation on the sealed test split (``summary.json``)."""
+    conf = meta.summary.get("confirmation")
+    if not conf:
+        return meta.summary.get("confirmation_note") or "not confirmed on the sealed test split"
+    if conf.get("best_is_start"):
+        return f"best = starting harness (gain 0); its test pass rate {conf['start_pass_rate']:.3f}"
+    lo, hi = conf["ci95_points"]
+    return (
+        f"confirmed test gain {conf['gain_points']:+.1f} points (95% CI {lo:+.1f} to {hi:+.1f}, "
+        f"sign-flip p={conf['p_value']:.3f}, {len(conf['per_doc'])} docs x {conf['replicates']} replicates)"
+    )
+
+
+def admission_section(meta: MetaRunRecords) -> list[str]:
+    """Markdown for the report: the noise floor, each candidate's admission (T in documents,
+    sign-flip p-value, admitted or not) and the confirmed test gain with its interval."""
+
+    def num(x: Any, fmt: str) -> str:
+        return "–" if x is None else format(x, fmt)
+
+    floor = noise_band(meta)
+    lines = ["## Admission\n"]
+    if floor:
+        std = num(floor.get("std"), ".3f")
+        lines.append(
+            f"Noise floor of the starting harness: pass rate {floor['mean']:.3f} ± {std} (std over "
+            f"{floor['n_replicates']} replicates; range {floor['min']:.3f}–{floor['max']:.3f}).\n"
+        )
+    rows = ["| iteration | status | candidate val | parent val | T (docs) | p |", "|---|---|---|---|---|---|"]
+    for p in curve_points(meta):
+        rows.append(
+            f"| {p['iteration']} | {p['status']} | {num(p['candidate_val'], '.3f')} | {num(p['parent_val'], '.3f')} "
+            f"| {num(p['T'], '.2f')} | {num(p['p_value'], '.3f')} |"
+        )
+    lines += ["\n".join(rows) + "\n", f"Confirmation: {confirmation_text(meta)}.\n"]
+    return lines
 
 
 def plot_curve(meta: MetaRunRecords, out_dir: Path) -> list[Path]:
@@ -106,7 +158,15 @@ def plot_curve(meta: MetaRunRecords, out_dir: Path) -> list[Path]:
             color="tab:orange",
             label=f"starting harness ({meta.baseline:.3f})",
         )
-    return _finish(fig, ax, f"Validation pass rate per iteration — admitted {n_adm}/{len(pts)}", out_dir / "curve")
+    floor = noise_band(meta)
+    if floor and floor.get("std") is not None:
+        lo, hi = floor["mean"] - floor["std"], floor["mean"] + floor["std"]
+        ax.axhspan(lo, hi, color="tab:orange", alpha=0.15,
+                   label=f"noise floor ±1 std ({floor['n_replicates']} replicates)")  # fmt: skip
+    title = f"Validation pass rate per iteration — admitted {n_adm}/{len(pts)}"
+    if meta.summary:
+        title += f"\n{confirmation_text(meta)}"
+    return _finish(fig, ax, title, out_dir / "curve")
 
 
 def aggregate_curves(members: list[MetaRunRecords]) -> list[dict[str, Any]]:

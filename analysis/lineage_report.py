@@ -21,7 +21,8 @@ from analysis.loaders import MetaRunRecords
 
 def lineage_nodes(meta: MetaRunRecords) -> list[dict[str, Any]]:
     """The nodes of the tree: ``id``, ``parent``, ``label``, ``iteration``, ``status``,
-    ``val``, ``delta``, ``analysis``, ``reason``, ``diff``, ``commit``."""
+    ``val``, ``delta``, ``analysis``, ``reason``, ``diff``, ``commit``, and the admission
+    statistic ``T`` (documents) and sign-flip p-value ``p`` (``None`` under the strict rule)."""
     repo = git.Repo(meta.path / "lineage")
     root = repo.commit("refs/heads/main")
     nodes = [
@@ -48,6 +49,8 @@ def lineage_nodes(meta: MetaRunRecords) -> list[dict[str, Any]]:
                 "reason": h.get("reason") or "",
                 "diff": diff or (h.get("implementer_reply") or ""),
                 "diff_summary": h.get("diff_summary") or "",
+                "T": h.get("T"),
+                "p": h.get("p_value"),
             }
         )
     return nodes
@@ -86,7 +89,8 @@ function label(n){
     d = ' <span class="' + (n.delta > 0 ? 'pos' : n.delta < 0 ? 'neg' : '') + '">(' + (n.delta >= 0 ? '+' : '') + n.delta.toFixed(3) + ')</span>';
   }
   const name = n.iteration === 0 ? 'root' : 'iter ' + n.iteration;
-  return name + ' · ' + fmt(n.val) + d + ' · ' + n.status;
+  const stat = (n.T !== null && n.T !== undefined) ? ' · T=' + n.T.toFixed(2) + (n.p !== null && n.p !== undefined ? ' p=' + n.p.toFixed(3) : '') : '';
+  return name + ' · ' + fmt(n.val) + d + stat + ' · ' + n.status;
 }
 function build(parentId, el){
   const kids = byParent[parentId] || [];

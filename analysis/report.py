@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.curves import final_scores, plot_curve, plot_multirun
+from analysis.curves import admission_section, final_scores, plot_curve, plot_multirun
 from analysis.dataset_stats import markdown_table, plot_dataset_stats, stats_markdown
 from analysis.lineage_report import write_lineage_html
 from analysis.loaders import (
@@ -188,6 +188,7 @@ def build_report(cfg: ReportConfig, *, base_urls: dict[str, str] | None = None) 
             "## Validation pass rate over iterations\n",
             f"![curve]({curve[0].name}) ([svg]({curve[1].name})) — {n_adm} of {len(meta.history)} candidates admitted; "
             f"starting harness {meta.baseline}.\n",
+            *admission_section(meta),
             "## Lineage\n",
             f"[lineage.html]({lineage.name}): the tree of harnesses; select one to read its diff and the analysis behind it.\n",
         ]

@@ -49,6 +49,24 @@ def summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
         ),
         ("wall time (s)", str(summary["wall_s"])),
     ]
+    floor, conf = summary.get("noise_floor"), summary.get("confirmation")
+    if floor:
+        std = "n/a" if floor.get("std") is None else f"{floor['std']:.3f}"
+        rows.append(
+            ("noise floor (start, val)", f"{floor['mean']:.3f} ± {std} over {floor['n_replicates']} replicates")
+        )
+    if conf and not conf.get("best_is_start"):
+        lo, hi = conf["ci95_points"]
+        rows.append(
+            (
+                "confirmed test gain",
+                f"{conf['gain_points']:+.1f} pts (95% CI {lo:+.1f}..{hi:+.1f}, p={conf['p_value']:.3f})",
+            )
+        )
+    elif conf:
+        rows.append(("confirmed test gain", f"0 (best = start; test pass rate {conf['start_pass_rate']:.3f})"))
+    else:
+        rows.append(("confirmation", str(summary.get("confirmation_note", "none"))))
     for role, u in summary["this_invocation"].items():
         rows.append(
             (

@@ -13,11 +13,15 @@ from inner.config import (
     _check,
 )
 from inner.evaluator.scoring import RubricPolicyConfig
+from inner.sdk.errors import ConfigError
 from inner.tracking import LoggerConfig
+from meta.admission import AdmissionConfig
 from meta.select import STRATEGIES
 
 #: how the implementer writes edits (``meta.edit_format``)
 EDIT_FORMATS = ("auto", "blocks", "json")
+#: admission rules (``meta.admission``; :mod:`meta.admission`)
+ADMISSION_RULES = ("paired", "strict")
 
 
 @dataclass
@@ -68,6 +72,25 @@ class MetaConfig:
         allow_evaluator_change: resume a run whose recorded evaluator config differs (the
             differing keys are logged; earlier evaluations stay keyed by the old config and are
             not reused). Off by default: a resumed run is refused, naming the keys.
+        admission: the admission rule (:mod:`meta.admission`): ``paired`` (default: the
+            candidate's fresh replicates against the parent's per-document tallies, admitted iff
+            ``T >= min_gain_docs`` and the one-sided sign-flip p-value ``<= alpha``) or ``strict``
+            (the paper's: one candidate evaluation's pass rate strictly greater than one fresh
+            parent evaluation's).
+        alpha: significance level of the paired rule (0.10).
+        min_gain_docs: least gain ``T`` (sum over validation documents of the difference in
+            pass fraction, in documents) to admit under ``paired`` (1).
+        replicates: candidate replicates evaluated before the paired test (2).
+        race_alpha: when ``alpha < p <= race_alpha`` one more candidate replicate is raced, up to
+            ``max_replicates``; ``null`` disables racing.
+        max_replicates: most candidate replicates with racing (3).
+        min_parent_runs: a parent's tallies are topped up (fresh replicates) to this many runs
+            per validation document before a paired decision (3).
+        stop_if_not_ahead: reject after the first candidate replicate when ``T <= 0``.
+        noise_reps: replicates of the starting harness on the validation documents before the
+            first iteration (the noise floor; they seed the root's tallies), >= 1 (3).
+        confirm_reps: replicates of the best and the starting harness on the sealed test split
+            when the run ends (confirmation); 0 skips it (2).
     """
 
     start_harness: str = "baseline"
@@ -84,6 +107,24 @@ class MetaConfig:
     edit_format: str = "auto"
     max_consecutive_errors: int = 3
     allow_evaluator_change: bool = False
+    admission: str = "paired"
+    alpha: float = 0.10
+    min_gain_docs: float = 1.0
+    replicates: int = 2
+    race_alpha: float | None = 0.25
+    max_replicates: int = 3
+    min_parent_runs: int = 3
+    stop_if_not_ahead: bool = True
+    noise_reps: int = 3
+    confirm_reps: int = 2
+
+    def admission_config(self) -> AdmissionConfig:
+        """The :class:`meta.admission.AdmissionConfig` of these settings (seeded by ``seed``)."""
+        return AdmissionConfig(
+            rule=self.admission, replicates=self.replicates, stop_if_not_ahead=self.stop_if_not_ahead,
+            min_parent_runs=self.min_parent_runs, min_gain_docs=self.min_gain_docs, alpha=self.alpha,
+            race_alpha=self.race_alpha, max_replicates=self.max_replicates, seed=self.seed,
+        )  # fmt: skip
 
     def __post_init__(self) -> None:
         _check(
@@ -105,6 +146,13 @@ class MetaConfig:
             self.max_consecutive_errors,
             "must be >= 1",
         )
+        _check(self.admission in ADMISSION_RULES, "meta.admission", self.admission, f"use one of {ADMISSION_RULES}")
+        _check(self.noise_reps >= 1, "meta.noise_reps", self.noise_reps, "must be >= 1")
+        _check(self.confirm_reps >= 0, "meta.confirm_reps", self.confirm_reps, "must be >= 0 (0: no confirmation)")
+        try:
+            self.admission_config()
+        except ValueError as exc:
+            raise ConfigError(f"meta admission settings: {exc}") from exc
 
 
 @dataclass

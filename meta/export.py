@@ -3,7 +3,8 @@
 ``autodata-export-harness RUN_DIR [--harness best|COMMIT] [--out DIR]`` writes the harness
 files of a lineage commit (default: the archive's best validation pass rate) plus
 ``MANIFEST.json`` (lineage commit, harness id, validation pass rate, parent chain with scores,
-source run). ``autodata-generate harness=DIR`` then uses it directly.
+the confirmation on the sealed test split (``confirmation``: ``null`` plus ``confirmation_note``
+when this harness was not confirmed), source run). ``autodata-generate harness=DIR`` then uses it directly.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def export_harness(run_dir: Path, out: Path | None = None, *, harness: str = "be
         "admitted": entry is not None,
         "val_pass_rate": entry.val_pass_rate if entry else (history.get(commit) or {}).get("candidate_val"),
         "parent_chain": chain,
+        **_confirmation(run_dir, commit),
         "source_run": str(run_dir.resolve()),
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -80,6 +82,23 @@ def export_harness(run_dir: Path, out: Path | None = None, *, harness: str = "be
     tmp.rename(out)  # the export appears whole or not at all
     fsync_dir(out.parent)
     return out, manifest
+
+
+def _confirmation(run_dir: Path, commit: str) -> dict[str, Any]:
+    """``{"confirmation": ...}``: the run's confirmation on its sealed test split
+    (``confirmation.json``, :mod:`meta.confirm`) when it confirmed this commit, else ``None``
+    plus ``confirmation_note`` saying why."""
+    path = run_dir / "confirmation.json"
+    if not path.exists():
+        note = (
+            "not confirmed on the sealed test split: the run has no confirmation (autodata-confirm run=DIR makes one)"
+        )
+        return {"confirmation": None, "confirmation_note": note}
+    conf = json.loads(path.read_text())
+    if conf.get("best_commit") != commit:
+        note = f"not confirmed on the sealed test split: the run confirmed {str(conf.get('best_commit'))[:12]}, not this harness"
+        return {"confirmation": None, "confirmation_note": note}
+    return {"confirmation": conf}
 
 
 def _history(run_dir: Path) -> list[dict[str, Any]]:

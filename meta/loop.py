@@ -10,9 +10,17 @@ One iteration, top to bottom (:func:`run_iteration`)::
     identical to an existing lineage node is a ``duplicate``; validate it: prompt files parse,
     and one dry run in the sandbox against canned replies; an edit that fails to apply or to
     validate goes back to the implementer once with the error (``invalid-edit`` if it fails again)
-    evaluate candidate and parent on the validation documents (harnesses sealed, inner.sandbox.process)
-    admit iff candidate pass rate > parent pass rate (strictly; :func:`admission`)
+    admission (meta.admission, :func:`meta.admission.decide`) on the validation documents (harnesses
+    sealed, inner.sandbox.process): ``paired`` (default) tops the parent's per-document tallies up
+    to meta.min_parent_runs fresh replicates, evaluates meta.replicates candidate replicates and
+    admits iff T >= meta.min_gain_docs and the sign-flip p-value <= meta.alpha; ``strict`` (the
+    paper's) admits iff one candidate evaluation's pass rate > one fresh parent evaluation's
     commit the candidate to the lineage (tag it if admitted), append history.jsonl + curve.jsonl
+    (T, p-value, replicates and cost of the decision)
+
+Before the first iteration the starting harness is evaluated meta.noise_reps times (its noise
+floor: ``noise_floor.json``, seeding its tallies); when the run ends the best harness and the
+starting one are confirmed on the sealed test split (:mod:`meta.confirm`, ``confirmation.json``).
 
 Iteration statuses: ``admitted``, ``rejected``, ``invalid-edit``, ``duplicate``, ``crashed``
 (the candidate's own failure: every validation document crashed) and ``error`` (an
@@ -22,7 +30,10 @@ infrastructure failure, e.g. the endpoint down after retries: redone on resume; 
 Every evaluation has an identity: (harness content hash, evaluator config hash, document set
 hash) names its directory ``evals/<content>/<evaluator>-<docs>/``, so a harness is evaluated
 once on a document set whatever it is called, and only by the parent (the sandbox cannot see
-the run directory). A run records its evaluator config in ``evaluator.json`` and refuses to
+the run directory). Replicate ``r > 0`` of an evaluation lives in ``.../<evaluator>-<docs>/rep-<r>/``
+(its seeds and cache keys derive from ``r``: :func:`inner.llm.cache.sample_index`); replicate 0
+is the directory itself. Per-document tallies of every harness are in ``tallies.json``
+(:mod:`meta.tallies`). A run records its evaluator config in ``evaluator.json`` and refuses to
 resume under a different one, naming the keys (``meta.allow_evaluator_change=true`` overrides).
 
 Run state lives in the run directory: ``lineage/`` (git), ``archive.json``, ``history.jsonl``
@@ -57,11 +68,13 @@ from inner.sandbox.files import copy_harness, harness_content_hash
 from inner.sandbox.process import dry_run_harness
 from inner.sdk.errors import ConfigError
 from inner.tracking import NullTracker, Tracker, build_tracker
+from meta.admission import AdmissionDecision, decide, noise_floor
 from meta.analyze import analyze, implement
 from meta.config import EvolveConfig
 from meta.edit import EditError, apply_edits, check_prompt_files, parse_edits
 from meta.lineage import Lineage
 from meta.select import Archive, ArchiveEntry, select_parent
+from meta.tallies import TallyStore
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +140,8 @@ def read_splits(path: Path) -> dict[str, list[str]]:
 
 
 def load_split(cfg: EvolveConfig, names: list[str]) -> list[Document]:
-    """Read the documents of one split (never called for the sealed test split)."""
+    """Read the documents of one split (the sealed test split only by :mod:`meta.confirm`, when
+    the run ends)."""
     task = type(cfg.task)(**{**cfg.task.__dict__, "files": names, "limit": None, "order": "name"})
     return load_documents(task)
 
@@ -147,6 +161,10 @@ class MetaRun:
     history: list[dict[str, Any]] = field(default_factory=list)
     tracker: Tracker = field(default_factory=NullTracker)
     _eval_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    tallies: TallyStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tallies = TallyStore(self.run_dir / "tallies.json")
 
     @property
     def history_path(self) -> Path:
@@ -179,22 +197,25 @@ class MetaRun:
         (computed once per run: it hashes the frozen prompt files)."""
         return identity_hash(evaluator_identity(self.cfg.generate_config()))
 
-    async def evaluate(self, harness_dir: Path, docs: list[Document], split: str) -> EvalOutcome:
+    async def evaluate(self, harness_dir: Path, docs: list[Document], split: str, *, replicate: int = 0) -> EvalOutcome:
         """Run the inner loop with the harness (sealed, one sandbox per document) on ``docs``.
 
-        Results live in ``evals/<harness content hash>/<evaluator hash>-<doc set hash>/`` and
-        are reused: a second evaluation of the same content on the same documents under the
-        same evaluator reads the records (zero LLM calls), whatever the harness is called.
-        Concurrent requests for the same evaluation wait for the first.
+        Results live in ``evals/<harness content hash>/<evaluator hash>-<doc set hash>/``
+        (replicate ``r > 0``: its subdirectory ``rep-<r>/``) and are reused: a second evaluation
+        of the same content and replicate on the same documents under the same evaluator reads
+        the records (zero LLM calls), whatever the harness is called. Concurrent requests for
+        the same evaluation wait for the first.
         """
         content = harness_content_hash(harness_dir, **self.harness_caps)
         docs_key = hashlib.sha256("\n".join(sorted(d.doc_id for d in docs)).encode()).hexdigest()[:8]
         out = self.run_dir / "evals" / content / f"{self.evaluator_hash}-{docs_key}"
+        if replicate:
+            out = out / f"rep-{replicate}"
         lock = self._eval_locks.setdefault(str(out), asyncio.Lock())
         async with lock:
             out.mkdir(parents=True, exist_ok=True)
             ident = {"harness_content": content, "evaluator": self.evaluator_hash, "docs": sorted(d.doc_id for d in docs),
-                     "split": split}  # fmt: skip
+                     "split": split, **({"replicate": replicate} if replicate else {})}  # fmt: skip
             if not (out / "identity.json").exists():
                 atomic_write_text(out / "identity.json", json.dumps(ident, indent=1) + "\n")
             trajs, stats = await evaluate_harness(
@@ -204,9 +225,35 @@ class MetaRun:
                 harness_dir=harness_dir,
                 client=self.client,
                 return_trajectories=True,
+                replicate=replicate,
             )
             assert trajs is not None  # return_trajectories=True
             return EvalOutcome.from_trajectories(trajs, stats)
+
+    async def parent_replicate(self, parent_dir: Path, content: str, k: int) -> dict[str, bool]:
+        """Outcomes of the ``k``-th counted replicate of a harness on the validation documents
+        (replicate index ``first_replicate + k``), evaluated and added to its tallies unless
+        already counted. One at a time per harness (:meth:`meta.tallies.TallyStore.lock`), so
+        concurrent iterations never evaluate or count a parent's top-up twice.
+
+        Raises:
+            InfrastructureError: documents failed on infrastructure (nothing is counted).
+        """
+        async with self.tallies.lock(content):
+            r = self.tallies.first_replicate(content) + k
+            have = self.tallies.replicate(content, r)
+            if have is not None:
+                return have
+            outcome = await self.evaluate(parent_dir, self.val, "val", replicate=r)
+            outcome.raise_on_errors(f"parent replicate {r}")
+            self.tallies.add_replicate(content, r, outcome.outcomes())
+            self.tallies.save()
+            return outcome.outcomes()
+
+
+class InfrastructureError(Exception):
+    """An evaluation had documents that failed on infrastructure: the iteration is ``error``
+    (redone on resume) and none of its replicates is counted."""
 
 
 @dataclass
@@ -248,10 +295,23 @@ class EvalOutcome:
             stats=stats, trajectories=trajs,
         )  # fmt: skip
 
+    def outcomes(self) -> dict[str, bool]:
+        """``{doc_id: passed}``: a document passes iff its status is ``accepted``."""
+        return {t.doc_id: t.status == "accepted" for t in self.trajectories}
+
+    def raise_on_errors(self, what: str) -> None:
+        """Raise :class:`InfrastructureError` if documents failed on infrastructure."""
+        if self.errors:
+            raise InfrastructureError(
+                f"{what}: {self.errors} document(s) failed on infrastructure: {self.error_reason}"
+            )
+
 
 def admission(candidate: EvalOutcome, parent: EvalOutcome) -> tuple[str, str | None]:
-    """The admission rule (Autodata meta-optimization): a pure function of the two
-    evaluations on the same validation documents under the same evaluator.
+    """The paper's strict admission rule on two single evaluations (Autodata
+    meta-optimization): a pure function of the two evaluations on the same validation documents
+    under the same evaluator. The loop decides with :func:`meta.admission.decide`
+    (``meta.admission``); this is the rule's outcome-level form, kept for callers.
 
     Returns:
         ``(status, reason)``: ``error`` if either evaluation has infrastructure errors (redone
@@ -342,6 +402,8 @@ async def run_iteration(run: MetaRun, i: int) -> dict[str, Any]:
             rec.update(await _iterate(run, i, rec))
         except StorageError:  # the run's disk or open files, not the iteration: the run stops, one message
             raise
+        except InfrastructureError as exc:  # redone on resume; nothing of it was counted
+            rec.update({"status": "error", "reason": str(exc)})
         except Exception as exc:  # an LLM outage (analyzer, implementer) or a bug: not the candidate's failure
             log.exception("iteration %d failed", i)
             rec.update({"status": "error", "reason": f"{type(exc).__name__}: {exc}"})
@@ -361,6 +423,11 @@ async def run_iteration(run: MetaRun, i: int) -> dict[str, Any]:
                 "parent_val",
                 "best_so_far",
                 "admitted",
+                "T",
+                "p_value",
+                "candidate_runs",
+                "parent_runs",
+                "admission_cost",
             )
         },
     )
@@ -442,27 +509,89 @@ async def _iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:
         return {"status": "invalid-edit", "reason": errors[-1], "edit_error": attempt.kind}
     changed, cand_id = attempt.changed, attempt.harness_id
 
-    # 6. evaluate candidate and parent on the validation documents
-    cand, par = await asyncio.gather(run.evaluate(scratch, run.val, "val"), run.evaluate(parent_dir, run.val, "val"))
-    rec |= {"candidate_harness_id": cand_id, "candidate_val": cand.pass_rate, "parent_val": par.pass_rate}
+    # 6. admission on the validation documents (meta.admission): candidate replicates 0, 1, ...
+    # against the parent's tallies (topped up with fresh replicates) or, strict, one fresh
+    # parent replicate; the candidate's replicates are its decision, never its tallies
+    rec["candidate_harness_id"] = cand_id
+    decision, cand_evals, cand_tallies, cost = await admit(run, parent, parent_dir, scratch)
+    cand0 = cand_evals[0]
+    cost_tokens = sum(u["prompt_tokens"] + u["completion_tokens"] for u in cost.values())
+    rec |= {
+        "candidate_val": decision.candidate_pass_rate, "parent_val": decision.parent_pass_rate,
+        "admission": decision.to_json(), "T": decision.T, "p_value": decision.p_value,
+        "candidate_runs": decision.candidate_runs, "parent_runs": decision.parent_runs,
+        "admission_cost": {"document_evals": decision.evals, "tokens": cost_tokens,
+                           "calls": sum(u["calls"] for u in cost.values())},
+    }  # fmt: skip
+    run.tallies.record_decision(
+        cand_id.split("@")[1],
+        {"iteration": i, "replicates": sorted(cand_evals), "tallies": cand_tallies.to_json(), **decision.to_json()},
+    )
+    run.tallies.set_first_replicate(cand_id.split("@")[1], max(cand_evals) + 1)
+    run.tallies.save()
 
-    # 7. admit iff strictly better; commit the candidate either way (not on infrastructure errors)
-    status, reason = admission(cand, par)
-    if status == "error":
-        return {"status": status, "reason": reason}
-    admitted = status == "admitted"
+    # 7. commit the candidate either way (not on infrastructure errors); tag it if admitted
+    admitted = decision.admitted
+    if admitted:
+        status, reason = "admitted", None
+    elif cand0.n_docs and cand0.crashed == cand0.n_docs:
+        status, reason = "crashed", f"candidate crashed in the sandbox: {cand0.crash_reason}"
+    elif decision.rule == "strict":  # the paper's rule, worded as before
+        status, reason = (
+            "rejected",
+            (
+                f"validation pass rate {decision.candidate_pass_rate:.3f} is not strictly greater than the parent's "
+                f"{decision.parent_pass_rate:.3f}"
+            ),
+        )
+    else:
+        status, reason = "rejected", decision.reason
     summary = analysis.strip().splitlines()[0][:120] if analysis.strip() else "(empty analysis)"
+    c_val, p_val = decision.candidate_pass_rate, decision.parent_pass_rate
+    stat = f"T: {decision.T:.3f}\np_value: {decision.p_value}\nrule: {decision.rule}\n"
     message = (
-        f"iter {i}: {status} (val {cand.pass_rate:.3f} vs parent {par.pass_rate:.3f})\n\n"
-        f"iteration: {i}\nparent: {parent.commit}\nval_pass_rate: {cand.pass_rate:.4f}\n"
-        f"parent_val_pass_rate: {par.pass_rate:.4f}\nstatus: {status}\nchanged: {', '.join(changed)}\nanalysis: {summary}\n"
+        f"iter {i}: {status} (val {c_val:.3f} vs parent {p_val:.3f})\n\n"
+        f"iteration: {i}\nparent: {parent.commit}\nval_pass_rate: {c_val:.4f}\n"
+        f"parent_val_pass_rate: {p_val:.4f}\n{stat}status: {status}\nchanged: {', '.join(changed)}\nanalysis: {summary}\n"
     )
     commit = run.lineage.add_candidate(scratch, parent=parent.commit, iteration=i, message=message)
     rec |= {"candidate": commit, "diff_summary": run.lineage.diff_stat(parent.commit, commit), "admitted": admitted}
     if admitted:
         run.lineage.admit(commit, i)
-        run.archive.add(ArchiveEntry(commit, cand_id, i, parent.commit, cand.pass_rate))
+        run.archive.add(ArchiveEntry(commit, cand_id, i, parent.commit, c_val))
     return {"status": status, "reason": reason}
+
+
+async def admit(
+    run: MetaRun, parent: ArchiveEntry, parent_dir: Path, cand_dir: Path
+) -> tuple[AdmissionDecision, dict[int, EvalOutcome], Any, dict[str, Any]]:
+    """Decide the candidate in ``cand_dir`` against ``parent`` with :func:`meta.admission.decide`.
+
+    Returns:
+        ``(decision, candidate evaluations by replicate, candidate tallies of the decision,
+        usage of the decision's evaluations per role)``.
+
+    Raises:
+        InfrastructureError: an evaluation had infrastructure errors (the iteration is ``error``).
+    """
+    content = parent.harness_id.split("@")[1]
+    cand_evals: dict[int, EvalOutcome] = {}
+
+    async def evaluate_candidate(k: int) -> dict[str, bool]:
+        outcome = await run.evaluate(cand_dir, run.val, "val", replicate=k)
+        outcome.raise_on_errors(f"candidate replicate {k}")
+        cand_evals[k] = outcome
+        return outcome.outcomes()
+
+    async def evaluate_parent(k: int) -> dict[str, bool]:
+        return await run.parent_replicate(parent_dir, content, k)
+
+    with track_usage(UsageMeter()) as meter:
+        decision, cand_tallies, _ = await decide(
+            run.cfg.meta.admission_config(), docs=[d.doc_id for d in run.val], parent=run.tallies.tallies(content),
+            evaluate_candidate=evaluate_candidate, evaluate_parent=evaluate_parent,
+        )  # fmt: skip
+    return decision, cand_evals, cand_tallies, meter.as_dict()
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -505,19 +634,47 @@ async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> MetaRu
         root = lineage.root
         assert root is not None
         root_dir = run.materialize(root)
-        outcome = await run.evaluate(root_dir, run.val, "val")
+        floor = await measure_noise_floor(run, root_dir)
+        archive.add(ArchiveEntry(root, harness_id(root_dir), 0, None, floor["mean"]))
+        append_jsonl(
+            run_dir / "curve.jsonl",
+            {"iteration": 0, "status": "root", "candidate_val": archive.entries[0].val_pass_rate,
+             "parent_val": None, "best_so_far": archive.entries[0].val_pass_rate, "admitted": True,
+             "noise_floor": {k: floor[k] for k in ("n_replicates", "mean", "std", "min", "max", "doc_spread")}},
+        )  # fmt: skip
+    return run
+
+
+async def measure_noise_floor(run: MetaRun, root_dir: Path) -> dict[str, Any]:
+    """Evaluate the starting harness ``meta.noise_reps`` times (replicates 0..n-1) on the
+    validation documents; its pass rate's mean, std, range and per-document spread
+    (:func:`meta.admission.noise_floor`, plus each document's pass fraction) go to
+    ``noise_floor.json``, and the replicates seed the root's tallies.
+
+    Raises:
+        ConfigError: the starting harness could not be evaluated (infrastructure errors).
+    """
+    content = harness_id(root_dir).split("@")[1]
+    reps = range(run.cfg.meta.noise_reps)
+    outcomes = await asyncio.gather(*(run.evaluate(root_dir, run.val, "val", replicate=r) for r in reps))
+    for outcome in outcomes:
         if outcome.errors:
             raise ConfigError(
                 f"the starting harness could not be evaluated: {outcome.errors} document(s) failed on "
                 f"infrastructure: {outcome.error_reason}"
             )
-        archive.add(ArchiveEntry(root, harness_id(root_dir), 0, None, outcome.pass_rate))
-        append_jsonl(
-            run_dir / "curve.jsonl",
-            {"iteration": 0, "status": "root", "candidate_val": archive.entries[0].val_pass_rate,
-             "parent_val": None, "best_so_far": archive.entries[0].val_pass_rate, "admitted": True},
-        )  # fmt: skip
-    return run
+    for r, outcome in zip(reps, outcomes, strict=True):
+        run.tallies.add_replicate(content, r, outcome.outcomes())
+    run.tallies.save()
+    floor = noise_floor([o.outcomes() for o in outcomes])
+    tallies = run.tallies.tallies(content)
+    floor |= {
+        "harness_id": harness_id(root_dir), "replicates": list(reps),
+        "pass_rates": [o.pass_rate for o in outcomes],
+        "per_doc": {d: tallies[d].fraction for d in tallies.docs()},
+    }  # fmt: skip
+    atomic_write_text(run.run_dir / "noise_floor.json", json.dumps(floor, indent=1) + "\n")
+    return floor
 
 
 def load_history(path: Path) -> list[dict[str, Any]]:
@@ -615,6 +772,11 @@ def check_evaluator(cfg: EvolveConfig, run_dir: Path, splits: dict[str, list[str
     atomic_write_text(path, json.dumps(current, indent=1, sort_keys=True) + "\n")
 
 
+def _read_json(path: Path) -> Any:
+    """The JSON in ``path``, or ``None`` if it is missing."""
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def budget_reached(run: MetaRun, *, t0: float, launched: int) -> str | None:
     """Which budget stops the run, or ``None``: ``max_iterations``, ``max_tokens``, ``max_wall_s``."""
     m = run.cfg.meta
@@ -672,6 +834,12 @@ async def evolve(
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
             running = set()
+    from meta.confirm import confirm
+
+    if (stop or "").startswith("circuit breaker"):
+        confirmation, note = None, "not confirmed on the sealed test split: the run stopped on infrastructure errors"
+    else:
+        confirmation, note = await confirm(run)
     summary = {
         "stop_reason": stop,
         "iterations": len(run.history),
@@ -681,6 +849,10 @@ async def evolve(
         "best_val_pass_rate": run.archive.best().val_pass_rate,
         "best_commit": run.archive.best().commit,
         "best_harness_id": run.archive.best().harness_id,
+        "admission": cfg.meta.admission,
+        "noise_floor": _read_json(run_dir / "noise_floor.json"),
+        "confirmation": confirmation,
+        **({"confirmation_note": note} if note else {}),
         "this_invocation": client.usage.as_dict(),
         "wall_s": round(time.monotonic() - t0, 2),
     }

@@ -48,6 +48,7 @@ from inner.engine.records import (
 )
 from inner.evaluator.roles import CHALLENGE_FAULT_STATUSES, Evaluator
 from inner.io import StorageError, environment_error
+from inner.llm.cache import sample_index
 from inner.llm.client import Completion, LLMClient
 from inner.sandbox.process import SandboxProcess
 from inner.sdk.contract import Challenge, QVVerdict, challenge_key
@@ -103,6 +104,8 @@ class Engine:
         writer: the run directory's record writer.
         observer: progress callbacks.
         max_rounds: rounds per document (``inner.max_rounds``; 1 for CoT Self-Instruct).
+        replicate: the evaluation's replicate index (0 by default): the harness's own samples
+            and the evaluator's derive from it (:func:`inner.llm.cache.sample_index`).
     """
 
     cfg: GenerateConfig
@@ -112,9 +115,10 @@ class Engine:
     writer: RunWriter
     observer: LoopObserver = field(default_factory=LoopObserver)
     max_rounds: int = 0
+    replicate: int = 0
 
     def __post_init__(self) -> None:
-        self.evaluator = Evaluator(self.client, self.cfg)
+        self.evaluator = Evaluator(self.client, self.cfg, replicate=self.replicate)
         if not self.max_rounds:
             self.max_rounds = 1 if self.cfg.method == "cot_self_instruct" else self.cfg.inner.max_rounds
 
@@ -395,8 +399,9 @@ class DocumentSession:
             self._samples[fp] += 1
         try:
             pending = self._structured.setdefault(req.group, []) if req.group is not None else None
+            index = sample_index(replicate=self.eng.replicate, stream="harness", index=int(sample))
             comp: Completion = await self.eng.client.complete(
-                role, messages, sample_index=int(sample), json_schema=schema,
+                role, messages, sample_index=index, json_schema=schema,
                 schema_name=req.schema_name, pending=pending,
                 **({"tools": tools} if tools else {}),
             )  # fmt: skip

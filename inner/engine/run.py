@@ -289,6 +289,7 @@ async def evaluate_harness(
     observer: LoopObserver | None = None,
     t0: float | None = None,
     return_trajectories: bool = False,
+    replicate: int = 0,
 ) -> tuple[list[Trajectory] | None, dict[str, Any]]:
     """Run ``harness`` on ``docs`` into ``run_dir`` with an existing client; write stats.json.
 
@@ -303,6 +304,10 @@ async def evaluate_harness(
         return_trajectories: also return every document's trajectory (held in memory: for
             small evaluations such as the meta loop's; a generation run keeps none, and its
             stats are accumulated as documents end).
+        replicate: the replicate index of this evaluation (0: the default samples). Every
+            sample index of the harness and the evaluator derives from it
+            (:func:`inner.llm.cache.sample_index`): replicate ``r`` is reproducible from the
+            cache and replicates are independent draws. Use one ``run_dir`` per replicate.
 
     Returns:
         ``(trajectories of docs or None, stats)``; ``stats["this_invocation"]`` counts only
@@ -311,7 +316,7 @@ async def evaluate_harness(
     t0 = time.perf_counter() if t0 is None else t0
     writer = RunWriter(run_dir)
     hid = make_harness_id(harness_dir)
-    eng = Engine(cfg, client, harness_dir, hid, writer, observer or LoopObserver())
+    eng = Engine(cfg, client, harness_dir, hid, writer, observer or LoopObserver(), replicate=replicate)
     acc = StatsAccumulator()
     kept: dict[str, Trajectory] | None = {} if return_trajectories else None
 

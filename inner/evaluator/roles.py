@@ -46,13 +46,15 @@ from inner.evaluator import INNER_PROMPTS
 from inner.evaluator.answers import answers_equivalent, extract_final_answer, is_exact_reference, normalize_answer
 from inner.evaluator.gate import check_rubric, check_verifiable, check_verifiable_weak, check_weak
 from inner.evaluator.scoring import check_challenge_limits, check_rubric_policy, rubric_score
+from inner.llm.cache import STREAM_OFFSETS, sample_index
 from inner.llm.client import LLMClient, UsageMeter, track_usage
 from inner.sdk.contract import challenge_key
 from inner.sdk.errors import LLMCallError
 from inner.sdk.templates import render
 
-#: sample-index offset of the strong solver's attempts (weak attempt i: seed + i; strong: + 1000)
-STRONG_SEED_OFFSET = 1000
+#: sample-index offset of the strong solver's attempts (weak attempt i: seed + i; strong: + 1000);
+#: :func:`inner.llm.cache.sample_index` computes every index
+STRONG_SEED_OFFSET = STREAM_OFFSETS["strong"]
 #: HTTP statuses that mean "this request is malformed" (a prompt over the context window, a body
 #: too large, an unprocessable entity). Every evaluator prompt is the frozen template, the bounded
 #: document excerpt and the challenge, so on an evaluator role such a status is caused by the
@@ -189,11 +191,15 @@ class Evaluator:
     Args:
         client: the shared LLM client.
         cfg: the run config (inner, llm roles, gate, rubric policy, task).
+        replicate: the evaluation's replicate index; every sample index (quality check, solver
+            attempts, judge) derives from it (:func:`inner.llm.cache.sample_index`), so replicate
+            ``r > 0`` draws fresh samples and replicate 0 is the evaluation as it always was.
     """
 
-    def __init__(self, client: LLMClient, cfg: GenerateConfig) -> None:
+    def __init__(self, client: LLMClient, cfg: GenerateConfig, *, replicate: int = 0) -> None:
         self.client = client
         self.cfg = cfg
+        self.replicate = replicate
         self.inner = cfg.inner
         self.llm = cfg.llm
 
@@ -237,7 +243,10 @@ class Evaluator:
         Raises:
             LLMCallError: the request failed after retries.
         """
-        res = await self.client.complete_json("quality_verifier", self.quality_messages(doc, challenge), QVChecks)
+        res = await self.client.complete_json(
+            "quality_verifier", self.quality_messages(doc, challenge), QVChecks,
+            sample_index=sample_index(replicate=self.replicate, stream="quality"),
+        )  # fmt: skip
         if res.value is None:
             return QVVerdict(passed=False, reason=f"quality check output unusable: {res.error}")
         v = res.value
@@ -276,7 +285,7 @@ class Evaluator:
         # replay weak attempt i on a seed-deterministic server
         comp = await self.client.complete(
             f"{side}_solver", self.solver_messages(side, doc, challenge),
-            sample_index=index + (STRONG_SEED_OFFSET if side == "strong" else 0),
+            sample_index=sample_index(replicate=self.replicate, stream=side, index=index),
         )  # fmt: skip
         answer = comp.text
         if verifiable:
@@ -292,7 +301,7 @@ class Evaluator:
             rubric=challenge.rubric,
             answer=answer,
             partial_credit=self.cfg.rubric.partial_credit,
-            sample_offset=judge_offset + 2 * index,
+            sample_offset=sample_index(replicate=self.replicate, stream="judge", index=judge_offset + 2 * index),
         )
         return SolverAttempt(
             index=index, answer=answer, grades=verdict.grades, score=verdict.score, judge_raw=verdict.raw,

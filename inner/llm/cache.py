@@ -2,7 +2,8 @@
 
 The key is the sha256 of the canonical JSON of everything that determines a completion:
 model, messages, sampling parameters, response format and the sample index (so the n
-attempts of one solver prompt are n distinct entries). A rerun of a finished run therefore
+attempts of one solver prompt are n distinct entries; :func:`sample_index` derives every index
+from the evaluation's replicate, so replicates are distinct entries too). A rerun of a finished run therefore
 makes zero LLM calls, and a killed run resumes by replaying what it had already paid for.
 
 Storage is append-only: each process appends ``{"key": ..., "entry": ...}`` lines to its own
@@ -30,6 +31,33 @@ from array import array
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+#: sample indices per replicate: replicate ``r`` uses ``r * REPLICATE_STRIDE + ...`` (so replicate
+#: 0 keeps the indices, seeds and cache keys of runs made before replicates existed)
+REPLICATE_STRIDE = 1_000_000
+#: first sample index of each stream within a replicate: weak and strong solver attempts must not
+#: share seeds (with one model in one mode, strong attempt i would replay weak attempt i on a
+#: seed-deterministic server); the judge, the quality check and the harness are separate roles,
+#: hence separate cache keys, and start at 0
+STREAM_OFFSETS = {"weak": 0, "strong": 1000, "judge": 0, "quality": 0, "harness": 0}
+
+
+def sample_index(*, replicate: int = 0, stream: str, index: int = 0) -> int:
+    """The one place sample indices are computed: ``replicate * REPLICATE_STRIDE +
+    STREAM_OFFSETS[stream] + index``. The client seeds the request with ``llm.seed +
+    sample_index`` and puts the index in the cache key, so replicate ``r`` of an evaluation
+    (harness, evaluator, documents) draws fresh samples for every role while a rerun of the same
+    replicate replays them from the cache (zero calls). ``index`` is the stream's own counter
+    (solver attempt, judge offset + attempt, a harness's repeated call) and stays below the stride.
+
+    Raises:
+        ValueError: a negative replicate or index, an index reaching the stride, or an unknown stream.
+    """
+    if stream not in STREAM_OFFSETS:
+        raise ValueError(f"unknown sample stream {stream!r}; one of {sorted(STREAM_OFFSETS)}")
+    if replicate < 0 or index < 0 or STREAM_OFFSETS[stream] + index >= REPLICATE_STRIDE:
+        raise ValueError(f"sample index out of range: replicate={replicate} index={index}")
+    return replicate * REPLICATE_STRIDE + STREAM_OFFSETS[stream] + index
 
 
 def cache_key(payload: dict[str, Any]) -> str:
