@@ -38,7 +38,6 @@ from inner.config import HARNESS_ROLES, GenerateConfig
 from inner.engine.documents import Document
 from inner.engine.records import (
     Example,
-    FailureMode,
     HarnessEvent,
     RoleUsageRecord,
     RoundRecord,
@@ -47,6 +46,7 @@ from inner.engine.records import (
     example_id,
 )
 from inner.evaluator.roles import CHALLENGE_FAULT_STATUSES, Evaluator
+from inner.evaluator.rounds import RoundAction, RoundVerdict, plan_round, settle_round
 from inner.io import StorageError, environment_error
 from inner.llm.cache import sample_index
 from inner.llm.client import Completion, LLMClient
@@ -440,49 +440,39 @@ class DocumentSession:
         return rec.model_dump(mode="json")
 
     async def _evaluate_locked(self, challenge: Challenge, side: str, self_check: QVVerdict | None) -> RoundRecord:
+        """Carry out the round rules (:mod:`inner.evaluator.rounds`) for one evaluate request."""
         eng, traj = self.eng, self.traj
-        key = challenge_key(challenge)
-        idx = next((i for i, r in enumerate(traj.rounds) if r.key == key), None)
-        prior = traj.rounds[idx] if idx is not None else None
-        if prior is not None and prior.failure_mode is not FailureMode.JUDGE_ERROR:
-            if not (prior.failure_mode is FailureMode.WEAK_PASSED and side == "both"):
-                self.event("evaluate", role=side, round=prior.round, text="recorded report returned")
-                return prior
-        elif prior is None and len(traj.rounds) >= eng.max_rounds:
+        plan = plan_round(traj.rounds, challenge_key(challenge), side, eng.max_rounds)
+        if plan.action is RoundAction.OUT_OF_ROUNDS:
             raise _End("exhausted", f"round budget spent ({eng.max_rounds} rounds, inner.max_rounds)")
-        round_no = prior.round if prior is not None else len(traj.rounds) + 1
-        eng.observer.round_started(self.doc.doc_id, round_no)
-        redo = prior is not None and prior.failure_mode is FailureMode.JUDGE_ERROR
+        recorded = traj.rounds[plan.index] if plan.index is not None else None
+        if plan.action is RoundAction.REPLAY:
+            assert recorded is not None
+            self.event("evaluate", role=side, round=plan.round_no, text="recorded report returned")
+            return recorded
+        eng.observer.round_started(self.doc.doc_id, plan.round_no)
         rec = await eng.evaluator.evaluate(
-            self.doc, challenge, round_no=round_no, side=side,
-            prior=prior if (prior is not None and not redo) else None,
+            self.doc, challenge, round_no=plan.round_no, side=side, prior=plan.prior,
             judge_offset=1000 * traj.judge_errors,
         )  # fmt: skip
-        rec.self_check = self_check if self_check is not None else (prior.self_check if prior else None)
-        if idx is None:
+        rec.self_check = self_check if self_check is not None else (recorded.self_check if recorded else None)
+        if plan.index is None:
             traj.rounds.append(rec)
         else:
-            traj.rounds[idx] = rec
-        self.event("evaluate", role=side, round=round_no, text=rec.failure_mode.value)
-        if rec.failure_mode is FailureMode.JUDGE_ERROR:
-            traj.judge_errors += 1
-            if traj.judge_errors <= 1:  # infrastructure the first time: the document is redone
-                self.write()
-                raise _End("error", "a judge grade stayed unusable after a retry (redone on the next run)")
-            # again after a redo, with new judge samples: the challenge cannot be graded; it is
-            # a failed round of the harness (so a rubric made to break the judge cannot launder
-            # a failed document into an infrastructure error)
-            rec.reasons.append(
-                "the judge could not grade this challenge, again after a redo: counted as a failed round"
-            )
-        if rec.accepted:
+            traj.rounds[plan.index] = rec
+        self.event("evaluate", role=side, round=plan.round_no, text=rec.failure_mode.value)
+        verdict, traj.judge_errors = settle_round(rec, traj.judge_errors)
+        if verdict is RoundVerdict.REDO_DOCUMENT:  # infrastructure the first time: the document is redone
+            self.write()
+            raise _End("error", "a judge grade stayed unusable after a retry (redone on the next run)")
+        if verdict is RoundVerdict.ACCEPTED:
             # the round first: a run killed in between finishes the example on resume
             self.write()
             try:
                 eng.writer.append_example(make_example(eng, self.doc, rec))
             except Exception as exc:
                 raise _End("crashed", records_failed(exc)) from exc
-            self.end("accepted", f"round {round_no} passed the gate")
+            self.end("accepted", f"round {plan.round_no} passed the gate")
             return rec
         # With every round used the harness may still note what it learnt; a new challenge
         # then ends the document (round budget), and its call, token and time budgets bound it.
