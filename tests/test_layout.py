@@ -254,17 +254,9 @@ def test_the_maps_are_found() -> None:
     assert {"inner.evaluator", "inner.sdk"} <= set(SUBPACKAGES)
 
 
-#: names the maps list before their modules land (issue 15: the typed protocol, the round rules);
-#: reported as xfail until they exist, then this entry goes
-PENDING = {"inner.sdk": {"protocol"}, "inner.evaluator": {"rounds"}}
-
-
 @pytest.mark.parametrize("package", SUBPACKAGES)
 def test_subpackage_maps_name_what_exists(package: str) -> None:
-    entries = _map_entries(package)
-    missing = [n for n in entries if not _exists(package, n)]
-    if missing and set(missing) <= PENDING.get(package, set()):
-        pytest.xfail(f"{package}'s docstring names {missing}, not there yet")
+    missing = [n for n in _map_entries(package) if not _exists(package, n)]
     assert not missing, f"{package}'s docstring lists what does not exist: {missing}"
 
 
