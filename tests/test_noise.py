@@ -109,7 +109,7 @@ def evolve(cfg: Any, run_dir: Path, srv: Any) -> dict[str, Any]:
 
 def test_sample_index_keeps_replicate_zero_and_separates_replicates():
     assert sample_index(stream="weak", index=2) == 2
-    assert sample_index(stream="strong", index=2) == 1002  # STRONG_SEED_OFFSET, as before replicates
+    assert sample_index(stream="strong", index=2) == 1002  # the strong stream offset, as before replicates
     assert sample_index(replicate=3, stream="judge", index=5) == 3 * REPLICATE_STRIDE + 5
     with pytest.raises(ValueError):
         sample_index(stream="nope")

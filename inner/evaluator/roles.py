@@ -46,15 +46,12 @@ from inner.evaluator import INNER_PROMPTS
 from inner.evaluator.answers import answers_equivalent, extract_final_answer, is_exact_reference, normalize_answer
 from inner.evaluator.gate import check_rubric, check_verifiable, check_verifiable_weak, check_weak
 from inner.evaluator.scoring import check_challenge_limits, check_rubric_policy, rubric_score
-from inner.llm.cache import STREAM_OFFSETS, sample_index
+from inner.llm.cache import sample_index
 from inner.llm.client import LLMClient, UsageMeter, track_usage
 from inner.sdk.contract import challenge_key
 from inner.sdk.errors import LLMCallError
 from inner.sdk.templates import render
 
-#: sample-index offset of the strong solver's attempts (weak attempt i: seed + i; strong: + 1000);
-#: :func:`inner.llm.cache.sample_index` computes every index
-STRONG_SEED_OFFSET = STREAM_OFFSETS["strong"]
 #: HTTP statuses that mean "this request is malformed" (a prompt over the context window, a body
 #: too large, an unprocessable entity). Every evaluator prompt is the frozen template, the bounded
 #: document excerpt and the challenge, so on an evaluator role such a status is caused by the
@@ -382,7 +379,9 @@ class Evaluator:
         for role, u in usage.items():
             old = rec.usage.get(role)
             rec.usage[role] = (
-                u if old is None else RoleUsageRecord(**{k: getattr(old, k) + getattr(u, k) for k in u.model_fields})
+                u
+                if old is None
+                else RoleUsageRecord(**{k: getattr(old, k) + getattr(u, k) for k in type(u).model_fields})
             )
         rec.wall_s = round(rec.wall_s + time.perf_counter() - t0, 3)
         return rec

@@ -96,14 +96,6 @@ class RoleUsage:
         self.failures += 1
         self.failure_kinds[kind] = self.failure_kinds.get(kind, 0) + 1
 
-    def merge(self, other: RoleUsage) -> None:
-        for k, v in vars(other).items():
-            if k == "failure_kinds":
-                for kind, n in v.items():
-                    self.failure_kinds[kind] = self.failure_kinds.get(kind, 0) + n
-            else:
-                setattr(self, k, getattr(self, k) + v)
-
     def as_dict(self) -> dict[str, Any]:
         """The counters; ``failure_kinds`` only when there was a failure (so a usage without
         failures has the same keys as :class:`~inner.sdk.contract.RoleUsageRecord`)."""
@@ -140,10 +132,6 @@ class UsageMeter:
     @property
     def total_calls(self) -> int:
         return sum(u.calls for u in self.roles.values())
-
-    @property
-    def total_tokens(self) -> int:
-        return sum(u.prompt_tokens + u.completion_tokens for u in self.roles.values())
 
 
 #: Extra meters (e.g. the usage of one round) that every completion in this context also

@@ -122,21 +122,6 @@ class LLMSchemaError(LLMCallError):
     kind = "schema"
 
 
-#: kind -> class, for re-raising a failure that crossed a process boundary (the sandbox).
-LLM_ERRORS: dict[str, type[LLMCallError]] = {
-    c.kind: c
-    for c in (
-        LLMCallError,
-        LLMStatusError,
-        LLMTimeoutError,
-        LLMConnectionError,
-        LLMBadResponseError,
-        LLMEmptyError,
-        LLMSchemaError,
-    )
-}
-
-
 class HarnessError(AutodataError):
     """A harness directory is missing, does not import, or lacks a contract function."""
 
