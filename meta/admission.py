@@ -36,8 +36,8 @@ else evaluates up to ``replicates`` candidate replicates and tests; when the p-v
 short (``alpha < p <= race_alpha``) it races one more replicate and tests again, while that holds
 and fewer than ``max_replicates`` were used. Each test is at ``alpha`` unadjusted, so racing
 trades a little of the false admission rate for power: measured on the benchmark's synthetic
-world, about 10-11 % of neutral mutants admitted for 71-72 % of +12-point mutants at 25 documents
-(see :class:`AdmissionConfig` and ``experiments/bench/README.md``).
+world, about 10.5 % of neutral mutants admitted for about 71 % of +12-point mutants at 25
+documents (see :class:`AdmissionConfig` and ``experiments/bench/README.md``).
 
 Winner's curse: a candidate is admitted because its replicates came out well, so the tallies that
 admitted it overestimate it. :func:`decide` returns those tallies separately; the caller keeps them
@@ -47,9 +47,10 @@ replicates).
 Sources
 -------
 - Sign-flip (randomization) test: R. A. Fisher, *The Design of Experiments* (1935), chapter III
-  (Darwin's paired Zea mays data); E. J. G. Pitman, "Significance tests which may be applied to samples from any populations"
-  (1937). Exact enumeration over sign patterns, or seeded Monte Carlo with the ``(count + 1) /
-  (n + 1)`` correction (Phipson & Smyth, "Permutation p-values should never be zero", 2010).
+  (Darwin's paired Zea mays data); E. J. G. Pitman, "Significance tests which may be applied to
+  samples from any populations" (1937). Exact enumeration over sign patterns, or seeded Monte
+  Carlo with the ``(count + 1) / (n + 1)`` correction (Phipson & Smyth, "Permutation p-values
+  should never be zero", 2010).
 - Racing (one more replicate when the evidence is borderline, instead of a fixed budget):
   M. López-Ibáñez, J. Dubois-Lacoste, L. Pérez Cáceres, M. Birattari, T. Stützle, "The irace
   package: Iterated racing for automatic algorithm configuration", Operations Research
@@ -267,13 +268,15 @@ class AdmissionConfig:
         seed: seed of the Monte Carlo sign flips, >= 0.
 
     Defaults: ``alpha = 0.10`` and ``min_gain_docs = 1`` are fixed by the design; the rest were
-    chosen with ``experiments/bench/admission.py`` (25 validation documents, parent with 3 runs,
-    6000 decisions per cell; README there). Two candidate replicates, racing up to 4 while
-    ``0.10 < p <= 0.20``: about 10-11 % of neutral mutants admitted, 71-72 % of +12-point mutants,
-    41 and 53 document evaluations per decision. Without racing: 8-9 % and 61-62 %; a fixed 3
-    replicates: 6-7 % and 63-64 % at 71 evaluations (the sign-flip distribution of thirds is
-    lumpy, so its true level is well under alpha). ``min_parent_runs = 3`` matches the noise floor
-    (``meta.noise_reps``), so a starting parent needs no top-up.
+    chosen with ``experiments/bench/admission.py`` (synthetic documents with known pass
+    probabilities, 25 validation documents, a parent with 3 runs; figures and commands in
+    ``experiments/bench/README.md``). Two candidate replicates, racing up to 4 while
+    ``0.10 < p <= 0.20``: 10.3-10.7 % of neutral mutants admitted and 70.5-71.3 % of +12-point
+    mutants (14,000 decisions per cell), 41 and 53 document evaluations per decision; 11 % of
+    neutral mutants at 50 documents. Without racing: 8-8.5 % and 62 %; a fixed 3 replicates:
+    6-6.5 % and 63-64 % at 71 evaluations (with thirds on both sides the sign-flip distribution is
+    lumpy, so the test's true level is well under alpha). ``min_parent_runs = 3`` matches the
+    noise floor (``meta.noise_reps``), so a starting parent needs no top-up.
 
     Raises:
         ValueError: naming the field and its valid range.
