@@ -83,7 +83,7 @@ class MetaConfig:
         replicates: candidate replicates evaluated before the paired test (2).
         race_alpha: when ``alpha < p <= race_alpha`` one more candidate replicate is raced, up to
             ``max_replicates``; ``null`` disables racing.
-        max_replicates: most candidate replicates with racing (3).
+        max_replicates: most candidate replicates with racing (4).
         min_parent_runs: a parent's tallies are topped up (fresh replicates) to this many runs
             per validation document before a paired decision (3).
         stop_if_not_ahead: reject after the first candidate replicate when ``T <= 0``.
@@ -111,8 +111,8 @@ class MetaConfig:
     alpha: float = 0.10
     min_gain_docs: float = 1.0
     replicates: int = 2
-    race_alpha: float | None = 0.25
-    max_replicates: int = 3
+    race_alpha: float | None = 0.20
+    max_replicates: int = 4
     min_parent_runs: int = 3
     stop_if_not_ahead: bool = True
     noise_reps: int = 3

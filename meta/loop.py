@@ -55,6 +55,7 @@ import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,22 @@ from meta.tallies import TallyStore
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("admitted", "rejected", "invalid-edit", "duplicate", "crashed", "error")
+
+class IterationStatus(StrEnum):
+    """How an iteration ended (the ``status`` of a ``history.jsonl`` line; ``root`` marks the
+    starting harness's line in ``curve.jsonl``)."""
+
+    ADMITTED = "admitted"  # the admission rule admitted the candidate (tagged in the lineage)
+    REJECTED = "rejected"  # evaluated, not admitted
+    INVALID_EDIT = "invalid-edit"  # the implementer's edit did not apply or validate, twice
+    DUPLICATE = "duplicate"  # the candidate equals a harness already in the lineage
+    CRASHED = "crashed"  # every candidate document crashed in the sandbox (the candidate's failure)
+    ERROR = "error"  # infrastructure failed (endpoint down, ...): redone on resume
+    ROOT = "root"
+
+
+#: the statuses of an iteration (``root`` is not one)
+STATUSES = tuple(s for s in IterationStatus if s is not IterationStatus.ROOT)
 
 
 # -- splits --------------------------------------------------------------------------------------
@@ -183,7 +199,7 @@ class MetaRun:
     def known_contents(self) -> set[str]:
         """Content hashes of every harness already in the lineage (root, candidates)."""
         ids = [e.harness_id for e in self.archive.entries]
-        ids += [h.get("candidate_harness_id") or "" for h in self.history if h.get("status") != "error"]
+        ids += [h.get("candidate_harness_id") or "" for h in self.history if h.get("status") != IterationStatus.ERROR]
         return {i.split("@")[1] for i in ids if "@" in i}
 
     def minibatch(self, iteration: int) -> list[Document]:
@@ -321,12 +337,15 @@ def admission(candidate: EvalOutcome, parent: EvalOutcome) -> tuple[str, str | N
     if candidate.errors or parent.errors:
         which = candidate if candidate.errors else parent
         side = "candidate" if candidate.errors else "parent"
-        return "error", f"{which.errors} {side} document(s) failed on infrastructure: {which.error_reason}"
+        return (
+            IterationStatus.ERROR,
+            f"{which.errors} {side} document(s) failed on infrastructure: {which.error_reason}",
+        )
     if candidate.pass_rate > parent.pass_rate:
-        return "admitted", None
+        return IterationStatus.ADMITTED, None
     if candidate.n_docs and candidate.crashed == candidate.n_docs:
-        return "crashed", f"candidate crashed in the sandbox: {candidate.crash_reason}"
-    return "rejected", (
+        return IterationStatus.CRASHED, f"candidate crashed in the sandbox: {candidate.crash_reason}"
+    return IterationStatus.REJECTED, (
         f"validation pass rate {candidate.pass_rate:.3f} is not strictly greater than the parent's {parent.pass_rate:.3f}"
     )
 
@@ -403,10 +422,10 @@ async def run_iteration(run: MetaRun, i: int) -> dict[str, Any]:
         except StorageError:  # the run's disk or open files, not the iteration: the run stops, one message
             raise
         except InfrastructureError as exc:  # redone on resume; nothing of it was counted
-            rec.update({"status": "error", "reason": str(exc)})
+            rec.update({"status": IterationStatus.ERROR, "reason": str(exc)})
         except Exception as exc:  # an LLM outage (analyzer, implementer) or a bug: not the candidate's failure
             log.exception("iteration %d failed", i)
-            rec.update({"status": "error", "reason": f"{type(exc).__name__}: {exc}"})
+            rec.update({"status": IterationStatus.ERROR, "reason": f"{type(exc).__name__}: {exc}"})
     rec["tokens"] = {r: u["prompt_tokens"] + u["completion_tokens"] for r, u in meter.as_dict().items()}
     rec["calls"] = {r: u["calls"] for r, u in meter.as_dict().items()}
     rec["wall_s"] = round(time.perf_counter() - t0, 2)
@@ -463,7 +482,7 @@ async def _iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:
     rec["train_pass_rate"] = train.pass_rate
     if train.errors:
         return {
-            "status": "error",
+            "status": IterationStatus.ERROR,
             "reason": f"parent evaluation: {train.errors} document(s) failed: {train.error_reason}",
         }
 
@@ -499,14 +518,14 @@ async def _iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:
         rec |= {"implementer_reply": reply, "implementer_replies": list(replies)}
         attempt = await try_edit(run, parent_dir, scratch, reply, parent_content=parent.harness_id.split("@")[1])
         if attempt.duplicate:
-            return {"status": "duplicate", "candidate_harness_id": attempt.harness_id,
+            return {"status": IterationStatus.DUPLICATE, "candidate_harness_id": attempt.harness_id,
                     "reason": f"the candidate's content {attempt.harness_id.split('@')[1]} equals an existing lineage node"}  # fmt: skip
         if attempt.error is None:
             break
         errors.append(attempt.error)
         rec["edit_errors"] = list(errors)
     else:
-        return {"status": "invalid-edit", "reason": errors[-1], "edit_error": attempt.kind}
+        return {"status": IterationStatus.INVALID_EDIT, "reason": errors[-1], "edit_error": attempt.kind}
     changed, cand_id = attempt.changed, attempt.harness_id
 
     # 6. admission on the validation documents (meta.admission): candidate replicates 0, 1, ...
@@ -533,19 +552,19 @@ async def _iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:
     # 7. commit the candidate either way (not on infrastructure errors); tag it if admitted
     admitted = decision.admitted
     if admitted:
-        status, reason = "admitted", None
+        status, reason = IterationStatus.ADMITTED, None
     elif cand0.n_docs and cand0.crashed == cand0.n_docs:
-        status, reason = "crashed", f"candidate crashed in the sandbox: {cand0.crash_reason}"
+        status, reason = IterationStatus.CRASHED, f"candidate crashed in the sandbox: {cand0.crash_reason}"
     elif decision.rule == "strict":  # the paper's rule, worded as before
         status, reason = (
-            "rejected",
+            IterationStatus.REJECTED,
             (
                 f"validation pass rate {decision.candidate_pass_rate:.3f} is not strictly greater than the parent's "
                 f"{decision.parent_pass_rate:.3f}"
             ),
         )
     else:
-        status, reason = "rejected", decision.reason
+        status, reason = IterationStatus.REJECTED, decision.reason
     summary = analysis.strip().splitlines()[0][:120] if analysis.strip() else "(empty analysis)"
     c_val, p_val = decision.candidate_pass_rate, decision.parent_pass_rate
     stat = f"T: {decision.T:.3f}\np_value: {decision.p_value}\nrule: {decision.rule}\n"
@@ -618,7 +637,7 @@ async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> MetaRu
         load_split(cfg, splits["val"]),
     )
     run.history = load_history(run.history_path)
-    done = {h["iteration"] for h in run.history if h.get("status") != "error"}
+    done = {h["iteration"] for h in run.history if h.get("status") != IterationStatus.ERROR}
     for it in lineage.iteration_refs():
         if it not in done:  # half-made: discard and redo
             lineage.discard_iteration(it)
@@ -638,7 +657,7 @@ async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> MetaRu
         archive.add(ArchiveEntry(root, harness_id(root_dir), 0, None, floor["mean"]))
         append_jsonl(
             run_dir / "curve.jsonl",
-            {"iteration": 0, "status": "root", "candidate_val": archive.entries[0].val_pass_rate,
+            {"iteration": 0, "status": IterationStatus.ROOT, "candidate_val": archive.entries[0].val_pass_rate,
              "parent_val": None, "best_so_far": archive.entries[0].val_pass_rate, "admitted": True,
              "noise_floor": {k: floor[k] for k in ("n_replicates", "mean", "std", "min", "max", "doc_spread")}},
         )  # fmt: skip
@@ -802,7 +821,7 @@ async def evolve(
     t0 = time.monotonic()
     run = await prepare(cfg, run_dir, client)
     run.tracker = tracker or NullTracker()
-    done = {h["iteration"] for h in run.history if h.get("status") != "error"}
+    done = {h["iteration"] for h in run.history if h.get("status") != IterationStatus.ERROR}
     todo = (i for i in range(1, 1 << 30) if i not in done)
     running: set[asyncio.Task[dict[str, Any]]] = set()
     stop: str | None = None
@@ -822,7 +841,7 @@ async def evolve(
         for task in finished:
             line = task.result()
             done.add(line["iteration"])
-            consecutive_errors = consecutive_errors + 1 if line["status"] == "error" else 0
+            consecutive_errors = consecutive_errors + 1 if line["status"] == IterationStatus.ERROR else 0
             if consecutive_errors >= cfg.meta.max_consecutive_errors and stop is None:
                 stop = (
                     f"circuit breaker: {consecutive_errors} consecutive iterations failed on infrastructure "
@@ -843,7 +862,7 @@ async def evolve(
     summary = {
         "stop_reason": stop,
         "iterations": len(run.history),
-        "admitted": sum(h["status"] == "admitted" for h in run.history),
+        "admitted": sum(h["status"] == IterationStatus.ADMITTED for h in run.history),
         "statuses": {s: sum(h["status"] == s for h in run.history) for s in STATUSES},
         "baseline_val_pass_rate": run.archive.entries[0].val_pass_rate,
         "best_val_pass_rate": run.archive.best().val_pass_rate,

@@ -215,7 +215,7 @@ def test_crashing_or_hanging_harness_is_contained(meta_corpus, server, tmp_path,
     # tests/test_implementer.py) and is evaluated: the sandbox contains it
     srv = server(MetaScenario([whole_harness("if 'MARK' not in agent.doc.text:\n        return\n    " + body)]))
     summary = evolve(
-        evolve_config(meta_corpus, "meta.max_iterations=1", "inner.harness_wall_s=2"),
+        evolve_config(meta_corpus, "meta.max_iterations=1", "inner.harness_wall_s=5"),
         tmp_path / "run",
         srv,
     )
