@@ -563,7 +563,9 @@ def strict_decision(candidate: Tallies, parent: Tallies, docs: Sequence[str], *,
     """The paper's rule (Autodata): admit iff the candidate's pass rate is strictly greater.
 
     Meant for one run each (:func:`decide` passes the candidate's replicate 0 and one fresh parent
-    replicate); with more runs it compares mean pass fractions. Ties are rejected.
+    replicate); with more runs it compares mean pass fractions. Ties are rejected. The decision
+    also reports T and the sign-flip p-value of the same comparison, for reference only: the
+    rule does not read them.
 
     Raises:
         ValueError: for no documents or a document without runs.
@@ -578,7 +580,8 @@ def strict_decision(candidate: Tallies, parent: Tallies, docs: Sequence[str], *,
         rule="strict",
         admitted=admitted,
         T=T,
-        p_value=None,
+        # reported beside the paper's rule for reference (how sure a one-run comparison is); never used
+        p_value=sign_flip_pvalue(diffs),
         n_docs=len(docs),
         n_nonzero=sum(1 for x in diffs if x != 0),
         candidate_runs=candidate.min_runs(docs),

@@ -119,7 +119,7 @@ def test_strict_is_the_paper_rule_ties_rejected() -> None:
     worse = tallies({d: (1 if d == "e" else 0, 1) for d in DOCS5})
     assert not strict_decision(tie, parent, DOCS5).admitted
     d = strict_decision(better, parent, DOCS5)
-    assert d.admitted and d.rule == "strict" and d.p_value is None and d.T == pytest.approx(1.0)
+    assert d.admitted and d.rule == "strict" and d.p_value == pytest.approx(0.5) and d.T == pytest.approx(1.0)
     assert not strict_decision(worse, parent, DOCS5).admitted
 
 
