@@ -207,7 +207,7 @@ def test_excerpt_never_exceeds_a_tiny_budget():
 def test_a_loaded_document_reads_its_text_from_disk_and_refuses_an_edited_file(tmp_path):
     """A corpus is not held in memory (issue 10): the text is read on demand and checked
     against the document id, so a file edited mid-run is a clear error, not a silent mix."""
-    from inner import documents
+    from inner.engine import documents
 
     c = tmp_path / "c"
     c.mkdir()

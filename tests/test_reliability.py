@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from inner import errors
+from inner.sdk import errors
 from inner.config import EndpointConfig, LLMConfig
 from inner.engine.records import Example, RunWriter
 from inner.io import append_jsonl, atomic_write_text, read_jsonl
