@@ -1007,7 +1007,12 @@ def meta_corpus(tmp_path: Path) -> Path:
 def evolve_from(corpus: Path, server, run_dir: Path, start: str | Path, scen: Scenario | None = None, *overrides: str):
     """An evolve run whose root is ``start``; returns (summary, srv)."""
     srv = server(scen or MetaScenario([]))
-    cfg = evolve_config(corpus, f"meta.start_harness={start}", "meta.max_iterations=0", *overrides)
+    # one validation replicate and no confirmation: these tests are about what the loop's selection
+    # reads (the confirmation reads the sealed test split by design, once, at the end)
+    cfg = evolve_config(
+        corpus, f"meta.start_harness={start}", "meta.max_iterations=0", "meta.noise_reps=1", "meta.confirm_reps=0",
+        *overrides,
+    )  # fmt: skip
     return evolve(cfg, run_dir, srv), srv
 
 
