@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from inner.sdk import errors
 from inner.config import EndpointConfig, LLMConfig
 from inner.engine.records import Example, RunWriter
 from inner.io import append_jsonl, atomic_write_text, read_jsonl
 from inner.llm.cache import ResponseCache
 from inner.llm.client import LLMClient
 from inner.llm.probe import probe_endpoints
+from inner.sdk import errors
 from tests.conftest import scenario, write_corpus
 from tests.scenario import RoundPlan
 from tests.scripted_server import Reply, ScriptedServer
