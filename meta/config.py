@@ -107,14 +107,16 @@ class MetaConfig:
     edit_format: str = "auto"
     max_consecutive_errors: int = 3
     allow_evaluator_change: bool = False
-    admission: str = "paired"
-    alpha: float = 0.10
-    min_gain_docs: float = 1.0
-    replicates: int = 2
-    race_alpha: float | None = 0.20
-    max_replicates: int = 4
-    min_parent_runs: int = 3
-    stop_if_not_ahead: bool = True
+    # the admission settings default to meta.admission.AdmissionConfig's (one source of truth,
+    # measured by experiments/bench/admission.py); conf/evolve.yaml states the same values
+    admission: str = AdmissionConfig.rule
+    alpha: float = AdmissionConfig.alpha
+    min_gain_docs: float = AdmissionConfig.min_gain_docs
+    replicates: int = AdmissionConfig.replicates
+    race_alpha: float | None = AdmissionConfig.race_alpha
+    max_replicates: int = AdmissionConfig.max_replicates
+    min_parent_runs: int = AdmissionConfig.min_parent_runs
+    stop_if_not_ahead: bool = AdmissionConfig.stop_if_not_ahead
     noise_reps: int = 3
     confirm_reps: int = 2
 
