@@ -71,6 +71,8 @@ class TallyStore:
         return int(self.harnesses.get(content, {}).get("first_replicate", 0))
 
     def set_first_replicate(self, content: str, first: int) -> None:
+        """Count only replicates ``>= first`` for harness ``content`` (the ones before decided its
+        own admission: kept out of its tallies against the winner's curse)."""
         self._entry(content)["first_replicate"] = int(first)
 
     def replicate(self, content: str, index: int) -> dict[str, bool] | None:
