@@ -192,7 +192,8 @@ class BackendConfig:
         gpus_per_replica: ``llm=vllm`` only: GPUs per replica (``CUDA_VISIBLE_DEVICES``;
             ``--tensor-parallel-size`` when above 1). Replica ``i`` gets devices
             ``i * gpus_per_replica`` to ``(i + 1) * gpus_per_replica - 1``, counted within the
-            parent's ``CUDA_VISIBLE_DEVICES`` when that is set.
+            parent's ``CUDA_VISIBLE_DEVICES`` when that is set (a single replica sees the
+            parent's devices unchanged).
         extra_args: extra command-line arguments for the server.
         port: fixed port (replica ``i`` of ``llm=vllm`` gets ``port + i``); ``None`` picks
             free loopback ports.
