@@ -318,22 +318,32 @@ class ManagedServer:
             BackendError: the process exits early or is not healthy within the timeout
                 (the message quotes the end of its log).
         """
-        assert self.proc is not None, "launch() first"
-        while time.monotonic() < self._deadline:
-            if self.proc.poll() is not None:
-                raise BackendError(
-                    f"LLM server exited with code {self.proc.returncode} during startup; "
-                    f"log {self.log_path}:\n{self._tail()}"
-                )
-            with contextlib.suppress(httpx.HTTPError):  # not listening yet
-                if httpx.get(self.health_url, timeout=2.0).status_code == 200:
-                    return
+        while not self.ready():
             time.sleep(0.5)
-        self.stop()
-        raise BackendError(
-            f"LLM server not healthy at {self.health_url} after {self.startup_timeout_s:.0f} s "
-            f"(llm.backend.startup_timeout_s); log {self.log_path}:\n{self._tail()}"
-        )
+
+    def ready(self) -> bool:
+        """Whether the launched process is healthy now (one health check).
+
+        Raises:
+            BackendError: the process has exited, or its startup timeout has passed (it is
+                then stopped); the message quotes the end of its log.
+        """
+        assert self.proc is not None, "launch() first"
+        if self.proc.poll() is not None:
+            raise BackendError(
+                f"LLM server exited with code {self.proc.returncode} during startup; "
+                f"log {self.log_path}:\n{self._tail()}"
+            )
+        with contextlib.suppress(httpx.HTTPError):  # not listening yet
+            if httpx.get(self.health_url, timeout=2.0).status_code == 200:
+                return True
+        if time.monotonic() >= self._deadline:
+            self.stop()
+            raise BackendError(
+                f"LLM server not healthy at {self.health_url} after {self.startup_timeout_s:.0f} s "
+                f"(llm.backend.startup_timeout_s); log {self.log_path}:\n{self._tail()}"
+            )
+        return False
 
     def _tail(self, n: int = 20) -> str:
         try:
@@ -438,8 +448,11 @@ def start_vllm(cfg: LLMConfig, *, log_dir: Path) -> Iterator[list[str]]:
     try:
         for server in servers:  # all load their weights at once: minutes each
             server.launch()
-        for server in servers:
-            server.wait_ready()
+        waiting = list(servers)
+        while waiting:  # the first replica that fails stops them all, without waiting for the rest
+            waiting = [server for server in waiting if not server.ready()]
+            if waiting:
+                time.sleep(0.5)
         yield [server.health_url.removesuffix("/health") + "/v1" for server in servers]
     finally:
         for server in servers:
