@@ -244,9 +244,7 @@ class LLMClient:
                 # (experiments/bench/README.md). The pool caps a replica's requests at
                 # max_in_flight, so its connection pool needs no more connections than that.
                 http = openai.DefaultAsyncHttpxClient(
-                    limits=httpx2.Limits(
-                        max_connections=ep.max_in_flight, max_keepalive_connections=ep.max_in_flight
-                    ),
+                    limits=httpx2.Limits(max_connections=ep.max_in_flight, max_keepalive_connections=ep.max_in_flight),
                     timeout=ep.timeout_s,
                 )
                 client = openai.AsyncOpenAI(
