@@ -10,10 +10,12 @@ cache) sends calls with ``llm.endpoints.default.max_in_flight=K`` through:
 - ``two``: ``base_urls: [server 1, server 2]``: ceiling ``2 K / L`` (160).
 
 Load: ``--callers`` concurrent callers (default 4 K, so requests always wait for a replica)
-each sending one call after another until ``--calls`` calls are done. The two setups
-alternate in one sitting (``--repeats`` times each, default 3); printed per run: calls/s,
-fraction of its ceiling, the requests each replica got and its in-flight peak (client and
-server side); then the median ratio two/one (goal: at least 1.8) and the load average.
+each sending one call after another until ``--calls`` calls are done, after one untimed
+warm-up run. The two setups alternate in one sitting (``--repeats`` times each, default 3);
+printed per run: calls/s over the whole run and in steady state (the middle 80 % of
+completions: the last partial wave of a short run is not the endpoint's rate), its fraction of
+the ceiling, the requests each replica got and its in-flight peak, the CPU per call
+of this process and of the servers; then the median steady ratio two/one (goal: at least 1.8) and the load average.
 
 ``--inner`` drives the inner loop instead (``inner.engine.run.run_generate`` on synthetic
 documents, as ``experiments/bench/inner_throughput.py``: sandboxes, evaluator and all), with
@@ -104,6 +106,7 @@ async def client_run(urls: list[str], args: argparse.Namespace) -> dict[str, Any
     cfg = compose(*llm_overrides(urls, args.max_concurrent)).llm
     client = LLMClient(cfg)
     next_call = 0
+    done: list[float] = []  # perf_counter() of each completion
 
     async def caller() -> None:
         nonlocal next_call
@@ -111,15 +114,24 @@ async def client_run(urls: list[str], args: argparse.Namespace) -> dict[str, Any
             i = next_call
             next_call += 1
             await client.complete("judge", [{"role": "user", "content": f"call {i}"}])
+            done.append(time.perf_counter())
 
     try:
-        t0 = time.perf_counter()
+        cpu0, t0 = time.process_time(), time.perf_counter()
         await asyncio.gather(*(caller() for _ in range(args.callers)))
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         counts = client.replica_counts()["default"]
     finally:
         await client.aclose()
-    return {"calls": args.calls, "wall_s": wall, "replicas": counts, "failures": client.usage.total_failures}
+    lo, hi = int(0.1 * len(done)), int(0.9 * len(done))
+    return {
+        "calls": args.calls,
+        "wall_s": wall,
+        "steady_calls_per_s": (hi - lo) / (done[hi] - done[lo]),
+        "cpu_s": cpu,
+        "replicas": counts,
+        "failures": client.usage.total_failures,
+    }
 
 
 def inner_run(urls: list[str], args: argparse.Namespace, tmp: Path, tag: str) -> dict[str, Any]:
@@ -159,6 +171,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from experiments.bench import inner_throughput as it
+
     ref = "experiments.bench.inner_throughput:script" if args.inner else SCRIPT_REF
     procs = [start_server(args.latency, args.max_concurrent, ref) for _ in range(2)]
     urls = [f"http://127.0.0.1:{port}/v1" for _, port in procs]
@@ -166,21 +180,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     load_before = os.getloadavg()
     try:
+        if not args.inner:  # imports, config composition and connections once, before any timing
+            warm = argparse.Namespace(**{**vars(args), "calls": 2 * args.callers})
+            asyncio.run(client_run(urls, warm))
         with tempfile.TemporaryDirectory(prefix="autodata-bench-replicas-") as tmp:
             for rep in range(args.repeats):
                 for setup, use in (("one", urls[:1]), ("two", urls)):
+                    srv0 = [it.proc_cpu_s(proc.pid) or 0.0 for proc, _ in procs]
                     if args.inner:
                         r = inner_run(use, args, Path(tmp), f"{setup}-{rep}")
                     else:
                         r = asyncio.run(client_run(use, args))
+                    srv = sum(it.proc_cpu_s(proc.pid) or 0.0 for proc, _ in procs) - sum(srv0)
                     r |= {"setup": setup, "calls_per_s": r["calls"] / r["wall_s"]}
-                    r["fraction_of_ceiling"] = r["calls_per_s"] / (ceiling * len(use))
+                    r |= {
+                        "cpu_ms_per_call": 1000 * r["cpu_s"] / r["calls"],
+                        "server_cpu_ms_per_call": 1000 * srv / r["calls"],
+                    }
+                    r["fraction_of_ceiling"] = r["steady_calls_per_s"] / (ceiling * len(use))
                     runs.append(r)
                     per = ", ".join(f"{x['requests']} req peak {x['in_flight_peak']}" for x in r["replicas"])
                     print(
-                        f"{setup}: {r['calls']} calls in {r['wall_s']:.2f} s = {r['calls_per_s']:.1f} calls/s "
-                        f"({r['fraction_of_ceiling']:.3f} of {ceiling * len(use):.0f}); failures {r['failures']}; "
-                        f"replicas: {per}",
+                        f"{setup}: {r['calls']} calls in {r['wall_s']:.2f} s = {r['calls_per_s']:.1f} calls/s; "
+                        f"steady {r['steady_calls_per_s']:.1f} = {r['fraction_of_ceiling']:.3f} of "
+                        f"{ceiling * len(use):.0f}; failures {r['failures']}; "
+                        f"replicas: {per}; CPU/call {r['cpu_ms_per_call']:.2f} ms here, "
+                        f"{r['server_cpu_ms_per_call']:.2f} ms in the servers",
                         flush=True,
                     )
     finally:
@@ -188,8 +213,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             proc.terminate()
             proc.wait(10)
     load_after = os.getloadavg()
-    one = statistics.median(r["calls_per_s"] for r in runs if r["setup"] == "one")
-    two = statistics.median(r["calls_per_s"] for r in runs if r["setup"] == "two")
+    one = statistics.median(r["steady_calls_per_s"] for r in runs if r["setup"] == "one")
+    two = statistics.median(r["steady_calls_per_s"] for r in runs if r["setup"] == "two")
+    one_whole = statistics.median(r["calls_per_s"] for r in runs if r["setup"] == "one")
+    two_whole = statistics.median(r["calls_per_s"] for r in runs if r["setup"] == "two")
     res = {
         "mode": "inner" if args.inner else "client",
         "latency_s": args.latency,
@@ -200,6 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "one_calls_per_s": round(one, 2),
         "two_calls_per_s": round(two, 2),
         "ratio": round(two / one, 3),
+        "ratio_whole_run": round(two_whole / one_whole, 3),
         "ceiling_one": round(ceiling, 2),
         "runs": [{k: v for k, v in r.items() if k != "wall_s"} | {"wall_s": round(r["wall_s"], 3)} for r in runs],
         "loadavg_before": [round(x, 2) for x in load_before],
@@ -207,7 +235,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpus": os.cpu_count(),
     }
     print(
-        f"median calls/s: one replica {one:.1f}, two replicas {two:.1f}: ratio {two / one:.3f} (goal >= 1.8); "
+        f"median steady calls/s: one replica {one:.1f}, two replicas {two:.1f}: ratio {two / one:.3f} (goal >= 1.8; "
+        f"whole runs {two_whole / one_whole:.3f}); "
         f"load average before {res['loadavg_before']}, after {res['loadavg_after']} ({res['cpus']} CPUs)",
         flush=True,
     )
