@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,20 @@ def start_server(latency: float, max_concurrent: int, script_ref: str, rounds: i
     return proc, int(line.split()[1])
 
 
+@contextlib.contextmanager
+def servers(args: argparse.Namespace, ref: str, n: int = 2) -> Iterator[tuple[list[str], list[Any]]]:
+    """``n`` scripted server processes (:func:`start_server`); yields their URLs and processes."""
+    started: list[tuple[Any, int]] = []
+    try:
+        for _ in range(n):
+            started.append(start_server(args.latency, args.max_concurrent, ref))
+        yield [f"http://127.0.0.1:{port}/v1" for _, port in started], [proc for proc, _ in started]
+    finally:
+        for proc, _ in started:
+            proc.terminate()
+            proc.wait(10)
+
+
 def compose(*overrides: str) -> Any:
     """The real composed ``generate`` config with ``overrides`` (as ``autodata-generate``)."""
     from hydra import compose as hydra_compose
@@ -96,6 +112,7 @@ def llm_overrides(urls: list[str], k: int) -> list[str]:
         f"llm.endpoints.default.max_in_flight={k}",
         "llm.endpoints.default.timeout_s=60",
         "llm.endpoints.default.max_retries=0",
+        "llm.endpoints.default.model=scripted",
     ]
 
 
@@ -147,11 +164,20 @@ def inner_run(urls: list[str], args: argparse.Namespace, tmp: Path, tag: str) ->
         f"task.corpus={corpus}", "progress=false", "inner.max_rounds=3",
         f"inner.max_concurrent_documents={2 * k * len(urls)}", *llm_overrides(urls, k),
     )  # fmt: skip
-    t0 = time.perf_counter()
+    cpu0, t0 = time.process_time(), time.perf_counter()
     stats = asyncio.run(run_generate(cfg, run_dir, base_urls={}))
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     calls = sum(u["calls"] for u in stats["this_invocation"].values())
-    return {"calls": calls, "wall_s": wall, "replicas": stats["replicas"]["default"], "failures": stats["failures"]}
+    steady = it.steady_state(run_dir / "calls.jsonl", k)["steady_calls_per_s"] or calls / wall
+    return {
+        "calls": calls,
+        "wall_s": wall,
+        "steady_calls_per_s": steady,
+        "cpu_s": cpu,
+        "replicas": stats["replicas"]["default"],
+        "failures": stats["failures"],
+        "accepted": stats["accepted"],
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -174,44 +200,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from experiments.bench import inner_throughput as it
 
     ref = "experiments.bench.inner_throughput:script" if args.inner else SCRIPT_REF
-    procs = [start_server(args.latency, args.max_concurrent, ref) for _ in range(2)]
-    urls = [f"http://127.0.0.1:{port}/v1" for _, port in procs]
     ceiling = args.max_concurrent / args.latency
     runs: list[dict[str, Any]] = []
     load_before = os.getloadavg()
-    try:
+    with tempfile.TemporaryDirectory(prefix="autodata-bench-replicas-") as tmp:
         if not args.inner:  # imports, config composition and connections once, before any timing
-            warm = argparse.Namespace(**{**vars(args), "calls": 2 * args.callers})
-            asyncio.run(client_run(urls, warm))
-        with tempfile.TemporaryDirectory(prefix="autodata-bench-replicas-") as tmp:
-            for rep in range(args.repeats):
-                for setup, use in (("one", urls[:1]), ("two", urls)):
-                    srv0 = [it.proc_cpu_s(proc.pid) or 0.0 for proc, _ in procs]
+            with servers(args, ref) as (urls, _):
+                asyncio.run(client_run(urls, argparse.Namespace(**{**vars(args), "calls": 2 * args.callers})))
+        for rep in range(args.repeats):
+            for setup, n in (("one", 1), ("two", 2)):
+                # fresh servers each run: the inner loop's scripted scenario keeps per-document state
+                with servers(args, ref, n) as (urls, procs):
+                    srv0 = sum(it.proc_cpu_s(proc.pid) or 0.0 for proc in procs)
                     if args.inner:
-                        r = inner_run(use, args, Path(tmp), f"{setup}-{rep}")
+                        r = inner_run(urls, args, Path(tmp), f"{setup}-{rep}")
                     else:
-                        r = asyncio.run(client_run(use, args))
-                    srv = sum(it.proc_cpu_s(proc.pid) or 0.0 for proc, _ in procs) - sum(srv0)
-                    r |= {"setup": setup, "calls_per_s": r["calls"] / r["wall_s"]}
-                    r |= {
-                        "cpu_ms_per_call": 1000 * r["cpu_s"] / r["calls"],
-                        "server_cpu_ms_per_call": 1000 * srv / r["calls"],
-                    }
-                    r["fraction_of_ceiling"] = r["steady_calls_per_s"] / (ceiling * len(use))
-                    runs.append(r)
-                    per = ", ".join(f"{x['requests']} req peak {x['in_flight_peak']}" for x in r["replicas"])
-                    print(
-                        f"{setup}: {r['calls']} calls in {r['wall_s']:.2f} s = {r['calls_per_s']:.1f} calls/s; "
-                        f"steady {r['steady_calls_per_s']:.1f} = {r['fraction_of_ceiling']:.3f} of "
-                        f"{ceiling * len(use):.0f}; failures {r['failures']}; "
-                        f"replicas: {per}; CPU/call {r['cpu_ms_per_call']:.2f} ms here, "
-                        f"{r['server_cpu_ms_per_call']:.2f} ms in the servers",
-                        flush=True,
-                    )
-    finally:
-        for proc, _ in procs:
-            proc.terminate()
-            proc.wait(10)
+                        r = asyncio.run(client_run(urls, args))
+                    srv = sum(it.proc_cpu_s(proc.pid) or 0.0 for proc in procs) - srv0
+                r |= {"setup": setup, "calls_per_s": r["calls"] / r["wall_s"]}
+                r |= {
+                    "cpu_ms_per_call": 1000 * r["cpu_s"] / r["calls"],
+                    "server_cpu_ms_per_call": 1000 * srv / r["calls"],
+                }
+                r["fraction_of_ceiling"] = r["steady_calls_per_s"] / (ceiling * n)
+                runs.append(r)
+                per = ", ".join(f"{x['requests']} req peak {x['in_flight_peak']}" for x in r["replicas"])
+                print(
+                    f"{setup}: {r['calls']} calls in {r['wall_s']:.2f} s = {r['calls_per_s']:.1f} calls/s; "
+                    f"steady {r['steady_calls_per_s']:.1f} = {r['fraction_of_ceiling']:.3f} of "
+                    f"{ceiling * n:.0f}; failures {r['failures']}; "
+                    f"replicas: {per}; CPU/call {r['cpu_ms_per_call']:.2f} ms here, "
+                    f"{r['server_cpu_ms_per_call']:.2f} ms in the servers",
+                    flush=True,
+                )
     load_after = os.getloadavg()
     one = statistics.median(r["steady_calls_per_s"] for r in runs if r["setup"] == "one")
     two = statistics.median(r["steady_calls_per_s"] for r in runs if r["setup"] == "two")
