@@ -287,20 +287,27 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.0, help="seconds added to every completion")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--max-concurrent", type=int, default=0, help="completions worked on at once (0: no limit)")
+    ap.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        help="servers on their own free ports, sharing the one script (replicas of one endpoint); "
+        "prints READY and every port",
+    )
     args = ap.parse_args()
     mod, func = args.script.split(":")
-    server = ScriptedServer(
-        getattr(importlib.import_module(mod), func),
-        latency_s=args.latency,
-        port=args.port,
-        max_concurrent=args.max_concurrent,
-    )
+    script = getattr(importlib.import_module(mod), func)
+    servers = [
+        ScriptedServer(
+            script, latency_s=args.latency, port=args.port if i == 0 else 0, max_concurrent=args.max_concurrent
+        )
+        for i in range(args.servers)
+    ]
 
     async def run() -> None:
-        srv = await server.serve()
-        print(f"READY {server.port}", flush=True)
-        async with srv:
-            await srv.serve_forever()
+        listening = [await server.serve() for server in servers]
+        print("READY " + " ".join(str(server.port) for server in servers), flush=True)
+        await asyncio.gather(*(srv.serve_forever() for srv in listening))
 
     asyncio.run(run())
 

@@ -1,21 +1,23 @@
 """Replicas benchmark: does one endpoint with two replicas serve twice the calls of one?
 
-Two scripted OpenAI-compatible servers (``tests/scripted_server.py``, separate processes) each
-answer after a fixed latency ``L`` (default 200 ms) and work on at most ``K`` completions at
-once (``--max-concurrent``, default 16: a server with ``K`` slots). The project's LLM client
-(``inner.llm.client.LLMClient``, the real ``openai`` client over loopback HTTP, no response
-cache) sends calls with ``llm.endpoints.default.max_in_flight=K`` through:
+Two scripted OpenAI-compatible servers (``tests/scripted_server.py --servers 2``: one
+process, two ports, one shared script; fresh for each run) each answer after a fixed latency
+``L`` (default 200 ms) and work on at most ``K`` completions at once (``--max-concurrent``,
+default 16: a server with ``K`` slots). The project's LLM client (``inner.llm.client.LLMClient``,
+the real ``openai`` client over loopback HTTP, no response cache) sends calls with
+``llm.endpoints.default.max_in_flight=K`` through:
 
 - ``one``: ``base_urls: [server 1]``: ceiling ``K / L`` calls/s (16 / 0.2 s = 80);
 - ``two``: ``base_urls: [server 1, server 2]``: ceiling ``2 K / L`` (160).
 
 Load: ``--callers`` concurrent callers (default 4 K, so requests always wait for a replica)
 each sending one call after another until ``--calls`` calls are done, after one untimed
-warm-up run. The two setups alternate in one sitting (``--repeats`` times each, default 3);
-printed per run: calls/s over the whole run and in steady state (the middle 80 % of
-completions: the last partial wave of a short run is not the endpoint's rate), its fraction of
-the ceiling, the requests each replica got and its in-flight peak, the CPU per call
-of this process and of the servers; then the median steady ratio two/one (goal: at least 1.8) and the load average.
+warm-up run. The two setups alternate in one sitting (``--repeats`` times each, default 3).
+Printed per run: calls/s over the whole run and in steady state (the middle 80 % of
+completions: the last partial wave of a short run is not the endpoint's rate), its fraction
+of the ceiling, the requests each replica got and its in-flight peak, and the CPU per call of
+this process and of the servers' process; then the median steady ratio two/one (goal: at
+least 1.8) and the load average.
 
 ``--inner`` drives the inner loop instead (``inner.engine.run.run_generate`` on synthetic
 documents, as ``experiments/bench/inner_throughput.py``: sandboxes, evaluator and all), with
@@ -53,17 +55,18 @@ def script(role: str, body: dict[str, Any]) -> str:
     return "ok " + str(body["messages"][-1]["content"])[:40]
 
 
-def start_server(latency: float, max_concurrent: int, script_ref: str, rounds: int = 3) -> tuple[Any, int]:
-    """A scripted server process with ``max_concurrent`` slots; returns it and its port."""
+def start_server(latency: float, max_concurrent: int, script_ref: str, n: int) -> tuple[Any, list[int]]:
+    """One scripted server process serving ``n`` servers (replicas) on their own ports, each
+    with ``max_concurrent`` slots, sharing one script (the inner loop's scenario counts a
+    document's rounds, so its replicas must share it); returns the process and the ports."""
     from experiments.bench import inner_throughput as it
 
-    # inner_throughput.start_server has no slot option: pass it through its command line
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    env[it.ROUNDS_ENV] = str(rounds)
+    env[it.ROUNDS_ENV] = "3"
     cmd = [
         sys.executable, "-m", "tests.scripted_server", "--script", script_ref,
-        "--latency", str(latency), "--max-concurrent", str(max_concurrent),
+        "--latency", str(latency), "--max-concurrent", str(max_concurrent), "--servers", str(n),
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -72,21 +75,18 @@ def start_server(latency: float, max_concurrent: int, script_ref: str, rounds: i
         proc.kill()
         proc.wait()
         raise RuntimeError(f"scripted server did not start (printed {line!r})")
-    return proc, int(line.split()[1])
+    return proc, [int(p) for p in line.split()[1:]]
 
 
 @contextlib.contextmanager
-def servers(args: argparse.Namespace, ref: str, n: int = 2) -> Iterator[tuple[list[str], list[Any]]]:
-    """``n`` scripted server processes (:func:`start_server`); yields their URLs and processes."""
-    started: list[tuple[Any, int]] = []
+def servers(args: argparse.Namespace, ref: str, n: int = 2) -> Iterator[tuple[list[str], Any]]:
+    """:func:`start_server` with ``n`` replicas; yields their URLs and the process."""
+    proc, ports = start_server(args.latency, args.max_concurrent, ref, n)
     try:
-        for _ in range(n):
-            started.append(start_server(args.latency, args.max_concurrent, ref))
-        yield [f"http://127.0.0.1:{port}/v1" for _, port in started], [proc for proc, _ in started]
+        yield [f"http://127.0.0.1:{port}/v1" for port in ports], proc
     finally:
-        for proc, _ in started:
-            proc.terminate()
-            proc.wait(10)
+        proc.terminate()
+        proc.wait(10)
 
 
 def compose(*overrides: str) -> Any:
@@ -209,14 +209,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 asyncio.run(client_run(urls, argparse.Namespace(**{**vars(args), "calls": 2 * args.callers})))
         for rep in range(args.repeats):
             for setup, n in (("one", 1), ("two", 2)):
-                # fresh servers each run: the inner loop's scripted scenario keeps per-document state
-                with servers(args, ref, n) as (urls, procs):
-                    srv0 = sum(it.proc_cpu_s(proc.pid) or 0.0 for proc in procs)
+                # fresh servers each run: the inner loop's scenario keeps per-document state
+                with servers(args, ref, n) as (urls, proc):
+                    srv0 = it.proc_cpu_s(proc.pid) or 0.0
                     if args.inner:
                         r = inner_run(urls, args, Path(tmp), f"{setup}-{rep}")
                     else:
                         r = asyncio.run(client_run(urls, args))
-                    srv = sum(it.proc_cpu_s(proc.pid) or 0.0 for proc in procs) - srv0
+                    srv = (it.proc_cpu_s(proc.pid) or 0.0) - srv0
                 r |= {"setup": setup, "calls_per_s": r["calls"] / r["wall_s"]}
                 r |= {
                     "cpu_ms_per_call": 1000 * r["cpu_s"] / r["calls"],
