@@ -15,9 +15,9 @@
 :func:`start_backend` is a context manager that yields ``{endpoint name: base_url}`` (a list
 of URLs for vLLM replicas) for the endpoints with neither ``base_url`` nor ``base_urls``, and
 stops the server(s) on exit, Ctrl-C or error: SIGTERM to its process group, SIGKILL after
-:data:`STOP_GRACE_S` (1 s). The child gets
-``PR_SET_PDEATHSIG`` (SIGKILL) on Linux, so it dies at once when this process dies without
-running its cleanup (SIGTERM's default action, SIGKILL), even in the middle of a generation.
+:data:`STOP_GRACE_S` (1 s). The child gets ``PR_SET_PDEATHSIG`` (SIGKILL) on Linux, so it
+dies at once when this process dies without running its cleanup (SIGTERM's default action,
+SIGKILL), even in the middle of a generation.
 """
 
 from __future__ import annotations
