@@ -1,8 +1,9 @@
 """Endpoints with replicas (``llm.endpoints.<name>.base_urls``): two scripted servers as two
 replicas of one endpoint, through the real ``openai`` client. Least-in-flight balancing within
 each replica's ceiling, failover when a replica goes down mid-run (every request still
-answered, the counts in ``stats.json``), its return after the cool-down, config errors, and
-``llm=vllm`` starting several replicas (a stand-in ``vllm`` command on ``PATH``)."""
+answered, the counts in ``stats.json``), its return after the cool-down, the pool's rules step
+by step, config errors, and ``llm=vllm`` starting several replicas (a stand-in ``vllm`` command
+on ``PATH``)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from inner.config import LLMConfig
 from inner.engine.run import run_generate
 from inner.llm.client import LLMClient
 from inner.llm.probe import probe_endpoints
+from inner.llm.replicas import Replica, ReplicaPool
 from inner.sdk.errors import BackendError, ConfigError, LLMConnectionError, LLMStatusError
 from tests.conftest import compose_config, scenario
 from tests.scenario import RoundPlan
@@ -119,6 +121,50 @@ def test_the_least_busy_replica_gets_the_next_request(server):
 
 
 # == failover ================================================================================
+
+
+def test_the_pool_takes_a_replica_out_once_probes_it_alone_and_doubles_its_cool_down():
+    """The pool's rules, step by step, without HTTP: requests in flight when a replica fails
+    take it out once; while it is out the others take everything, up to their ceilings, and
+    further requests wait; after the cool-down it gets one probe at a time; a failed probe
+    doubles the cool-down (up to the maximum); a successful one makes it healthy again."""
+
+    async def go() -> None:
+        a = Replica(index=0, url="http://a/v1", client=None, max_in_flight=2)
+        b = Replica(index=1, url="http://user:secret@b/v1", client=None, max_in_flight=2)
+        pool = ReplicaPool("default", [a, b], cooldown_s=0.2, cooldown_max_s=0.3)
+        first = [await pool.acquire() for _ in range(3)]
+        assert [r.index for r in first] == [0, 1, 0]  # least in flight, ties in turn
+        gen = b.generation
+        pool.release(b, failed=True, generation=gen, error="connection refused")
+        assert (b.taken_out, b.failures, b.probing) == (1, 1, True)
+        b2 = await pool.acquire(frozenset({0}))  # tried a already: b is the only one left, out or not
+        assert b2 is b
+        pool.release(b, failed=True, generation=gen, error="in flight before the take-out")
+        assert b.taken_out == 1 and b.failures == 2  # not taken out twice
+        waiter = asyncio.ensure_future(pool.acquire())  # a full, b out: it waits
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        await asyncio.sleep(0.2)  # b's cool-down is over: the waiter gets it as a probe
+        assert waiter.done() and waiter.result() is b
+        second = asyncio.ensure_future(pool.acquire())  # one probe at a time while a is healthy
+        await asyncio.sleep(0.05)
+        assert not second.done()
+        t_out = time.monotonic()
+        pool.release(b, failed=True, generation=b.generation, error="still down")
+        assert b.taken_out == 2 and 0.25 < b.down_until - t_out <= 0.31  # 0.2 x 2, capped at 0.3
+        pool.release(a, ok=True)
+        assert (await second) is a
+        await asyncio.sleep(0.35)
+        probe = await pool.acquire()
+        assert probe is b
+        pool.release(b, ok=True)
+        assert (b.probing, b.strikes) == (False, 0)
+        assert [r["in_flight_peak"] for r in pool.counts()] == [2, 1]
+        assert pool.counts()[1]["url"] == "http://b/v1"  # no credentials in stats.json
+        pool.close()
+
+    asyncio.run(go())
 
 
 class GoesDown:
