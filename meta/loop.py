@@ -907,7 +907,7 @@ async def run_evolve(cfg: EvolveConfig, run_dir: Path, *, base_urls: dict[str, s
     check_run_state(run_dir)
     check_open_files(  # candidate and parent evaluated at once in each iteration in flight
         documents=cfg.meta.in_flight * 2 * cfg.inner.max_concurrent_documents,
-        connections=sum(ep.max_in_flight for ep in cfg.llm.endpoints.values()),
+        connections=cfg.llm.max_connections(),
         what=f"meta.in_flight={cfg.meta.in_flight} x 2 evaluations x inner.max_concurrent_documents="
         f"{cfg.inner.max_concurrent_documents}",
     )
