@@ -289,6 +289,21 @@ class ForkedSandbox:
         else:  # its pid 1 was killed (by us, at the end of the document)
             self.returncode = -signal.SIGKILL
 
+    async def _reaped(self, timeout: float) -> None:
+        """Wait until the document's pid 1 has exited, which the kernel signals only once every
+        process of its pid namespace is gone (its pidfd becomes readable)."""
+        if self._pidfd is None:
+            return
+        loop, fd = asyncio.get_running_loop(), self._pidfd
+        gone: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
+        try:
+            await asyncio.wait_for(gone, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            loop.remove_reader(fd)
+
     async def wait(self) -> int:
         """Wait until the document's process has ended; returns :attr:`returncode`."""
         if self._exit_task is not None:
@@ -327,6 +342,7 @@ class ForkedSandbox:
         if self._exit_task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._exit_task), 10)
+        await self._reaped(10)
         if self._cgroup is not None:
             await asyncio.to_thread(self._cgroup.destroy)
             self._cgroup = None

@@ -3,7 +3,9 @@ the evaluator's process, on every path (``autodata-generate harness=...`` and
 ``autodata-evolve`` alike).
 
 One sandbox process per document, started with bubblewrap (Debian's ``bubblewrap``, installed
-by ``make install``) as ``python -I /sdk/inner/sdk/child.py /harness``:
+by ``make install``) as ``python -I /sdk/inner/sdk/child.py /harness`` (:class:`SandboxProcess`,
+``inner.sandbox_mode=fresh``; the default, ``fork``, forks each document from a warm server in
+such a sandbox with the same seals and its own namespaces: :mod:`inner.sandbox.forkserver`):
 
 - **privileges**: no capabilities at all (``--cap-drop ALL``), no nested user namespaces, so
   nothing can be remounted writable;

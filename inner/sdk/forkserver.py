@@ -126,6 +126,7 @@ def _document_init(harness: str, spec: dict[str, int], fds: list[int]) -> None:
     """B: pid 1 of the document's namespaces (see the module docstring); never returns."""
     stdin_r, stdout_w, stderr_w, ctl_fd = fds
     _prctl(PR_SET_DUMPABLE, 0)  # the document (C) cannot trace or read this process
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # pid 1: no signal from the document reaches it
     _mount("none", "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the server
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={int(spec['tmp_mb'])}m,mode=0755")
     _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size={SHM_MB}m")
