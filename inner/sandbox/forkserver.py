@@ -53,6 +53,11 @@ SERVER_START_S = 60.0
 FORK_S = 30.0
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 async def _recv(sock: socket.socket) -> tuple[bytes, int | None]:
     """One datagram from a non-blocking ``SOCK_SEQPACKET`` socket with ``SO_PASSCRED``, and the
     sender's pid in this process's pid namespace (``None`` without credentials). ``b""``: closed."""
@@ -62,7 +67,7 @@ async def _recv(sock: socket.socket) -> tuple[bytes, int | None]:
             data, anc, _, _ = sock.recvmsg(256, socket.CMSG_SPACE(struct.calcsize("3i")))
         except BlockingIOError:
             ready: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+            loop.add_reader(sock.fileno(), _wake, ready)
             try:
                 await ready
             finally:
@@ -161,7 +166,9 @@ class ForkServer:
                         await asyncio.sleep(0.005)
             except OSError:  # the server is gone: start another one
                 if attempt:
-                    raise SandboxError("the sandbox's fork server died twice in a row (its stderr is in sandbox.log)") from None
+                    raise SandboxError(
+                        "the sandbox's fork server died twice in a row (its stderr is in sandbox.log)"
+                    ) from None
                 if self.proc is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(self.proc.wait(), 5)
@@ -296,7 +303,7 @@ class ForkedSandbox:
             return
         loop, fd = asyncio.get_running_loop(), self._pidfd
         gone: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
+        loop.add_reader(fd, _wake, gone)
         try:
             await asyncio.wait_for(gone, timeout)
         except TimeoutError:
