@@ -134,10 +134,15 @@ class ForkServer:
                 msg = b""
             if msg != b"ready":
                 ours.close()
+                code = self.proc.returncode
                 await self.aclose()
+                why = (
+                    "could not build a document's namespaces and mounts here"
+                    if msg == b"failed"
+                    else f"did not start within {SERVER_START_S:g} s (exit code {code})"
+                )
                 raise SandboxError(
-                    f"the sandbox's fork server did not start within {SERVER_START_S:g} s "
-                    f"(exit code {self.proc.returncode if self.proc else None}; its stderr is in sandbox.log); "
+                    f"the sandbox's fork server {why}; its stderr is in sandbox.log. "
                     "inner.sandbox_mode=fresh starts a fresh sandbox per document instead"
                 )
             self.sock = ours
@@ -243,7 +248,8 @@ class ForkedSandbox:
             The ready message: ``{"ok": true}`` or ``{"ok": false, "error": ...}``.
 
         Raises:
-            SandboxError: the fork server cannot be started.
+            SandboxError: the fork server cannot be started, or could not fork this document
+                (before any harness code ran: a failure of the machine, not of the harness).
         """
         loop = asyncio.get_running_loop()
         in_r, in_w = os.pipe()
@@ -271,10 +277,16 @@ class ForkedSandbox:
             for fd in (in_r, out_w, err_w):
                 os.close(fd)
             theirs.close()
-        hello, pid = await asyncio.wait_for(_recv(ctl), FORK_S)
-        if hello != b"hello" or pid is None:
+        try:
+            hello, pid = await asyncio.wait_for(_recv(ctl), FORK_S)
+        except TimeoutError:
+            hello, pid = b"", None
+        if hello != b"hello" or pid is None:  # before any harness code: the machine's failure
             self.returncode = -signal.SIGKILL
-            return {"ok": False, "error": "the sandbox ended before the harness loaded (fork failed; see sandbox.log)"}
+            raise SandboxError(
+                "the sandbox's fork server could not fork a document (its stderr is in sandbox.log); "
+                "inner.sandbox_mode=fresh starts a fresh sandbox per document instead"
+            )
         self.pid, self._pidfd = pid, os.pidfd_open(pid)
         self._cgroup = _Cgroups(self.max_procs, self.memory_mb)
         self._cgroup.add(pid)

@@ -32,8 +32,9 @@ Control messages (parent -> server): one datagram ``{"t": "fork", "memory_mb", "
 "tmp_mb"}`` carrying four file descriptors (the document's stdin read end, stdout and stderr
 write ends, and its own ``SOCK_SEQPACKET`` control socket). On that socket B sends ``hello``,
 the parent answers ``go`` (or closes it: B exits), and B sends ``exit <wait status>`` when C
-ends. The server answers its own start-up with ``ready`` on its control socket; an empty read
-(the parent closed it) stops it.
+ends. The server answers its own start-up with ``ready`` on its control socket, once a probe fork has built a
+document's namespaces and mounts (``failed`` if it could not); an empty read (the parent closed
+it) stops it.
 """
 
 from __future__ import annotations
@@ -204,6 +205,24 @@ def _fork_document(harness: str, spec: dict[str, int], fds: list[int]) -> None:
     os._exit(0)
 
 
+def _probe(timeout_s: float = 30.0) -> bool:
+    """Whether a document's namespaces and mounts can be built here: one fork whose pid 1 says
+    hello and, told nothing, exits (a failure's traceback is on stderr, in ``sandbox.log``)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    fds = [os.open("/dev/null", os.O_RDWR) for _ in range(3)] + [theirs.detach()]
+    try:
+        sys.stderr.flush()
+        if os.fork() == 0:
+            ours.detach()
+            _fork_document("/harness", {"tmp_mb": 1, "memory_mb": 256, "cpu_s": 1}, fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    with ours:
+        ready, _, _ = select.select([ours], [], [], timeout_s)
+        return bool(ready) and ours.recv(16) == b"hello"
+
+
 def serve(harness: str) -> None:
     """The server's loop: one fork per ``fork`` request until the parent closes the socket."""
     ctl = socket.socket(fileno=os.dup(0))
@@ -220,7 +239,7 @@ def serve(harness: str) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w)
     gc.freeze()  # the imported objects stay shared with every fork (no copy-on-write by the collector)
-    ctl.send(b"ready")
+    ctl.send(b"ready" if _probe() else b"failed")
     while True:
         readable, _, _ = select.select([ctl, wake_r], [], [])
         if wake_r in readable:
