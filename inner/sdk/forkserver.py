@@ -16,12 +16,13 @@ by two documents. Each document then costs three forks instead of a new interpre
     server --fork--> A: unshare(pid, mount, net, ipc, uts namespaces), fork B, exit
                      B: pid 1 of the document's own pid namespace: private /tmp, /dev/shm and
                         /proc mounts (the host's /proc, which the server needs to mount a proc,
-                        covered: :data:`HOST_PROC`); says hello to the parent (which reads B's host pid from the
+                        covered: :data:`HOST_PROC`); drops every capability; says hello to the parent (which reads B's host pid from the
                         socket's credentials and moves it into the document's cgroups); waits for
                         "go"; forks C; reaps; reports C's wait status; exits (the namespace dies)
                      C: the document: its stdin/stdout/stderr are the parent's pipes; rlimits
-                        (RLIMIT_AS, RLIMIT_CPU, RLIMIT_NOFILE, RLIMIT_FSIZE); every capability
-                        dropped (bounding set, ambient, effective, permitted; no_new_privs); then
+                        (RLIMIT_AS, RLIMIT_CPU, RLIMIT_NOFILE, RLIMIT_FSIZE); no capability (its
+                        pid 1 emptied the bounding, ambient, effective and permitted sets and
+                        set no_new_privs; checked again here); then
                         :func:`inner.sdk.child.main`: import the harness, ``ready``, one document
 
 A document therefore sees only its own processes, its own ``/tmp`` and ``/dev/shm``, its own
@@ -58,7 +59,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_SECUREBITS = 1, 4, 24, 28
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_SECUREBITS = 1, 24, 28
 PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 36, 47, 4
 #: SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP | ..._LOCKED | SECBIT_KEEP_CAPS_LOCKED
 SECURE_BITS = 0x01 | 0x02 | 0x04 | 0x08 | 0x20
@@ -107,7 +108,15 @@ def drop_capabilities() -> None:
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
     data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable}, all zero
     _check(_libc.capset(header, data), "capset")
+    check_no_capabilities()
+
+
+def check_no_capabilities() -> None:
+    """Raise :class:`OSError` unless every capability set of this process is empty and
+    ``no_new_privs`` is set (a document's process, which inherits both from its pid 1)."""
     status = open("/proc/self/status").read()  # noqa: SIM115 - read once
+    if "\nNoNewPrivs:\t1" not in status:
+        raise OSError("no_new_privs is not set")
     for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
         line = next(x for x in status.splitlines() if x.startswith(key + ":"))
         if int(line.split()[1], 16) != 0:
@@ -126,7 +135,6 @@ def _close_all_but(keep: set[int]) -> None:
 def _document_init(harness: str, spec: dict[str, int], fds: list[int]) -> None:
     """B: pid 1 of the document's namespaces (see the module docstring); never returns."""
     stdin_r, stdout_w, stderr_w, ctl_fd = fds
-    _prctl(PR_SET_DUMPABLE, 0)  # the document (C) cannot trace or read this process
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # pid 1: no signal from the document reaches it
     _mount("none", "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the server
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={int(spec['tmp_mb'])}m,mode=0755")
@@ -139,6 +147,9 @@ def _document_init(harness: str, spec: dict[str, int], fds: list[int]) -> None:
             _mount(path, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _mount("tmpfs", HOST_PROC, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k")
     os.chdir("/tmp")
+    # mounted: no process of the document's namespaces holds a capability from here on (this one
+    # stays an ordinary process, like bubblewrap's pid 1 in a fresh sandbox)
+    drop_capabilities()
     ctl = socket.socket(fileno=ctl_fd)
     ctl.send(b"hello")  # the kernel attaches this process's credentials: the parent learns its pid
     if ctl.recv(16) != b"go":
@@ -177,7 +188,7 @@ def _document(harness: str, spec: dict[str, int], stdin_r: int, stdout_w: int, s
         resource.setrlimit(resource.RLIMIT_CPU, (int(spec["cpu_s"]), int(spec["cpu_s"]) + 5))
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 20, 64 << 20))
-        drop_capabilities()
+        check_no_capabilities()  # dropped by its pid 1, for good
         from inner.sdk import child
 
         sys.argv = [sys.argv[0], harness]
