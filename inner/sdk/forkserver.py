@@ -241,7 +241,11 @@ def serve(harness: str) -> None:
     os.dup2(null, 0)
     os.dup2(null, 1)
     os.close(null)
-    from inner.sdk import child  # noqa: F401 - the warm part: stdlib, pydantic, the SDK (not the harness)
+    # the warm part: stdlib, pydantic, the SDK and its harness-facing aliases (never the harness)
+    import importlib
+
+    for name in ("inner.sdk.child", *(f"inner.{alias}" for alias in ("contract", "templates", "errors"))):
+        importlib.import_module(name)
 
     _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphaned B processes are reaped here (their CPU is accounted)
     wake_r, wake_w = os.pipe()
