@@ -132,9 +132,28 @@ class Engine:
                   "max_procs": inner.harness_max_procs, "log_path": log_path}  # fmt: skip
         if inner.sandbox_mode == "fresh":
             return SandboxProcess(self.harness_dir, **limits)
+        return ForkedSandbox(self.fork_server(), **limits)
+
+    def fork_server(self) -> ForkServer:
+        """The run's fork server (created here, started by :meth:`open_sandboxes` or the first fork)."""
         if self._fork_server is None:
-            self._fork_server = ForkServer(self.harness_dir, memory_mb=inner.harness_memory_mb, log_path=log_path)
-        return ForkedSandbox(self._fork_server, **limits)
+            self._fork_server = ForkServer(
+                self.harness_dir,
+                memory_mb=self.cfg.inner.harness_memory_mb,
+                log_path=self.writer.run_dir / "sandbox.log",
+            )
+        return self._fork_server
+
+    async def open_sandboxes(self) -> None:
+        """Start the run's fork server before the first document (``inner.sandbox_mode=fork``),
+        so that no document's wall clock pays for it.
+
+        Raises:
+            SandboxError: bubblewrap is missing or unusable, or the fork server cannot seal a
+                document here (the message names ``inner.sandbox_mode=fresh``).
+        """
+        if self.cfg.inner.sandbox_mode == "fork":
+            await self.fork_server().start()
 
     async def close_sandboxes(self) -> None:
         """Stop the run's fork server, if one was started."""
@@ -610,8 +629,10 @@ async def run_documents(
             if on_finished is not None:
                 on_finished(d, traj)
 
-    tasks = [asyncio.create_task(worker()) for _ in range(max(1, eng.cfg.inner.max_concurrent_documents))]
+    tasks: list[asyncio.Task[None]] = []
     try:
+        await eng.open_sandboxes()
+        tasks = [asyncio.create_task(worker()) for _ in range(max(1, eng.cfg.inner.max_concurrent_documents))]
         await asyncio.gather(*tasks)
     finally:
         for t in tasks:
