@@ -180,6 +180,7 @@ def _document(harness: str, spec: dict[str, int], stdin_r: int, stdout_w: int, s
     """C: the document's process: its pipes, its limits, no capabilities, then the harness."""
     try:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in any fresh Python
         for src, dst in ((stdin_r, 0), (stdout_w, 1), (stderr_w, 2)):
             os.dup2(src, dst)
         _close_all_but({0, 1, 2})
