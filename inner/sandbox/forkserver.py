@@ -104,8 +104,6 @@ class ForkServer:
         self.sock: socket.socket | None = None
         self._lock: asyncio.Lock | None = None
         self._stderr_task: asyncio.Task[None] | None = None
-        #: fork servers started so far (1 unless one died and was restarted)
-        self.starts = 0
 
     async def start(self) -> None:
         """Start the server now (else the first :meth:`fork` does), so that its start-up (a
@@ -134,7 +132,6 @@ class ForkServer:
                 )  # fmt: skip
             finally:
                 theirs.close()
-            self.starts += 1
             assert self.proc.stderr is not None
             self._stderr_task = asyncio.create_task(drain_to_log(self.proc.stderr, self.log_path, self.log_bytes))
             ours.setblocking(False)
