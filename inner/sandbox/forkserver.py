@@ -18,10 +18,10 @@ details). At the end, or on a timeout, the parent kills the document's pid 1 thr
 (so a recycled pid is never hit): its whole pid namespace dies with it, and the cgroups are
 emptied and removed as for a fresh sandbox.
 
-What differs from a fresh sandbox, for a harness: its process is pid 2 of its namespace (not
-3), the Python interpreter was started once per run (so ``PYTHONHASHSEED``-dependent orders are
-the same across documents; ``random`` is reseeded at every fork), and the pids cgroup counts
-two sandbox processes (not three).
+What differs from a fresh sandbox, for a harness: the Python interpreter was started once per
+run (so ``PYTHONHASHSEED``-dependent orders are the same across documents; ``random`` is
+reseeded at every fork), the pids cgroup counts two sandbox processes (not three), the empty
+mount point :data:`inner.sdk.forkserver.HOST_PROC` exists, and ``/proc/sys`` is read-only.
 """
 
 from __future__ import annotations
