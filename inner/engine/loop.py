@@ -126,7 +126,7 @@ class Engine:
 
     def new_sandbox(self) -> SandboxProcess | ForkedSandbox:
         """A sandbox for one document (not started): forked by the run's fork server
-        (``inner.sandbox_mode=fork``, started on the first document) or fresh (``fresh``)."""
+        (``inner.sandbox_mode=fork``; :meth:`open_sandboxes` starts it) or fresh (``fresh``)."""
         inner, log_path = self.cfg.inner, self.writer.run_dir / "sandbox.log"
         limits = {"memory_mb": inner.harness_memory_mb, "cpu_s": inner.harness_cpu_s,
                   "max_procs": inner.harness_max_procs, "log_path": log_path}  # fmt: skip
