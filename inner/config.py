@@ -24,6 +24,8 @@ BACKENDS = ("local", "vllm", "openai")
 LOCAL_SERVERS = ("auto", "llama-server", "llama-cpp-python")
 JSON_MODES = ("json_schema", "llama_cpp", "none")
 VERIFIABLE_MODES = ("never", "auto", "always")
+#: how a document's sandbox starts (``inner.sandbox_mode``): warm fork server, or a fresh bubblewrap sandbox
+SANDBOX_MODES = ("fork", "fresh")
 
 
 def _check(cond: bool, key: str, value: object, fix: str) -> None:
@@ -393,6 +395,11 @@ class InnerConfig:
             where available).
         harness_doc_chars: characters of the document the sandbox receives (the largest
             excerpt any harness role gets); the rest never leaves the parent.
+        sandbox_mode: how each document's sandbox starts (:data:`SANDBOX_MODES`): ``fork``
+            (default) from the run's warm fork server (:mod:`inner.sandbox.forkserver`: a few ms
+            of CPU), ``fresh`` as a new bubblewrap sandbox and Python interpreter
+            (:class:`inner.sandbox.process.SandboxProcess`: 0.2-0.4 s of CPU). Both seal the
+            harness the same way (README, "Evaluator integrity").
     """
 
     max_rounds: int = 5
@@ -412,6 +419,7 @@ class InnerConfig:
     harness_max_mb: int = 64
     harness_max_procs: int = 32
     harness_doc_chars: int = 20_000
+    sandbox_mode: str = "fork"
 
     def __post_init__(self) -> None:
         for key in (
@@ -431,6 +439,9 @@ class InnerConfig:
         _check(self.harness_max_files >= 1, "inner.harness_max_files", self.harness_max_files, "must be >= 1")
         _check(self.harness_max_mb >= 1, "inner.harness_max_mb", self.harness_max_mb, "must be >= 1 MiB")
         _check(self.harness_doc_chars >= 0, "inner.harness_doc_chars", self.harness_doc_chars, "must be >= 0")
+        _check(
+            self.sandbox_mode in SANDBOX_MODES, "inner.sandbox_mode", self.sandbox_mode, f"use one of {SANDBOX_MODES}"
+        )
 
 
 @dataclass

@@ -46,6 +46,11 @@ IDENTITY_KEYS = (
 )  # fmt: skip
 
 
+#: inner settings that change how a run goes, never what it yields: left out of both identities
+#: (how a sandbox starts, ``inner.sandbox_mode``, seals the harness the same way either way)
+INNER_NOT_IDENTITY = ("max_concurrent_documents", "harness_max_files", "harness_max_mb", "sandbox_mode")
+
+
 def evaluator_identity(cfg: GenerateConfig) -> dict[str, Any]:
     """Everything that decides what an evaluation of a harness yields, except the harness and
     the documents: the evaluator (quality check, solvers, judge: their models and sampling;
@@ -58,7 +63,7 @@ def evaluator_identity(cfg: GenerateConfig) -> dict[str, Any]:
         A JSON-able dict; :func:`identity_hash` of it keys stored evaluations.
     """
     inner = asdict(cfg.inner)
-    for key in ("max_concurrent_documents", "harness_max_files", "harness_max_mb"):
+    for key in INNER_NOT_IDENTITY:
         inner.pop(key)
     roles = {}
     for name in ("challenger", "main_agent", "self_check", "quality_verifier", "weak_solver", "strong_solver", "judge"):
@@ -101,7 +106,7 @@ def identity_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 def _identity(cfg: GenerateConfig, harness_id: str) -> dict[str, Any]:
     inner = asdict(cfg.inner)
-    for key in ("max_concurrent_documents", "harness_max_files", "harness_max_mb"):
+    for key in INNER_NOT_IDENTITY:
         inner.pop(key)
     return {
         "method": cfg.method,
