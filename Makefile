@@ -16,7 +16,7 @@ $(PY):
 # build of torch (about 1.2 GB with transformers, trl, peft, datasets, pyarrow).
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
-	$(PY) -m pip install $(PIP_FLAGS) -e '.[local,dev,train]'
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[local,ladder,dev,train]'
 	touch $@
 
 # Upstream llama.cpp's llama-server for the embedded backend, built from the llama-cpp-python

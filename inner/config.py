@@ -131,6 +131,42 @@ class RolesConfig:
 
 
 @dataclass
+class LocalModelConfig:
+    """One model of the local backend (``llm.backend.models.<name>``): one llama-server of its
+    own, serving the endpoints whose ``model`` is ``<name>``. Every setting left ``None`` is the
+    backend's (``llm.backend.<same key>``), so the backend's values are the one source of the
+    defaults.
+
+    Attributes:
+        weights: which GGUF (an id of :data:`inner.llm.weights.WEIGHTS`).
+        slots: requests decoded at once (``--parallel``).
+        n_ctx: context window of each request, tokens.
+        n_threads: generation threads (``--threads``).
+        n_threads_batch: prompt-processing threads (``--threads-batch``).
+        poll: llama.cpp's busy-wait level of its worker threads, 0-100 (``--poll``).
+    """
+
+    weights: str | None = None
+    slots: int | None = None
+    n_ctx: int | None = None
+    n_threads: int | None = None
+    n_threads_batch: int | None = None
+    poll: int | None = None
+
+    def validate(self, prefix: str) -> None:
+        """Raise ConfigError for a bad value; ``prefix`` is e.g. ``llm.backend.models.small``."""
+        from inner.llm.weights import WEIGHTS
+
+        if self.weights is not None:
+            _check(self.weights in WEIGHTS, f"{prefix}.weights", self.weights, f"use one of {sorted(WEIGHTS)}")
+        for key in ("slots", "n_threads", "n_threads_batch"):
+            value = getattr(self, key)
+            _check(value is None or value >= 1, f"{prefix}.{key}", value, "must be >= 1 (or null)")
+        _check(self.n_ctx is None or self.n_ctx >= 512, f"{prefix}.n_ctx", self.n_ctx, "must be >= 512 tokens")
+        _check(self.poll is None or 0 <= self.poll <= 100, f"{prefix}.poll", self.poll, "must be in [0, 100]")
+
+
+@dataclass
 class BackendConfig:
     """The server the project starts (or not) before the run.
 
@@ -140,7 +176,17 @@ class BackendConfig:
         model_cache_dir: where the assembled GGUF is kept; ``None`` = ``~/.cache/autodata``.
         n_ctx: context window of each request to the local server, tokens (llama-server gets
             ``n_ctx * slots`` in all, split evenly across its slots).
-        n_threads: CPU threads of the local server; ``None`` = all cores.
+        weights: the GGUF of the local server when ``models`` is empty (an id of
+            :data:`inner.llm.weights.WEIGHTS`; default the embedded Qwen2.5-Coder-0.5B).
+        n_threads: CPU threads of each local server (``--threads``); ``None`` = the cores
+            divided evenly among the servers (all cores for one server).
+        n_threads_batch: prompt-processing threads (``--threads-batch``); ``None`` = ``n_threads``.
+        poll: busy-wait level of llama-server's worker threads, 0-100 (``--poll``); ``None`` =
+            llama.cpp's default (50) for one server, 0 when several share the cores
+            (experiments/bench/README.md, "Two servers on 2 cores").
+        models: several local models, one llama-server each, by served name (the endpoints'
+            ``model``); empty = one server for the endpoints' one model with the settings
+            above. Each :class:`LocalModelConfig` falls back to the settings above.
         server: the local server: ``llama-server`` (upstream llama.cpp, continuous batching over
             ``slots``; built by ``make install``), ``llama-cpp-python`` (answers one request at
             a time) or ``auto`` (llama-server if built, else llama-cpp-python with a warning).
@@ -155,7 +201,11 @@ class BackendConfig:
     kind: str = "local"
     model_cache_dir: str | None = None
     n_ctx: int = 8192
+    weights: str = "qwen2.5-coder-0.5b-instruct-q4_k_m"
     n_threads: int | None = None
+    n_threads_batch: int | None = None
+    poll: int | None = None
+    models: dict[str, LocalModelConfig] = field(default_factory=dict)
     server: str = "auto"
     slots: int = 4
     vllm_model: str | None = None
@@ -168,6 +218,11 @@ class BackendConfig:
         _check(self.n_ctx >= 512, "llm.backend.n_ctx", self.n_ctx, "must be >= 512 tokens")
         _check(self.server in LOCAL_SERVERS, "llm.backend.server", self.server, f"use one of {LOCAL_SERVERS}")
         _check(self.slots >= 1, "llm.backend.slots", self.slots, "must be >= 1")
+        LocalModelConfig(
+            weights=self.weights, n_threads=self.n_threads, n_threads_batch=self.n_threads_batch, poll=self.poll
+        ).validate("llm.backend")
+        for name, model in self.models.items():
+            model.validate(f"llm.backend.models.{name}")
         _check(
             self.startup_timeout_s > 0,
             "llm.backend.startup_timeout_s",
@@ -195,6 +250,14 @@ class LLMConfig:
         _check(bool(self.endpoints), "llm.endpoints", self.endpoints, "define at least one endpoint")
         for name, ep in self.endpoints.items():
             ep.validate(f"llm.endpoints.{name}")
+            if self.backend.kind == "local" and self.backend.models and not ep.base_url:
+                _check(
+                    ep.model in self.backend.models,
+                    f"llm.endpoints.{name}.model",
+                    ep.model,
+                    f"the local backend serves llm.backend.models {sorted(self.backend.models)}: name one of "
+                    "them, or give the endpoint a base_url",
+                )
         for f in fields(self.roles):
             role: RoleConfig | None = getattr(self.roles, f.name)
             if role is None:
@@ -316,8 +379,9 @@ class InnerConfig:
             the solvers (it cannot pass the gate anyway; saves 2 x (n + n) calls).
         harness_max_calls: LLM calls a harness may make per document (its own roles).
         harness_max_tokens: prompt + completion tokens of those calls per document.
-        harness_wall_s: wall-clock seconds a harness may run per document, time spent inside
-            ``agent.evaluate`` (the evaluator's work) excluded.
+        harness_wall_s: wall-clock seconds a harness may run per document, time the parent
+            works for it excluded: inside ``agent.evaluate`` (the evaluator's work) and while
+            any of its own LLM calls is in flight (queued in or decoded by the server).
         harness_cpu_s: CPU seconds of the harness process (RLIMIT_CPU).
         harness_memory_mb: address-space limit of each harness process, MiB (RLIMIT_AS).
         harness_max_files: most files (and links) a harness directory may hold; checked before
