@@ -132,13 +132,15 @@ class RolesConfig:
 
 @dataclass
 class LocalModelConfig:
-    """One model of the local backend (``llm.backend.models.<name>``): one llama-server of its
-    own, serving the endpoints whose ``model`` is ``<name>``. Every setting left ``None`` is the
-    backend's (``llm.backend.<same key>``), so the backend's values are the one source of the
-    defaults.
+    """One model of the local backend (``llm.backend.models.<key>``, the key a short name
+    without dots such as ``small``): one llama-server of its own, serving the endpoints whose
+    ``model`` is its weights' served name (e.g. ``qwen2.5-coder-1.5b-instruct``). Every setting
+    left ``None`` is the backend's (``llm.backend.<same key>``), so the backend's values are the
+    one source of the defaults.
 
     Attributes:
-        weights: which GGUF (an id of :data:`inner.llm.weights.WEIGHTS`).
+        weights: which GGUF (an id of :data:`inner.llm.weights.WEIGHTS`; its ``model`` is the
+            served name).
         slots: requests decoded at once (``--parallel``).
         n_ctx: context window of each request, tokens.
         n_threads: generation threads (``--threads``).
@@ -184,9 +186,10 @@ class BackendConfig:
         poll: busy-wait level of llama-server's worker threads, 0-100 (``--poll``); ``None`` =
             llama.cpp's default (50) for one server, 0 when several share the cores
             (experiments/bench/README.md, "Two servers on 2 cores").
-        models: several local models, one llama-server each, by served name (the endpoints'
-            ``model``); empty = one server for the endpoints' one model with the settings
-            above. Each :class:`LocalModelConfig` falls back to the settings above.
+        models: several local models, one llama-server each, by a short key (``small``,
+            ``large``); an endpoint without ``base_url`` goes to the model whose weights' served
+            name is its ``model``. Empty = one server for the endpoints' one model with the
+            settings above. Each :class:`LocalModelConfig` falls back to the settings above.
         server: the local server: ``llama-server`` (upstream llama.cpp, continuous batching over
             ``slots``; built by ``make install``), ``llama-cpp-python`` (answers one request at
             a time) or ``auto`` (llama-server if built, else llama-cpp-python with a warning).
@@ -221,8 +224,23 @@ class BackendConfig:
         LocalModelConfig(
             weights=self.weights, n_threads=self.n_threads, n_threads_batch=self.n_threads_batch, poll=self.poll
         ).validate("llm.backend")
-        for name, model in self.models.items():
-            model.validate(f"llm.backend.models.{name}")
+        served: dict[str, str] = {}
+        for key, model in self.models.items():
+            model.validate(f"llm.backend.models.{key}")
+            name = self.served_name(model)
+            _check(
+                name not in served,
+                f"llm.backend.models.{key}.weights",
+                model.weights or self.weights,
+                f"llm.backend.models.{served.get(name)} serves {name!r} already (one server per model)",
+            )
+            served[name] = key
+
+    def served_name(self, model: LocalModelConfig) -> str:
+        """The served name (``--alias``) of a model of ``models``: its weights' model name."""
+        from inner.llm.weights import WEIGHTS
+
+        return WEIGHTS[model.weights or self.weights].model
         _check(
             self.startup_timeout_s > 0,
             "llm.backend.startup_timeout_s",
@@ -251,12 +269,13 @@ class LLMConfig:
         for name, ep in self.endpoints.items():
             ep.validate(f"llm.endpoints.{name}")
             if self.backend.kind == "local" and self.backend.models and not ep.base_url:
+                served = sorted(self.backend.served_name(m) for m in self.backend.models.values())
                 _check(
-                    ep.model in self.backend.models,
+                    ep.model in served,
                     f"llm.endpoints.{name}.model",
                     ep.model,
-                    f"the local backend serves llm.backend.models {sorted(self.backend.models)}: name one of "
-                    "them, or give the endpoint a base_url",
+                    f"the local backend serves {served} (llm.backend.models): name one of them, or give "
+                    "the endpoint a base_url",
                 )
         for f in fields(self.roles):
             role: RoleConfig | None = getattr(self.roles, f.name)

@@ -94,6 +94,7 @@ class LocalModel:
     """One server of the local backend, its settings resolved (:func:`local_models`).
 
     Attributes:
+        key: its key in ``llm.backend.models`` (``None`` with ``models`` empty).
         name: served name (``--alias``): the ``model`` of the endpoints it serves.
         weights: its GGUF.
         slots: requests decoded at once; n_ctx: tokens per request.
@@ -102,6 +103,7 @@ class LocalModel:
         endpoints: the endpoints (without ``base_url``) it serves.
     """
 
+    key: str | None
     name: str
     weights: Weights
     slots: int
@@ -114,7 +116,8 @@ class LocalModel:
 
 def local_models(cfg: LLMConfig) -> list[LocalModel]:
     """The servers ``llm=local`` starts for the endpoints without ``base_url``: one per model of
-    ``llm.backend.models`` that some such endpoint names (in the order of ``models``), or, with
+    ``llm.backend.models`` whose served name some such endpoint names (in the order of
+    ``models``), or, with
     ``models`` empty, one for the endpoints' one model with ``llm.backend.weights``. A setting a
     model leaves ``None`` is the backend's; threads left ``None`` everywhere are the cores
     divided evenly among the servers (at least 1), and ``poll`` is :data:`SHARED_POLL` when
@@ -125,27 +128,28 @@ def local_models(cfg: LLMConfig) -> list[LocalModel]:
     """
     b = cfg.backend
     served = _served_endpoints(cfg)
+    wanted = {cfg.endpoints[e].model for e in served}
+    specs: list[tuple[str | None, str, LocalModelConfig]]
     if b.models:
-        specs = {
-            name: m for name, m in b.models.items() if any(cfg.endpoints[e].model == name for e in served)
-        }
+        specs = [(key, b.served_name(m), m) for key, m in b.models.items()]
+        specs = [s for s in specs if s[1] in wanted]
     else:
-        names = {cfg.endpoints[e].model for e in served}
-        if len(names) > 1:
+        if len(wanted) > 1:
             raise BackendError(
                 f"llm.backend.models is empty, so llm=local starts one server, but the endpoints without "
-                f"base_url name several models: {sorted(names)}; list them in llm.backend.models "
+                f"base_url name several models: {sorted(wanted)}; list them in llm.backend.models "
                 "(one server each) or give the others a base_url"
             )
-        specs = {name: LocalModelConfig() for name in names}
+        specs = [(None, name, LocalModelConfig()) for name in wanted]
     cores = os.cpu_count() or 1
     threads = b.n_threads or max(1, cores // max(1, len(specs)))
     poll = b.poll if b.poll is not None else (SHARED_POLL if len(specs) > 1 else None)
     out = []
-    for name, m in specs.items():
+    for key, name, m in specs:
         n_threads = m.n_threads or threads
         out.append(
             LocalModel(
+                key=key,
                 name=name,
                 weights=weights_by_id(m.weights or b.weights),
                 slots=m.slots or b.slots,
@@ -430,10 +434,10 @@ def start_backend(cfg: LLMConfig, *, log_dir: Path) -> Iterator[dict[str, str]]:
 
 
 def _log_name(models: list[LocalModel], model: LocalModel) -> str:
-    """``llm_server.log`` for one server; ``llm_server.<served name>.log`` for several."""
+    """``llm_server.log`` for one server; ``llm_server.<key>.log`` for several."""
     if len(models) == 1:
         return "llm_server.log"
-    return f"llm_server.{re.sub(r'[^A-Za-z0-9._-]', '_', model.name)}.log"
+    return f"llm_server.{re.sub(r'[^A-Za-z0-9._-]', '_', model.key or model.name)}.log"
 
 
 @contextlib.contextmanager

