@@ -24,12 +24,12 @@ import contextlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
