@@ -112,7 +112,7 @@ class _Recorder:
 def test_start_backend_starts_the_chosen_server(monkeypatch, tmp_path, built):
     _Recorder.started.clear()
     monkeypatch.setattr(backends, "ManagedServer", _Recorder)
-    monkeypatch.setattr(backends, "ensure_gguf", lambda cache_dir: Path("/models/m.gguf"))
+    monkeypatch.setattr(backends, "ensure_gguf", lambda cache_dir, weights: Path("/models/m.gguf"))
     monkeypatch.setattr(backends, "built_server", lambda: Path("/cache/llama-server") if built else None)
     cfg = compose_config("llm=local", "llm.backend.port=8123").llm
     with backends.start_backend(cfg, log_dir=tmp_path) as urls:
