@@ -66,6 +66,11 @@ def test_every_flag_of_the_command_is_known_to_the_built_server():
     for arg in llama_server_command(cfg, binary, Path("m.gguf"), 1)[1:]:
         if arg.startswith("-"):
             assert arg in help_text, arg
+    ladder = compose_config("llm=ladder").llm  # two servers: --threads-batch, --poll, --poll-batch
+    for model in backends.local_models(ladder):
+        for arg in llama_server_command(ladder, binary, Path("m.gguf"), 1, model)[1:]:
+            if arg.startswith("-"):
+                assert arg in help_text, arg
 
 
 def test_server_choice(monkeypatch, caplog):
@@ -150,7 +155,8 @@ def test_the_ladder_starts_one_server_per_model_and_each_endpoint_gets_its_model
     )  # fmt: skip
     # two servers on 2 cores: one thread each, worker threads that sleep instead of spinning
     for f in (small, large):
-        assert (f["--threads"], f["--threads-batch"], f["--poll"], f["--parallel"]) == ("1", "1", "0", "2")
+        assert (f["--threads"], f["--threads-batch"], f["--parallel"]) == ("1", "1", "2")
+        assert f["--poll"] == f["--poll-batch"] == "0"  # the batch threads' polling is separate
     assert cfg.endpoints[cfg.roles.weak_solver.endpoint].model == "qwen2.5-coder-0.5b-instruct"
     assert cfg.endpoints[cfg.roles.strong_solver.endpoint].model == "qwen2.5-coder-1.5b-instruct"
 

@@ -197,7 +197,7 @@ def llama_server_command(
 
     ``slots`` parallel slots with continuous batching, ``n_ctx`` tokens per slot
     (``--ctx-size`` is the total, split evenly: the KV cache is not unified when ``--parallel``
-    is given), ``--threads`` / ``--threads-batch`` and ``--poll`` (when set) as
+    is given), ``--threads`` / ``--threads-batch`` and ``--poll`` / ``--poll-batch`` (when set) as
     :func:`local_models` resolves them, prompt caching (on by default: a request goes to the
     idle slot whose cached prompt shares the longest prefix with it, above 10 % of its length,
     or else the ``--cache-ram`` host cache is searched) with :data:`CACHE_REUSE_TOKENS` and
@@ -215,7 +215,9 @@ def llama_server_command(
         "--parallel", str(m.slots),
         "--threads", str(m.n_threads),
         "--threads-batch", str(m.n_threads_batch),
-        *(["--poll", str(m.poll)] if m.poll is not None else []),
+        # --poll-batch too: with --threads-batch given, the batch threads keep their own
+        # default polling (50) whatever --poll says (common/common.cpp, postprocess_cpu_params)
+        *(["--poll", str(m.poll), "--poll-batch", str(m.poll)] if m.poll is not None else []),
         "--cont-batching",
         "--cache-reuse", str(CACHE_REUSE_TOKENS),
         "--cache-ram", str(CACHE_RAM_MIB),
