@@ -235,18 +235,18 @@ class BackendConfig:
                 f"llm.backend.models.{served.get(name)} serves {name!r} already (one server per model)",
             )
             served[name] = key
-
-    def served_name(self, model: LocalModelConfig) -> str:
-        """The served name (``--alias``) of a model of ``models``: its weights' model name."""
-        from inner.llm.weights import WEIGHTS
-
-        return WEIGHTS[model.weights or self.weights].model
         _check(
             self.startup_timeout_s > 0,
             "llm.backend.startup_timeout_s",
             self.startup_timeout_s,
             "must be > 0",
         )
+
+    def served_name(self, model: LocalModelConfig) -> str:
+        """The served name (``--alias``) of a model of ``models``: its weights' model name."""
+        from inner.llm.weights import WEIGHTS
+
+        return WEIGHTS[model.weights or self.weights].model
 
 
 @dataclass
