@@ -196,7 +196,7 @@ def test_only_the_models_some_endpoint_names_are_started():
         ("llm.backend.models.large.weights=gpt-5", r"llm\.backend\.models\..*\.weights"),
         ("llm.backend.models.large.poll=101", r"\.poll"),
         ("llm.backend.weights=nope", r"llm\.backend\.weights"),
-        ("llm.backend.models.small.weights=qwen2.5-coder-1.5b-instruct-q4_k_m", r"models\.large serves .* already"),
+        ("llm.backend.models.small.weights=qwen2.5-coder-1.5b-instruct-q4_k_m", r"models\.small serves .* already"),
         ("llm.backend.startup_timeout_s=0", r"llm\.backend\.startup_timeout_s"),
     ],
 )
