@@ -172,6 +172,44 @@ class RolesConfig:
 
 
 @dataclass
+class LocalModelConfig:
+    """One model of the local backend (``llm.backend.models.<key>``, the key a short name
+    without dots such as ``small``): one llama-server of its own, serving the endpoints whose
+    ``model`` is its weights' served name (e.g. ``qwen2.5-coder-1.5b-instruct``). Every setting
+    left ``None`` is the backend's (``llm.backend.<same key>``), so the backend's values are the
+    one source of the defaults.
+
+    Attributes:
+        weights: which GGUF (an id of :data:`inner.llm.weights.WEIGHTS`; its ``model`` is the
+            served name).
+        slots: requests decoded at once (``--parallel``).
+        n_ctx: context window of each request, tokens.
+        n_threads: generation threads (``--threads``).
+        n_threads_batch: prompt-processing threads (``--threads-batch``).
+        poll: llama.cpp's busy-wait level of its worker threads, 0-100 (``--poll``).
+    """
+
+    weights: str | None = None
+    slots: int | None = None
+    n_ctx: int | None = None
+    n_threads: int | None = None
+    n_threads_batch: int | None = None
+    poll: int | None = None
+
+    def validate(self, prefix: str) -> None:
+        """Raise ConfigError for a bad value; ``prefix`` is e.g. ``llm.backend.models.small``."""
+        from inner.llm.weights import WEIGHTS
+
+        if self.weights is not None:
+            _check(self.weights in WEIGHTS, f"{prefix}.weights", self.weights, f"use one of {sorted(WEIGHTS)}")
+        for key in ("slots", "n_threads", "n_threads_batch"):
+            value = getattr(self, key)
+            _check(value is None or value >= 1, f"{prefix}.{key}", value, "must be >= 1 (or null)")
+        _check(self.n_ctx is None or self.n_ctx >= 512, f"{prefix}.n_ctx", self.n_ctx, "must be >= 512 tokens")
+        _check(self.poll is None or 0 <= self.poll <= 100, f"{prefix}.poll", self.poll, "must be in [0, 100]")
+
+
+@dataclass
 class BackendConfig:
     """The server the project starts (or not) before the run.
 
@@ -181,7 +219,18 @@ class BackendConfig:
         model_cache_dir: where the assembled GGUF is kept; ``None`` = ``~/.cache/autodata``.
         n_ctx: context window of each request to the local server, tokens (llama-server gets
             ``n_ctx * slots`` in all, split evenly across its slots).
-        n_threads: CPU threads of the local server; ``None`` = all cores.
+        weights: the GGUF of the local server when ``models`` is empty (an id of
+            :data:`inner.llm.weights.WEIGHTS`; default the embedded Qwen2.5-Coder-0.5B).
+        n_threads: CPU threads of each local server (``--threads``); ``None`` = the cores
+            divided evenly among the servers (all cores for one server).
+        n_threads_batch: prompt-processing threads (``--threads-batch``); ``None`` = ``n_threads``.
+        poll: busy-wait level of llama-server's worker threads, 0-100 (``--poll``); ``None`` =
+            llama.cpp's default (50) for one server, 0 when several share the cores
+            (experiments/bench/README.md, "Two servers on 2 cores").
+        models: several local models, one llama-server each, by a short key (``small``,
+            ``large``); an endpoint without ``base_url`` goes to the model whose weights' served
+            name is its ``model``. Empty = one server for the endpoints' one model with the
+            settings above. Each :class:`LocalModelConfig` falls back to the settings above.
         server: the local server: ``llama-server`` (upstream llama.cpp, continuous batching over
             ``slots``; built by ``make install``), ``llama-cpp-python`` (answers one request at
             a time) or ``auto`` (llama-server if built, else llama-cpp-python with a warning).
@@ -205,7 +254,11 @@ class BackendConfig:
     kind: str = "local"
     model_cache_dir: str | None = None
     n_ctx: int = 8192
+    weights: str = "qwen2.5-coder-0.5b-instruct-q4_k_m"
     n_threads: int | None = None
+    n_threads_batch: int | None = None
+    poll: int | None = None
+    models: dict[str, LocalModelConfig] = field(default_factory=dict)
     server: str = "auto"
     slots: int = 4
     vllm_model: str | None = None
@@ -229,12 +282,32 @@ class BackendConfig:
             f"only llm=vllm starts replicas (llm.backend.kind={self.kind!r}); "
             "list running servers in llm.endpoints.<name>.base_urls instead",
         )
+        LocalModelConfig(
+            weights=self.weights, n_threads=self.n_threads, n_threads_batch=self.n_threads_batch, poll=self.poll
+        ).validate("llm.backend")
+        served: dict[str, str] = {}
+        for key, model in self.models.items():
+            model.validate(f"llm.backend.models.{key}")
+            name = self.served_name(model)
+            _check(
+                name not in served,
+                f"llm.backend.models.{key}.weights",
+                model.weights or self.weights,
+                f"llm.backend.models.{served.get(name)} serves {name!r} already (one server per model)",
+            )
+            served[name] = key
         _check(
             self.startup_timeout_s > 0,
             "llm.backend.startup_timeout_s",
             self.startup_timeout_s,
             "must be > 0",
         )
+
+    def served_name(self, model: LocalModelConfig) -> str:
+        """The served name (``--alias``) of a model of ``models``: its weights' model name."""
+        from inner.llm.weights import WEIGHTS
+
+        return WEIGHTS[model.weights or self.weights].model
 
 
 @dataclass
@@ -256,6 +329,15 @@ class LLMConfig:
         _check(bool(self.endpoints), "llm.endpoints", self.endpoints, "define at least one endpoint")
         for name, ep in self.endpoints.items():
             ep.validate(f"llm.endpoints.{name}")
+            if self.backend.kind == "local" and self.backend.models and not ep.base_url:
+                served = sorted(self.backend.served_name(m) for m in self.backend.models.values())
+                _check(
+                    ep.model in served,
+                    f"llm.endpoints.{name}.model",
+                    ep.model,
+                    f"the local backend serves {served} (llm.backend.models): name one of them, or give "
+                    "the endpoint a base_url",
+                )
         for f in fields(self.roles):
             role: RoleConfig | None = getattr(self.roles, f.name)
             if role is None:
@@ -384,8 +466,9 @@ class InnerConfig:
             the solvers (it cannot pass the gate anyway; saves 2 x (n + n) calls).
         harness_max_calls: LLM calls a harness may make per document (its own roles).
         harness_max_tokens: prompt + completion tokens of those calls per document.
-        harness_wall_s: wall-clock seconds a harness may run per document, time spent inside
-            ``agent.evaluate`` (the evaluator's work) excluded.
+        harness_wall_s: wall-clock seconds a harness may run per document, time the parent
+            works for it excluded: inside ``agent.evaluate`` (the evaluator's work) and while
+            any of its own LLM calls is in flight (queued in or decoded by the server).
         harness_cpu_s: CPU seconds of the harness process (RLIMIT_CPU).
         harness_memory_mb: address-space limit of each harness process, MiB (RLIMIT_AS).
         harness_max_files: most files (and links) a harness directory may hold; checked before

@@ -28,7 +28,8 @@ only the standard library, the installed third-party packages and the harness SD
 - memory: ``agent.rounds`` (the reports so far) and ``await agent.note(text)``;
 - budgets, enforced by the parent: ``inner.max_rounds``, ``inner.harness_max_calls``,
   ``inner.harness_max_tokens`` per document, ``inner.harness_wall_s`` (time inside
-  ``evaluate`` excluded), CPU and memory limits; ``await agent.budget()`` says what is left.
+  ``evaluate`` and time its LLM calls are in flight excluded), CPU and memory limits;
+  ``await agent.budget()`` says what is left.
   An exhausted budget raises :class:`~inner.sdk.errors.BudgetExhausted` in the harness and ends the
   document with the reason.
 

@@ -29,7 +29,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,8 +186,12 @@ class DocumentSession:
         self.calls = 0
         self.tokens = 0
         self.t0 = time.monotonic()
-        self.eval_s = 0.0
-        self.eval_since: float | None = None
+        #: seconds the parent worked for the harness (inside ``evaluate``, or with at least one
+        #: of its LLM calls in flight: queued in or decoded by the server), and since when it
+        #: has been (``None``: not now); ``_parent_busy`` counts what is in flight
+        self.parent_s = 0.0
+        self.parent_since: float | None = None
+        self._parent_busy = 0
         self.ended: asyncio.Future[_End] = asyncio.get_running_loop().create_future()
         self._samples: Counter[str] = Counter()
         self._eval_lock = asyncio.Lock()
@@ -204,10 +208,28 @@ class DocumentSession:
 
     # -- budgets ------------------------------------------------------------------------------
     def harness_seconds(self) -> float:
-        """Wall-clock seconds of the harness so far, time inside ``evaluate`` excluded."""
+        """Wall-clock seconds of the harness so far, time the parent works for it excluded:
+        inside ``evaluate`` and while any of its LLM calls is in flight (a loaded server's queue
+        is the machine's, not the harness's; the calls are bounded by ``inner.harness_max_calls``
+        and each by its endpoint's ``timeout_s``)."""
         now = time.monotonic()
-        evaluating = now - self.eval_since if self.eval_since is not None else 0.0
-        return now - self.t0 - self.eval_s - evaluating
+        busy = now - self.parent_since if self.parent_since is not None else 0.0
+        return now - self.t0 - self.parent_s - busy
+
+    @contextlib.contextmanager
+    def parent_working(self) -> Iterator[None]:
+        """Stop the harness's clock (:meth:`harness_seconds`) while the block runs; overlapping
+        blocks (concurrent LLM calls, an evaluate beside them) count once."""
+        if self._parent_busy == 0:
+            self.parent_since = time.monotonic()
+        self._parent_busy += 1
+        try:
+            yield
+        finally:
+            self._parent_busy -= 1
+            if self._parent_busy == 0 and self.parent_since is not None:
+                self.parent_s += time.monotonic() - self.parent_since
+                self.parent_since = None
 
     def budget_left(self) -> dict[str, float]:
         """What the harness has left: ``rounds``, ``calls``, ``tokens``, ``seconds``."""
@@ -433,11 +455,12 @@ class DocumentSession:
         try:
             pending = self._structured.setdefault(req.group, []) if req.group is not None else None
             index = sample_index(replicate=self.eng.replicate, stream="harness", index=int(sample))
-            comp: Completion = await self.eng.client.complete(
-                role, messages, sample_index=index, json_schema=schema,
-                schema_name=req.schema_name, pending=pending,
-                **({"tools": tools} if tools else {}),
-            )  # fmt: skip
+            with self.parent_working():
+                comp: Completion = await self.eng.client.complete(
+                    role, messages, sample_index=index, json_schema=schema,
+                    schema_name=req.schema_name, pending=pending,
+                    **({"tools": tools} if tools else {}),
+                )  # fmt: skip
         except asyncio.CancelledError:  # the document ended with this call in flight: keep a trace
             self._usage.setdefault(role, RoleUsageRecord()).calls += 1
             self.traj.events.append(
@@ -464,12 +487,8 @@ class DocumentSession:
     async def on_evaluate(self, req: EvaluateRequest) -> dict[str, Any]:
         challenge, side, self_check = req.challenge, req.side, req.self_check
         async with self._eval_lock:
-            self.eval_since = time.monotonic()
-            try:
+            with self.parent_working():
                 rec = await self._evaluate_locked(challenge, side, self_check)
-            finally:
-                self.eval_s += time.monotonic() - self.eval_since
-                self.eval_since = None
         return rec.model_dump(mode="json")
 
     async def _evaluate_locked(self, challenge: Challenge, side: str, self_check: QVVerdict | None) -> RoundRecord:

@@ -1,7 +1,9 @@
 """Backends: the LLM servers the project starts itself.
 
 - ``local`` (default, offline): a llama.cpp server with the embedded Qwen2.5-Coder-0.5B-Instruct
-  GGUF (:mod:`inner.llm.weights`) on a free loopback port. ``llm.backend.server`` picks it:
+  GGUF (:mod:`inner.llm.weights`) on a free loopback port, or one server per model of
+  ``llm.backend.models`` (each endpoint goes to the server of its ``model``; :func:`local_models`
+  resolves their settings). ``llm.backend.server`` picks it:
   upstream llama.cpp's ``llama-server`` (parallel slots, continuous batching, prompt-prefix
   cache; built from the llama-cpp-python sdist by :mod:`inner.llm.build_server`), or
   llama-cpp-python's ``llama_cpp.server`` (one request at a time), or ``auto``: llama-server
@@ -26,6 +28,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -33,13 +36,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from inner.config import LLMConfig
+from inner.config import LLMConfig, LocalModelConfig
 from inner.llm.build_server import built_server, installed_version
-from inner.llm.weights import INSTALL_HINT, ensure_gguf
+from inner.llm.weights import INSTALL_HINT, Weights, ensure_gguf, weights_by_id
 from inner.sdk.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,11 @@ CACHE_REUSE_TOKENS = 0
 #: ``--cache-ram``: host-memory prompt cache of llama-server, MiB (its default is 8192).
 CACHE_RAM_MIB = 1024
 BUILD_HINT = "build it with: make install  (or: python -m inner.llm.build_server)"
+#: ``--poll`` of servers that share the cores with another local server (``llm.backend.poll``
+#: unset): 0 = worker threads sleep instead of spinning while they wait for work, so a server
+#: that waits does not burn the core another server decodes on (experiments/bench/README.md,
+#: "Two servers on 2 cores").
+SHARED_POLL = 0
 
 
 def free_port() -> int:
@@ -84,49 +93,141 @@ def _served_model(cfg: LLMConfig) -> str:
     return names.pop() if names else "model"
 
 
-def llama_cpp_command(cfg: LLMConfig, model_path: Path, port: int) -> list[str]:
-    """Command line of the embedded llama.cpp server (llama-cpp-python ``llama_cpp.server``)."""
+@dataclass(frozen=True)
+class LocalModel:
+    """One server of the local backend, its settings resolved (:func:`local_models`).
+
+    Attributes:
+        key: its key in ``llm.backend.models`` (``None`` with ``models`` empty).
+        name: served name (``--alias``): the ``model`` of the endpoints it serves.
+        weights: its GGUF.
+        slots: requests decoded at once; n_ctx: tokens per request.
+        n_threads / n_threads_batch: generation / prompt-processing threads.
+        poll: ``--poll`` (0-100), or ``None`` for llama.cpp's default.
+        endpoints: the endpoints (without ``base_url``) it serves.
+    """
+
+    key: str | None
+    name: str
+    weights: Weights
+    slots: int
+    n_ctx: int
+    n_threads: int
+    n_threads_batch: int
+    poll: int | None
+    endpoints: tuple[str, ...]
+
+
+def local_models(cfg: LLMConfig) -> list[LocalModel]:
+    """The servers ``llm=local`` starts for the endpoints without ``base_url``: one per model of
+    ``llm.backend.models`` whose served name some such endpoint names (in the order of
+    ``models``), or, with
+    ``models`` empty, one for the endpoints' one model with ``llm.backend.weights``. A setting a
+    model leaves ``None`` is the backend's; threads left ``None`` everywhere are the cores
+    divided evenly among the servers (at least 1), and ``poll`` is :data:`SHARED_POLL` when
+    there are several servers (llama.cpp's default for one).
+
+    Raises:
+        BackendError: ``models`` is empty but the endpoints name several models.
+    """
     b = cfg.backend
+    served = _served_endpoints(cfg)
+    wanted = {cfg.endpoints[e].model for e in served}
+    specs: list[tuple[str | None, str, LocalModelConfig]]
+    if b.models:
+        specs = [(key, b.served_name(m), m) for key, m in b.models.items()]
+        specs = [s for s in specs if s[1] in wanted]
+    else:
+        if len(wanted) > 1:
+            raise BackendError(
+                f"llm.backend.models is empty, so llm=local starts one server, but the endpoints without "
+                f"base_url name several models: {sorted(wanted)}; list them in llm.backend.models "
+                "(one server each) or give the others a base_url"
+            )
+        specs = [(None, name, LocalModelConfig()) for name in wanted]
+    cores = os.cpu_count() or 1
+    threads = b.n_threads or max(1, cores // max(1, len(specs)))
+    poll = b.poll if b.poll is not None else (SHARED_POLL if len(specs) > 1 else None)
+    out = []
+    for key, name, m in specs:
+        n_threads = m.n_threads or threads
+        out.append(
+            LocalModel(
+                key=key,
+                name=name,
+                weights=weights_by_id(m.weights or b.weights),
+                slots=m.slots or b.slots,
+                n_ctx=m.n_ctx or b.n_ctx,
+                n_threads=n_threads,
+                n_threads_batch=m.n_threads_batch or b.n_threads_batch or n_threads,
+                poll=m.poll if m.poll is not None else poll,
+                endpoints=tuple(e for e in served if cfg.endpoints[e].model == name),
+            )
+        )
+    return out
+
+
+def _only_model(cfg: LLMConfig, model: LocalModel | None) -> LocalModel:
+    if model is not None:
+        return model
+    models = local_models(cfg)
+    if len(models) != 1:
+        raise BackendError(f"the local backend starts {len(models)} servers here: name the model")
+    return models[0]
+
+
+def llama_cpp_command(cfg: LLMConfig, model_path: Path, port: int, model: LocalModel | None = None) -> list[str]:
+    """Command line of the embedded llama.cpp server (llama-cpp-python ``llama_cpp.server``)
+    for ``model`` (default: the backend's only model). It has no ``--parallel`` nor ``--poll``."""
+    m = _only_model(cfg, model)
     cmd = [
         sys.executable, "-m", "llama_cpp.server",
         "--model", str(model_path),
-        "--model_alias", _served_model(cfg),
+        "--model_alias", m.name,
         "--host", "127.0.0.1",
         "--port", str(port),
-        "--n_ctx", str(b.n_ctx),
-        "--n_threads", str(b.n_threads or os.cpu_count() or 1),
+        "--n_ctx", str(m.n_ctx),
+        "--n_threads", str(m.n_threads),
+        "--n_threads_batch", str(m.n_threads_batch),
     ]  # fmt: skip
-    return cmd + list(b.extra_args)
+    return cmd + list(cfg.backend.extra_args)
 
 
-def llama_server_command(cfg: LLMConfig, binary: Path, model_path: Path, port: int) -> list[str]:
+def llama_server_command(
+    cfg: LLMConfig, binary: Path, model_path: Path, port: int, model: LocalModel | None = None
+) -> list[str]:
     """Command line of upstream llama.cpp's ``llama-server`` (flags of the llama.cpp vendored in
-    llama-cpp-python 0.3.36).
+    llama-cpp-python 0.3.36) for ``model`` (default: the backend's only model).
 
-    ``llm.backend.slots`` parallel slots with continuous batching, ``n_ctx`` tokens per slot
+    ``slots`` parallel slots with continuous batching, ``n_ctx`` tokens per slot
     (``--ctx-size`` is the total, split evenly: the KV cache is not unified when ``--parallel``
-    is given), prompt caching (on by default: a request goes to the idle slot whose cached
-    prompt shares the longest prefix with it, above 10 % of its length, or else the
-    ``--cache-ram`` host cache is searched) with :data:`CACHE_REUSE_TOKENS` and
+    is given), ``--threads`` / ``--threads-batch`` and ``--poll`` / ``--poll-batch`` (when set) as
+    :func:`local_models` resolves them, prompt caching (on by default: a request goes to the
+    idle slot whose cached prompt shares the longest prefix with it, above 10 % of its length,
+    or else the ``--cache-ram`` host cache is searched) with :data:`CACHE_REUSE_TOKENS` and
     :data:`CACHE_RAM_MIB`, no web UI. ``extra_args`` come last, so they override (llama.cpp
     keeps the last value of a repeated flag).
     """
-    b = cfg.backend
+    m = _only_model(cfg, model)
     cmd = [
         str(binary),
         "--model", str(model_path),
-        "--alias", _served_model(cfg),
+        "--alias", m.name,
         "--host", "127.0.0.1",
         "--port", str(port),
-        "--ctx-size", str(b.n_ctx * b.slots),
-        "--parallel", str(b.slots),
-        "--threads", str(b.n_threads or os.cpu_count() or 1),
+        "--ctx-size", str(m.n_ctx * m.slots),
+        "--parallel", str(m.slots),
+        "--threads", str(m.n_threads),
+        "--threads-batch", str(m.n_threads_batch),
+        # --poll-batch too: with --threads-batch given, the batch threads keep their own
+        # default polling (50) whatever --poll says (common/common.cpp, postprocess_cpu_params)
+        *(["--poll", str(m.poll), "--poll-batch", str(m.poll)] if m.poll is not None else []),
         "--cont-batching",
         "--cache-reuse", str(CACHE_REUSE_TOKENS),
         "--cache-ram", str(CACHE_RAM_MIB),
         "--no-webui",
     ]  # fmt: skip
-    return cmd + list(b.extra_args)
+    return cmd + list(cfg.backend.extra_args)
 
 
 def local_server(cfg: LLMConfig) -> tuple[str, Path | None]:
@@ -380,7 +481,8 @@ def start_backend(cfg: LLMConfig, *, log_dir: Path) -> Iterator[dict[str, str | 
 
     Args:
         cfg: the LLM config (``cfg.backend.kind`` picks the backend).
-        log_dir: where ``llm_server.log`` goes.
+        log_dir: where ``llm_server.log`` goes (``llm_server.<model>.log``, one per server,
+            when the local backend starts several).
 
     Yields:
         ``{endpoint name: base_url}`` for every endpoint with neither ``base_url`` nor
@@ -400,37 +502,8 @@ def start_backend(cfg: LLMConfig, *, log_dir: Path) -> Iterator[dict[str, str | 
         with start_vllm(cfg, log_dir=log_dir) as urls:
             yield {name: urls[0] if len(urls) == 1 else urls for name in served}
         return
-    port = cfg.backend.port or free_port()
-    base = f"http://127.0.0.1:{port}"
-    if kind == "local":
-        if importlib.util.find_spec("llama_cpp") is None:
-            raise BackendError(f"llm=local needs llama-cpp-python[server]: {INSTALL_HINT}")
-        which, binary = local_server(cfg)
-        model_path = ensure_gguf(Path(cfg.backend.model_cache_dir) if cfg.backend.model_cache_dir else None)
-        if binary is not None:
-            cmd = llama_server_command(cfg, binary, model_path, port)
-            health = f"{base}/health"  # 503 while the model loads, 200 when ready
-        else:
-            cmd = llama_cpp_command(cfg, model_path, port)
-            health = f"{base}/v1/models"
-        for name in served:
-            if cfg.endpoints[name].max_in_flight != cfg.backend.slots and which == "llama-server":
-                log.warning(
-                    "llm.endpoints.%s.max_in_flight=%d but llm.backend.slots=%d: requests beyond the "
-                    "slots wait in the server's queue, and slots beyond max_in_flight stay idle",
-                    name, cfg.endpoints[name].max_in_flight, cfg.backend.slots,
-                )  # fmt: skip
-    server = ManagedServer(
-        cmd,
-        health_url=health,
-        log_path=log_dir / "llm_server.log",
-        startup_timeout_s=cfg.backend.startup_timeout_s,
-    )
-    try:
-        server.start()
-        yield {name: f"{base}/v1" for name in served}
-    finally:
-        server.stop()
+    with _start_local(cfg, log_dir=log_dir) as local_urls:
+        yield dict(local_urls)
 
 
 @contextlib.contextmanager
@@ -455,6 +528,66 @@ def start_vllm(cfg: LLMConfig, *, log_dir: Path) -> Iterator[list[str]]:
             if waiting:
                 time.sleep(0.5)
         yield [server.health_url.removesuffix("/health") + "/v1" for server in servers]
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def _log_name(models: list[LocalModel], model: LocalModel) -> str:
+    """``llm_server.log`` for one server; ``llm_server.<key>.log`` for several."""
+    if len(models) == 1:
+        return "llm_server.log"
+    return f"llm_server.{re.sub(r'[^A-Za-z0-9._-]', '_', model.key or model.name)}.log"
+
+
+@contextlib.contextmanager
+def _start_local(cfg: LLMConfig, *, log_dir: Path) -> Iterator[dict[str, str]]:
+    """Start one local server per :func:`local_models` entry (all spawned, then each waited
+    for), yield ``{endpoint: its model's base_url}``, stop them all on exit. With
+    ``llm.backend.port`` set, server ``i`` listens on ``port + i``."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise BackendError(f"llm=local needs llama-cpp-python[server]: {INSTALL_HINT}")
+    which, binary = local_server(cfg)
+    models = local_models(cfg)
+    cache = Path(cfg.backend.model_cache_dir) if cfg.backend.model_cache_dir else None
+    paths = [ensure_gguf(cache, m.weights) for m in models]
+    servers: list[ManagedServer] = []
+    urls: dict[str, str] = {}
+    ports: set[int] = set()
+    for i, (m, path) in enumerate(zip(models, paths, strict=True)):
+        port = cfg.backend.port + i if cfg.backend.port else free_port()
+        while port in ports:  # two free ports asked in a row may coincide
+            port = free_port()
+        ports.add(port)
+        base = f"http://127.0.0.1:{port}"
+        if binary is not None:
+            cmd = llama_server_command(cfg, binary, path, port, m)
+            health = f"{base}/health"  # 503 while the model loads, 200 when ready
+        else:
+            cmd = llama_cpp_command(cfg, path, port, m)
+            health = f"{base}/v1/models"
+        for name in m.endpoints:
+            urls[name] = f"{base}/v1"
+            if cfg.endpoints[name].max_in_flight != m.slots and which == "llama-server":
+                log.warning(
+                    "llm.endpoints.%s.max_in_flight=%d but the slots of its model %s are %d: requests "
+                    "beyond the slots wait in the server's queue, and slots beyond max_in_flight stay idle",
+                    name, cfg.endpoints[name].max_in_flight, m.name, m.slots,
+                )  # fmt: skip
+        servers.append(
+            ManagedServer(
+                cmd,
+                health_url=health,
+                log_path=log_dir / _log_name(models, m),
+                startup_timeout_s=cfg.backend.startup_timeout_s,
+            )
+        )
+    try:
+        for server in servers:
+            server.launch()
+        for server in servers:
+            server.wait_ready()
+        yield urls
     finally:
         for server in servers:
             server.stop()
