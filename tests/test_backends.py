@@ -103,10 +103,10 @@ class _Recorder:
     def start(self):
         pass
 
-    def spawn(self):
+    def launch(self):
         pass
 
-    def wait_healthy(self):
+    def wait_ready(self):
         pass
 
     def stop(self):
@@ -224,14 +224,14 @@ def test_endpoints_reach_their_models_server_over_http(monkeypatch, tmp_path):
     started: list[ManagedServer] = []
 
     class StandIn(ManagedServer):
-        def spawn(self) -> None:
+        def launch(self) -> None:
             flags = _flags(self.cmd)
             assert self.cmd[1:3] == ["-m", "llama_cpp.server"]  # what would have run
             monkeypatch.setenv(STANDIN_ENV, flags["--model_alias"])
             self.cmd = [sys.executable, "-m", "tests.scripted_server", "--script",
                         "tests.test_backends:standin_script", "--port", flags["--port"]]  # fmt: skip
             started.append(self)
-            super().spawn()
+            super().launch()
 
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda n, *a: object() if n == "llama_cpp" else real_find_spec(n, *a)
@@ -389,9 +389,9 @@ def test_real_llama_server_serves_concurrent_requests_and_json_and_stops_within_
     started: list[ManagedServer] = []
 
     class Recording(ManagedServer):
-        def spawn(self) -> None:
+        def launch(self) -> None:
             started.append(self)
-            super().spawn()
+            super().launch()
 
     monkeypatch.setattr(backends, "ManagedServer", Recording)
     cfg = compose_config(
