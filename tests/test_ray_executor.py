@@ -23,9 +23,15 @@ ray = pytest.importorskip("ray")
 import git  # noqa: E402
 
 from inner.config import ExecutorConfig  # noqa: E402
+from inner.engine.documents import load_documents  # noqa: E402
+from inner.engine.executor import open_executor  # noqa: E402
+from inner.engine.harness import resolve_harness_dir  # noqa: E402
 from inner.engine.ray_executor import WORKER_PREFIX  # noqa: E402
 from inner.engine.records import RunWriter  # noqa: E402
+from inner.engine.run import evaluate_harness  # noqa: E402
 from inner.io import read_jsonl  # noqa: E402
+from inner.llm.client import LLMClient  # noqa: E402
+from inner.sdk.errors import ConfigError  # noqa: E402
 from meta.loop import run_evolve  # noqa: E402
 from tests.conftest import compose_config, run, write_corpus  # noqa: E402
 from tests.scenario import MARK  # noqa: E402
@@ -116,6 +122,31 @@ def test_ray_dataset_equals_local_one_record_per_document(corpus6, server, tmp_p
     again = run(_cfg(corpus6, "executor=ray"), tmp_path / "ray", ray_srv)
     assert ray_srv.count() == before and again["accepted"] == 6
     _one_record_per_document(tmp_path / "ray")
+
+
+def test_typed_failure_in_a_worker_is_raised_as_it_is_not_retried(corpus6, server, tmp_path):
+    srv = server(StatelessScenario(TOO_EASY, ACCEPT))
+    cfg = _cfg(corpus6, "executor=ray", "task.limit=2")
+
+    async def go() -> None:
+        client = LLMClient(cfg.llm, base_urls={"default": srv.base_url})
+        # the actors get no URL for the endpoint: each one's client refuses to start (a ConfigError)
+        ex = open_executor(cfg.executor, llm=cfg.llm, base_urls={}, cache_root=tmp_path / "cache",
+                           log_dir=tmp_path, max_concurrent_documents=2)  # fmt: skip
+        try:
+            async with ex as executor:
+                await evaluate_harness(
+                    tmp_path / "run", cfg=cfg, docs=load_documents(cfg.task),
+                    harness_dir=resolve_harness_dir("baseline"), client=client, executor=executor,
+                )  # fmt: skip
+        finally:
+            await client.aclose()
+
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match="base_url is not set"):
+        asyncio.run(go())
+    assert time.monotonic() - t0 < 60  # raised at once, not after restarts
+    assert srv.count() == 0 and not (tmp_path / "run" / "dataset.jsonl").exists()
 
 
 def _worker_pid(index: int) -> int:
