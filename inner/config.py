@@ -42,35 +42,74 @@ class EndpointConfig:
     """One OpenAI-compatible server.
 
     Attributes:
-        base_url: e.g. ``http://127.0.0.1:8000/v1``. ``None`` means "the server the backend
-            starts" (``llm=local`` or ``llm=vllm``).
+        base_url: e.g. ``http://127.0.0.1:8000/v1``. ``None`` (and no ``base_urls``) means
+            "the server the backend starts" (``llm=local`` or ``llm=vllm``).
+        base_urls: several replicas of one server (same model, same API key), instead of
+            ``base_url``: each request goes to the replica with the fewest requests in flight,
+            and a failing replica is taken out for a cool-down while the request is re-sent to
+            another (:mod:`inner.llm.replicas`). Set ``base_url`` or ``base_urls``, not both.
         model: model name sent in each request.
         api_key_env: name of the environment variable that holds the key; ``None`` sends a
             placeholder key (local servers ignore it). Keys never live in config files.
-        max_in_flight: concurrent requests allowed to this endpoint (asyncio semaphore).
+        max_in_flight: concurrent requests allowed to each replica of this endpoint (one
+            replica with ``base_url``; the endpoint takes ``max_in_flight x replicas``).
         timeout_s: per-request timeout in seconds.
         max_retries: retries on 429, 5xx, timeouts and dropped connections (exponential
             backoff, done by the ``openai`` client).
         json_mode: how to ask for schema-constrained JSON: ``json_schema`` (OpenAI, vLLM),
             ``llama_cpp`` (llama-cpp-python's ``{"type": "json_object", "schema": ...}``,
             grammar-constrained) or ``none`` (parse the text, repair once).
+        replica_cooldown_s: seconds a failing replica stays out (a connection error, a
+            timeout, or HTTP 408/409/429/5xx after ``max_retries``) before it gets one probe
+            request; the cool-down doubles with each consecutive take-out, up to
+            ``replica_cooldown_max_s``. Unused with a single replica.
+        replica_cooldown_max_s: the longest cool-down, seconds.
     """
 
     base_url: str | None = None
+    base_urls: list[str] = field(default_factory=list)
     model: str = "qwen2.5-coder-0.5b-instruct"
     api_key_env: str | None = None
     max_in_flight: int = 8
     timeout_s: float = 600.0
     max_retries: int = 4
     json_mode: str = "json_schema"
+    replica_cooldown_s: float = 5.0
+    replica_cooldown_max_s: float = 120.0
+
+    @property
+    def urls(self) -> list[str]:
+        """The configured replica URLs: ``base_urls``, or ``[base_url]``, or ``[]`` (the
+        backend starts the server)."""
+        return list(self.base_urls) if self.base_urls else [self.base_url] if self.base_url else []
 
     def validate(self, prefix: str) -> None:
         """Raise ConfigError for a bad value; ``prefix`` is e.g. ``llm.endpoints.default``
         (called by :class:`LLMConfig`, so messages name the full key)."""
+        if self.base_url and self.base_urls:
+            raise ConfigError(
+                f"{prefix}.base_url={self.base_url!r} and {prefix}.base_urls={self.base_urls!r} are both set: "
+                f"use base_url for one server or base_urls for its replicas (set {prefix}.base_url=null)"
+            )
+        for i, url in enumerate(self.base_urls):
+            _check(isinstance(url, str) and url.strip() != "", f"{prefix}.base_urls[{i}]", url, "must be a URL")
+            _check(
+                url not in self.base_urls[:i],
+                f"{prefix}.base_urls[{i}]",
+                url,
+                f"is listed twice (also at index {self.base_urls.index(url)}); list each replica once",
+            )
         _check(self.max_in_flight >= 1, f"{prefix}.max_in_flight", self.max_in_flight, "must be >= 1")
         _check(self.timeout_s > 0, f"{prefix}.timeout_s", self.timeout_s, "must be > 0 seconds")
         _check(self.max_retries >= 0, f"{prefix}.max_retries", self.max_retries, "must be >= 0")
         _check(self.json_mode in JSON_MODES, f"{prefix}.json_mode", self.json_mode, f"use one of {JSON_MODES}")
+        _check(self.replica_cooldown_s > 0, f"{prefix}.replica_cooldown_s", self.replica_cooldown_s, "must be > 0 s")
+        _check(
+            self.replica_cooldown_max_s >= self.replica_cooldown_s,
+            f"{prefix}.replica_cooldown_max_s",
+            self.replica_cooldown_max_s,
+            f"must be >= {prefix}.replica_cooldown_s={self.replica_cooldown_s}",
+        )
 
 
 @dataclass
@@ -149,8 +188,17 @@ class BackendConfig:
         slots: requests llama-server decodes at once (``--parallel``); the local endpoint's
             ``max_in_flight`` follows it (``conf/llm/local.yaml``).
         vllm_model: model to serve with ``llm=vllm`` (defaults to the endpoint's model).
+        replicas: ``llm=vllm`` only: how many ``vllm serve`` processes to start, each on its
+            own port and its own GPUs; the served endpoints balance over them (their
+            ``base_urls``).
+        gpus_per_replica: ``llm=vllm`` only: GPUs per replica (``CUDA_VISIBLE_DEVICES``;
+            ``--tensor-parallel-size`` when above 1). Replica ``i`` gets devices
+            ``i * gpus_per_replica`` to ``(i + 1) * gpus_per_replica - 1``, counted within the
+            parent's ``CUDA_VISIBLE_DEVICES`` when that is set (a single replica sees the
+            parent's devices unchanged).
         extra_args: extra command-line arguments for the server.
-        port: fixed port; ``None`` picks a free loopback port.
+        port: fixed port (replica ``i`` of ``llm=vllm`` gets ``port + i``); ``None`` picks
+            free loopback ports.
         startup_timeout_s: how long to wait for the server to answer, seconds.
     """
 
@@ -161,6 +209,8 @@ class BackendConfig:
     server: str = "auto"
     slots: int = 4
     vllm_model: str | None = None
+    replicas: int = 1
+    gpus_per_replica: int = 1
     extra_args: list[str] = field(default_factory=list)
     port: int | None = None
     startup_timeout_s: float = 300.0
@@ -170,6 +220,15 @@ class BackendConfig:
         _check(self.n_ctx >= 512, "llm.backend.n_ctx", self.n_ctx, "must be >= 512 tokens")
         _check(self.server in LOCAL_SERVERS, "llm.backend.server", self.server, f"use one of {LOCAL_SERVERS}")
         _check(self.slots >= 1, "llm.backend.slots", self.slots, "must be >= 1")
+        _check(self.replicas >= 1, "llm.backend.replicas", self.replicas, "must be >= 1")
+        _check(self.gpus_per_replica >= 1, "llm.backend.gpus_per_replica", self.gpus_per_replica, "must be >= 1")
+        _check(
+            self.replicas == 1 or self.kind == "vllm",
+            "llm.backend.replicas",
+            self.replicas,
+            f"only llm=vllm starts replicas (llm.backend.kind={self.kind!r}); "
+            "list running servers in llm.endpoints.<name>.base_urls instead",
+        )
         _check(
             self.startup_timeout_s > 0,
             "llm.backend.startup_timeout_s",
@@ -208,6 +267,13 @@ class LLMConfig:
                 role.endpoint,
                 f"must name one of llm.endpoints {sorted(self.endpoints)}",
             )
+
+    def max_connections(self) -> int:
+        """Requests in flight at once over all endpoints, at most: each endpoint's
+        ``max_in_flight`` times its replicas (its ``base_urls``, or the ``llm=vllm`` backend's
+        ``replicas`` for an endpoint the backend serves)."""
+        started = self.backend.replicas if self.backend.kind == "vllm" else 1
+        return sum(ep.max_in_flight * (len(ep.urls) or started) for ep in self.endpoints.values())
 
     def role(self, name: str) -> RoleConfig:
         """The :class:`RoleConfig` of ``name``; raises ConfigError for an unknown role."""

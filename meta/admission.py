@@ -288,7 +288,10 @@ class AdmissionConfig:
     min_parent_runs: int = 3
     min_gain_docs: float = 1.0
     alpha: float = 0.10
-    race_alpha: float | None = 0.20
+    race_alpha: float | None = 0.25
+    race_parent: bool = True
+    first_look_share: float = 0.8
+    raced_look_share: float = 0.7
     max_replicates: int = 4
     n_resamples: int = 20000
     exact_max_docs: int = 16
@@ -309,6 +312,12 @@ class AdmissionConfig:
             raise ValueError(
                 f"AdmissionConfig.race_alpha must be None or in (alpha, 1] = ({self.alpha}, 1], got {self.race_alpha!r}"
             )
+        if not isinstance(self.race_parent, bool):
+            raise ValueError(f"AdmissionConfig.race_parent must be a bool, got {self.race_parent!r}")
+        for name in ("first_look_share", "raced_look_share"):
+            value = getattr(self, name)
+            if not (_is_real(value) and 0 < value <= 1):
+                raise ValueError(f"AdmissionConfig.{name} must be in (0, 1], got {value!r}")
         _check_int("max_replicates", self.max_replicates, 1)
         if self.max_replicates < self.replicates:
             raise ValueError(
@@ -317,6 +326,20 @@ class AdmissionConfig:
         _check_int("n_resamples", self.n_resamples, 100)
         _check_int("exact_max_docs", self.exact_max_docs, 0, 24)
         _check_int("seed", self.seed, 0)
+
+    def look_alphas(self) -> tuple[float, float]:
+        """``(first, raced)``: the p-value thresholds of the first test and of each raced test.
+
+        Without racing (``race_alpha is None``) there is one look, tested at ``alpha``. With
+        racing, the looks spend ``alpha`` between them (alpha spending, as in group-sequential
+        designs): the first at ``alpha * first_look_share``, each raced one at
+        ``alpha * raced_look_share``, so that the whole procedure admits about ``alpha`` of
+        neutral mutants, not more (the shares are calibrated like Pocock's constants, by
+        simulation: ``experiments/bench/admission.py``).
+        """
+        if self.race_alpha is None:
+            return self.alpha, self.alpha
+        return self.alpha * self.first_look_share, self.alpha * self.raced_look_share
 
 
 @dataclass(frozen=True)
@@ -594,7 +617,13 @@ def strict_decision(candidate: Tallies, parent: Tallies, docs: Sequence[str], *,
 
 
 def paired_decision(
-    candidate: Tallies, parent: Tallies, docs: Sequence[str], cfg: AdmissionConfig, *, evals: int = 0
+    candidate: Tallies,
+    parent: Tallies,
+    docs: Sequence[str],
+    cfg: AdmissionConfig,
+    *,
+    evals: int = 0,
+    alpha: float | None = None,
 ) -> AdmissionDecision:
     """The paired rule: admit iff ``T >= cfg.min_gain_docs`` and the sign-flip p-value ``<= cfg.alpha``.
 
@@ -610,11 +639,12 @@ def paired_decision(
     T = float(sum(diffs))
     p = sign_flip_pvalue(diffs, exact_max_docs=cfg.exact_max_docs, n_resamples=cfg.n_resamples, seed=cfg.seed)
     gain_ok = T >= cfg.min_gain_docs - 1e-12
-    p_ok = p <= cfg.alpha
+    level = cfg.alpha if alpha is None else alpha
+    p_ok = p <= level
     admitted = gain_ok and p_ok
     reason = (
         f"T={T:.2f} docs {'>=' if gain_ok else '<'} {cfg.min_gain_docs:g}, "
-        f"p={p:.3f} {'<=' if p_ok else '>'} {cfg.alpha:.2f}: {'admitted' if admitted else 'rejected'}"
+        f"p={p:.3f} {'<=' if p_ok else '>'} {level:.3f}: {'admitted' if admitted else 'rejected'}"
     )
     return AdmissionDecision(
         rule="paired",
@@ -738,17 +768,23 @@ async def decide(
 
     for k in range(1, cfg.replicates):
         await candidate_run(k)
-    decision = paired_decision(candidate, parent, docs, cfg, evals=evals)
-    used = cfg.replicates
+    first_alpha, raced_alpha = cfg.look_alphas()
+    decision = paired_decision(candidate, parent, docs, cfg, evals=evals, alpha=first_alpha)
+    used, level = cfg.replicates, first_alpha
     while (
         cfg.race_alpha is not None
         and decision.p_value is not None
-        and cfg.alpha < decision.p_value <= cfg.race_alpha
+        and level < decision.p_value <= cfg.race_alpha
         and used < cfg.max_replicates
     ):
-        first_p = decision.p_value
+        first_p, level = decision.p_value, raced_alpha
         await candidate_run(used)
         used += 1
-        decision = paired_decision(candidate, parent, docs, cfg, evals=evals)
+        if cfg.race_parent:
+            k = parent.max_runs(docs)
+            lacking = [d for d in docs if (parent[d].runs if d in parent else 0) <= k]
+            parent.add_run(_outcomes_for(await evaluate_parent(k), lacking, "parent", k))
+            evals += len(lacking)
+        decision = paired_decision(candidate, parent, docs, cfg, evals=evals, alpha=raced_alpha)
         decision = replace(decision, reason=f"{decision.reason} (raced replicate {used} after p={first_p:.3f})")
     return decision, candidate, parent

@@ -18,7 +18,7 @@ seeds and cache give the same dataset (up to line order) either way.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -71,7 +71,7 @@ async def open_executor(
     cfg: ExecutorConfig,
     *,
     llm: LLMConfig,
-    base_urls: dict[str, str],
+    base_urls: Mapping[str, str | list[str]],
     cache_root: Path,
     log_dir: Path,
     max_concurrent_documents: int,

@@ -52,7 +52,7 @@ import shutil
 import tempfile
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +152,9 @@ class DocumentWorker:
         call_log: its ``calls-worker<i>.jsonl``.
     """
 
-    def __init__(self, index: int, llm: LLMConfig, base_urls: dict[str, str], cache_root: str, call_log: str) -> None:
+    def __init__(
+        self, index: int, llm: LLMConfig, base_urls: Mapping[str, str | list[str]], cache_root: str, call_log: str
+    ) -> None:
         self.index = index
         self.llm, self.base_urls = llm, base_urls
         self.cache_root, self.call_log = Path(cache_root), Path(call_log)
@@ -250,7 +252,7 @@ class RayExecutor:
         cfg: ExecutorConfig,
         *,
         llm: LLMConfig,
-        base_urls: dict[str, str],
+        base_urls: Mapping[str, str | list[str]],
         cache_root: Path,
         log_dir: Path,
         max_concurrent_documents: int,

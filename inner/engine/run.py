@@ -10,7 +10,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -162,7 +162,7 @@ async def run_generate(
     run_dir: Path,
     *,
     observer_factory: Any = None,
-    base_urls: dict[str, str] | None = None,
+    base_urls: Mapping[str, str | list[str]] | None = None,
 ) -> dict[str, Any]:
     """Generate data for every document of ``cfg.task`` into ``run_dir``.
 
@@ -175,7 +175,7 @@ async def run_generate(
         run_dir: the run directory (Hydra's output dir).
         observer_factory: ``f(total=, done=, accepted=, usage=) -> LoopObserver`` context
             manager for progress display; ``None`` for none.
-        base_urls: endpoint name -> base URL, bypassing the backend.
+        base_urls: endpoint name -> base URL (or a list of replica URLs), bypassing the backend.
 
     Returns:
         The ``stats.json`` dictionary (also written to disk).
@@ -198,7 +198,7 @@ async def _generate(
     run_dir: Path,
     harness_dir: Path,
     observer_factory: Any,
-    base_urls: dict[str, str] | None,
+    base_urls: Mapping[str, str | list[str]] | None,
 ) -> dict[str, Any]:
     """:func:`run_generate` with the harness snapshot in ``harness_dir``."""
     t0 = time.perf_counter()
@@ -209,7 +209,7 @@ async def _generate(
     bwrap_path()  # no sandbox, no run: fail before any LLM call
     check_open_files(
         documents=cfg.inner.max_concurrent_documents,
-        connections=sum(ep.max_in_flight for ep in cfg.llm.endpoints.values()),
+        connections=cfg.llm.max_connections(),
         what=f"inner.max_concurrent_documents={cfg.inner.max_concurrent_documents}",
     )
     await check_harness_loads(harness_dir, cfg, name=harness_dir.name)
@@ -344,6 +344,7 @@ async def evaluate_harness(
         task=cfg.task.name,
         this_invocation=meter.as_dict(),
         wall_s=time.perf_counter() - t0,
+        replicas=client.replica_counts(),
     )
     writer.write_json("stats.json", stats)
     return ([kept[d.doc_id] for d in docs] if kept is not None else None), stats

@@ -7,13 +7,17 @@
   llama-cpp-python's ``llama_cpp.server`` (one request at a time), or ``auto``: llama-server
   if built, else llama-cpp-python's with a warning.
 - ``vllm``: ``vllm serve MODEL`` on a free loopback port (GPU machines); waits for ``/health``.
+  With ``llm.backend.replicas: N``, N such servers, each on its own port and its own
+  ``gpus_per_replica`` GPUs (``CUDA_VISIBLE_DEVICES``), started together; the served
+  endpoints get the N URLs as their replicas (:mod:`inner.llm.replicas`).
 - ``openai``: starts nothing; endpoints must set ``base_url`` (and ``api_key_env``).
 
-:func:`start_backend` is a context manager that yields ``{endpoint name: base_url}`` for the
-endpoints whose ``base_url`` is unset, and stops the server on exit, Ctrl-C or error: SIGTERM
-to its process group, SIGKILL after :data:`STOP_GRACE_S` (1 s). The child gets
-``PR_SET_PDEATHSIG`` (SIGKILL) on Linux, so it dies at once when this process dies without
-running its cleanup (SIGTERM's default action, SIGKILL), even in the middle of a generation.
+:func:`start_backend` is a context manager that yields ``{endpoint name: base_url}`` (a list
+of URLs for vLLM replicas) for the endpoints with neither ``base_url`` nor ``base_urls``, and
+stops the server(s) on exit, Ctrl-C or error: SIGTERM to its process group, SIGKILL after
+:data:`STOP_GRACE_S` (1 s). The child gets ``PR_SET_PDEATHSIG`` (SIGKILL) on Linux, so it
+dies at once when this process dies without running its cleanup (SIGTERM's default action,
+SIGKILL), even in the middle of a generation.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ def free_port() -> int:
 
 
 def _served_endpoints(cfg: LLMConfig) -> list[str]:
-    return [name for name, ep in cfg.endpoints.items() if not ep.base_url]
+    return [name for name, ep in cfg.endpoints.items() if not ep.urls]
 
 
 def _served_model(cfg: LLMConfig) -> str:
@@ -157,7 +161,9 @@ def local_server(cfg: LLMConfig) -> tuple[str, Path | None]:
 
 
 def vllm_command(cfg: LLMConfig, port: int) -> list[str]:
-    """Command line of ``vllm serve`` for ``llm=vllm``; the served name is the endpoint's model."""
+    """Command line of ``vllm serve`` for ``llm=vllm`` (one replica); the served name is the
+    endpoint's model; ``--tensor-parallel-size`` when ``llm.backend.gpus_per_replica`` is
+    above 1. ``extra_args`` come last, so they override."""
     served = _served_model(cfg)
     model = cfg.backend.vllm_model or served
     cmd = [
@@ -171,7 +177,67 @@ def vllm_command(cfg: LLMConfig, port: int) -> list[str]:
         "--served-model-name",
         served,
     ]
+    if cfg.backend.gpus_per_replica > 1:
+        cmd += ["--tensor-parallel-size", str(cfg.backend.gpus_per_replica)]
     return cmd + list(cfg.backend.extra_args)
+
+
+def vllm_replica_devices(cfg: LLMConfig, index: int, visible: str | None) -> str:
+    """``CUDA_VISIBLE_DEVICES`` of vLLM replica ``index``: ``llm.backend.gpus_per_replica``
+    consecutive devices, counted within ``visible`` (the parent's ``CUDA_VISIBLE_DEVICES``)
+    when it is set, else GPUs ``0..``; e.g. 2 per replica: replica 1 gets ``"2,3"``.
+
+    Raises:
+        BackendError: ``visible`` lists fewer devices than ``replicas x gpus_per_replica``.
+    """
+    b = cfg.backend
+    need = b.replicas * b.gpus_per_replica
+    if visible is not None and visible.strip():
+        devices = [d.strip() for d in visible.split(",") if d.strip()]
+        if len(devices) < need:
+            raise BackendError(
+                f"llm.backend.replicas={b.replicas} x llm.backend.gpus_per_replica={b.gpus_per_replica} needs {need} "
+                f"GPUs, but CUDA_VISIBLE_DEVICES={visible!r} lists {len(devices)}: lower one of them"
+            )
+    else:
+        devices = [str(i) for i in range(need)]
+    return ",".join(devices[index * b.gpus_per_replica : (index + 1) * b.gpus_per_replica])
+
+
+def vllm_ports(cfg: LLMConfig) -> list[int]:
+    """The ports of the vLLM replicas: ``port, port + 1, ...`` when ``llm.backend.port`` is
+    set, else distinct free loopback ports."""
+    if cfg.backend.port:
+        return [cfg.backend.port + i for i in range(cfg.backend.replicas)]
+    ports: list[int] = []
+    while len(ports) < cfg.backend.replicas:
+        p = free_port()
+        if p not in ports:
+            ports.append(p)
+    return ports
+
+
+def vllm_servers(cfg: LLMConfig, *, log_dir: Path) -> list[ManagedServer]:
+    """One :class:`ManagedServer` per replica (not started): :func:`vllm_command` on its port
+    (:func:`vllm_ports`), health at ``/health``, log ``llm_server.log`` (one replica) or
+    ``llm_server-<i>.log``. With several replicas each gets its own devices
+    (:func:`vllm_replica_devices`); one replica sees the parent's.
+
+    Raises:
+        BackendError: too few visible GPUs for the replicas.
+    """
+    n = cfg.backend.replicas
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return [
+        ManagedServer(
+            vllm_command(cfg, port),
+            health_url=f"http://127.0.0.1:{port}/health",
+            log_path=log_dir / ("llm_server.log" if n == 1 else f"llm_server-{i}.log"),
+            startup_timeout_s=cfg.backend.startup_timeout_s,
+            env={"CUDA_VISIBLE_DEVICES": vllm_replica_devices(cfg, i, visible)} if n > 1 else None,
+        )
+        for i, port in enumerate(vllm_ports(cfg))
+    ]
 
 
 def _set_pdeathsig() -> None:  # runs in the child between fork and exec
@@ -191,21 +257,41 @@ class ManagedServer:
         health_url: URL that answers 200 once the server is ready.
         log_path: file that receives the server's stdout and stderr.
         startup_timeout_s: seconds to wait for health before giving up.
+        env: variables set for the server on top of this process's environment.
     """
 
-    def __init__(self, cmd: list[str], *, health_url: str, log_path: Path, startup_timeout_s: float) -> None:
+    def __init__(
+        self,
+        cmd: list[str],
+        *,
+        health_url: str,
+        log_path: Path,
+        startup_timeout_s: float,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.cmd = cmd
         self.health_url = health_url
         self.log_path = log_path
         self.startup_timeout_s = startup_timeout_s
+        self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
+        self._deadline = 0.0
 
     def start(self) -> None:
-        """Start the process and block until healthy.
+        """Start the process and block until healthy (:meth:`launch`, :meth:`wait_ready`).
 
         Raises:
             BackendError: the process exits early or is not healthy within the timeout
                 (the message quotes the end of its log).
+        """
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process without waiting; the startup timeout counts from now.
+
+        Raises:
+            BackendError: the command cannot be run.
         """
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         logf = self.log_path.open("ab")
@@ -213,6 +299,7 @@ class ManagedServer:
         try:
             self.proc = subprocess.Popen(
                 self.cmd,
+                env={**os.environ, **self.env} if self.env else None,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -223,22 +310,41 @@ class ManagedServer:
             raise BackendError(f"cannot start {self.cmd[0]!r}: {exc}") from exc
         finally:
             logf.close()
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BackendError(
-                    f"LLM server exited with code {self.proc.returncode} during startup; "
-                    f"log {self.log_path}:\n{self._tail()}"
-                )
-            with contextlib.suppress(httpx.HTTPError):  # not listening yet
-                if httpx.get(self.health_url, timeout=2.0).status_code == 200:
-                    return
+        self._deadline = time.monotonic() + self.startup_timeout_s
+
+    def wait_ready(self) -> None:
+        """Block until the launched process is healthy.
+
+        Raises:
+            BackendError: the process exits early or is not healthy within the timeout
+                (the message quotes the end of its log).
+        """
+        while not self.ready():
             time.sleep(0.5)
-        self.stop()
-        raise BackendError(
-            f"LLM server not healthy at {self.health_url} after {self.startup_timeout_s:.0f} s "
-            f"(llm.backend.startup_timeout_s); log {self.log_path}:\n{self._tail()}"
-        )
+
+    def ready(self) -> bool:
+        """Whether the launched process is healthy now (one health check).
+
+        Raises:
+            BackendError: the process has exited, or its startup timeout has passed (it is
+                then stopped); the message quotes the end of its log.
+        """
+        assert self.proc is not None, "launch() first"
+        if self.proc.poll() is not None:
+            raise BackendError(
+                f"LLM server exited with code {self.proc.returncode} during startup; "
+                f"log {self.log_path}:\n{self._tail()}"
+            )
+        with contextlib.suppress(httpx.HTTPError):  # not listening yet
+            if httpx.get(self.health_url, timeout=2.0).status_code == 200:
+                return True
+        if time.monotonic() >= self._deadline:
+            self.stop()
+            raise BackendError(
+                f"LLM server not healthy at {self.health_url} after {self.startup_timeout_s:.0f} s "
+                f"(llm.backend.startup_timeout_s); log {self.log_path}:\n{self._tail()}"
+            )
+        return False
 
     def _tail(self, n: int = 20) -> str:
         try:
@@ -269,7 +375,7 @@ class ManagedServer:
 
 
 @contextlib.contextmanager
-def start_backend(cfg: LLMConfig, *, log_dir: Path) -> Iterator[dict[str, str]]:
+def start_backend(cfg: LLMConfig, *, log_dir: Path) -> Iterator[dict[str, str | list[str]]]:
     """Start the configured backend and yield base URLs for the endpoints it serves.
 
     Args:
@@ -277,8 +383,9 @@ def start_backend(cfg: LLMConfig, *, log_dir: Path) -> Iterator[dict[str, str]]:
         log_dir: where ``llm_server.log`` goes.
 
     Yields:
-        ``{endpoint name: base_url}`` for every endpoint whose ``base_url`` is unset
-        (empty for ``openai``, or when every endpoint already has a URL).
+        ``{endpoint name: base_url}`` for every endpoint with neither ``base_url`` nor
+        ``base_urls`` (empty for ``openai``, or when every endpoint already has a URL); for
+        ``llm=vllm`` with ``replicas`` above 1, ``{endpoint name: [replica URLs]}``.
 
     Raises:
         BackendError / ModelWeightsError: the extra is not installed, weights are missing or
@@ -288,6 +395,10 @@ def start_backend(cfg: LLMConfig, *, log_dir: Path) -> Iterator[dict[str, str]]:
     kind = cfg.backend.kind
     if kind == "openai" or not served:
         yield {}
+        return
+    if kind == "vllm":
+        with start_vllm(cfg, log_dir=log_dir) as urls:
+            yield {name: urls[0] if len(urls) == 1 else urls for name in served}
         return
     port = cfg.backend.port or free_port()
     base = f"http://127.0.0.1:{port}"
@@ -309,11 +420,6 @@ def start_backend(cfg: LLMConfig, *, log_dir: Path) -> Iterator[dict[str, str]]:
                     "slots wait in the server's queue, and slots beyond max_in_flight stay idle",
                     name, cfg.endpoints[name].max_in_flight, cfg.backend.slots,
                 )  # fmt: skip
-    else:
-        if shutil.which("vllm") is None:
-            raise BackendError("llm=vllm needs the `vllm` command: pip install vllm (GPU machine)")
-        cmd = vllm_command(cfg, port)
-        health = f"{base}/health"
     server = ManagedServer(
         cmd,
         health_url=health,
@@ -325,3 +431,30 @@ def start_backend(cfg: LLMConfig, *, log_dir: Path) -> Iterator[dict[str, str]]:
         yield {name: f"{base}/v1" for name in served}
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def start_vllm(cfg: LLMConfig, *, log_dir: Path) -> Iterator[list[str]]:
+    """Start ``llm.backend.replicas`` vLLM servers together (:func:`vllm_servers`), wait until
+    all are healthy, yield their base URLs (``http://127.0.0.1:<port>/v1``, replica order), and
+    stop them all on exit.
+
+    Raises:
+        BackendError: ``vllm`` is not installed, too few visible GPUs, or a replica does not
+            come up (the others are stopped).
+    """
+    if shutil.which("vllm") is None:
+        raise BackendError("llm=vllm needs the `vllm` command: pip install vllm (GPU machine)")
+    servers = vllm_servers(cfg, log_dir=log_dir)
+    try:
+        for server in servers:  # all load their weights at once: minutes each
+            server.launch()
+        waiting = list(servers)
+        while waiting:  # the first replica that fails stops them all, without waiting for the rest
+            waiting = [server for server in waiting if not server.ready()]
+            if waiting:
+                time.sleep(0.5)
+        yield [server.health_url.removesuffix("/health") + "/v1" for server in servers]
+    finally:
+        for server in servers:
+            server.stop()
