@@ -111,6 +111,10 @@ def test_ray_dataset_equals_local_one_record_per_document(corpus6, server, tmp_p
         assert stats[key] == local[key], key
     # the workers' calls reach the driver's meters: this invocation's counts are the local run's
     assert stats["this_invocation"] == local["this_invocation"]
+    # and the actors' per-replica counts (one replica here) reach stats.json too
+    requests = {e: [r["requests"] for r in reps] for e, reps in stats["replicas"].items()}
+    assert requests == {e: [r["requests"] for r in reps] for e, reps in local["replicas"].items()}
+    assert requests == {"default": [6 * PER_DOC_TOO_EASY_THEN_ACCEPT]}
     # both actors ran documents, each logging its own calls; together every request the server saw
     logs = sorted((tmp_path / "ray").glob("calls-worker*.jsonl"))
     assert [p.name for p in logs] == ["calls-worker0.jsonl", "calls-worker1.jsonl"]

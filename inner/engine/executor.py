@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from inner.config import ExecutorConfig, LLMConfig
 from inner.engine.documents import Document
@@ -49,6 +49,30 @@ class Executor(Protocol):
         completion order; records on disk before it is called)."""
         ...
 
+    def replica_counts(self) -> dict[str, list[dict[str, Any]]]:
+        """Per-replica counts of the requests made outside the driver's client (by Ray actors),
+        in :meth:`inner.llm.client.LLMClient.replica_counts`' shape; ``{}`` when the driver's
+        client made every request."""
+        ...
+
+
+def merge_replica_counts(*counts: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Several clients' :meth:`inner.llm.client.LLMClient.replica_counts` as one: per endpoint
+    and replica (``base_urls`` order, the same in every client), ``requests``, ``failures`` and
+    ``taken_out`` summed, ``in_flight_peak`` the largest (each client's own peak)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for c in counts:
+        for endpoint, replicas in c.items():
+            mine = out.get(endpoint)
+            if mine is None:
+                out[endpoint] = [dict(r) for r in replicas]
+                continue
+            for m, r in zip(mine, replicas, strict=True):
+                for key in ("requests", "failures", "taken_out"):
+                    m[key] += r[key]
+                m["in_flight_peak"] = max(m["in_flight_peak"], r["in_flight_peak"])
+    return dict(sorted(out.items()))
+
 
 class LocalExecutor:
     """``executor=local``: the documents run in this process (:func:`inner.engine.loop.run_documents`)."""
@@ -60,6 +84,10 @@ class LocalExecutor:
         on_finished: Callable[[Document, Trajectory], None] | None = None,
     ) -> None:
         await run_documents(eng, docs, on_finished=on_finished)
+
+    def replica_counts(self) -> dict[str, list[dict[str, Any]]]:
+        """``{}``: the driver's client made every request."""
+        return {}
 
 
 #: the executor of code that names none (tests, ``autodata-confirm``): this process

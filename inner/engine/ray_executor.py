@@ -61,7 +61,7 @@ import ray.exceptions
 
 from inner.config import ExecutorConfig, GenerateConfig, LLMConfig
 from inner.engine.documents import Document
-from inner.engine.executor import ExecutorError
+from inner.engine.executor import ExecutorError, merge_replica_counts
 from inner.engine.harness import harness_id as make_harness_id
 from inner.engine.loop import Engine, LoopObserver, make_example, run_document
 from inner.engine.records import Example, RunWriter, Trajectory
@@ -211,7 +211,7 @@ class DocumentWorker:
 
         Returns:
             ``{"trajectory": JSON, "usage": {role: counters}, "live_completion_tokens": int,
-            "worker": index}``.
+            "worker": index, "pid": int, "replicas": this actor's client's replica counts so far}``.
         """
         harness_dir = await self._harness(task["harness_id"], task["harness"][0])
         eng = self._engine(task["cfg"], task["run_dir"], harness_dir, task["harness_id"], task["replicate"])
@@ -225,6 +225,8 @@ class DocumentWorker:
             "usage": meter.as_dict(),
             "live_completion_tokens": meter.live_completion_tokens,
             "worker": self.index,
+            "pid": os.getpid(),
+            "replicas": self._client().replica_counts(),  # since this actor's client was made
         }
 
     async def close(self) -> None:
@@ -269,6 +271,8 @@ class RayExecutor:
         self.harness_refs: dict[str, Any] = {}
         self.started_ray = False
         self._slots: asyncio.Semaphore | None = None
+        #: the latest replica counts of each actor process ((index, pid): a restarted actor is a new one)
+        self._replicas: dict[tuple[int, int], dict[str, list[dict[str, Any]]]] = {}
         self._start_lock: asyncio.Lock | None = None
 
     @property
@@ -402,7 +406,13 @@ class RayExecutor:
             finally:
                 self.load[i] -= 1
         eng.client.record_usage(out["usage"], out["live_completion_tokens"])
+        self._replicas[(out["worker"], out["pid"])] = out["replicas"]
         return Trajectory.model_validate_json(out["trajectory"])
+
+    def replica_counts(self) -> dict[str, list[dict[str, Any]]]:
+        """The actors' replica counts (each actor process's latest, merged: requests since the
+        actors started, over every evaluation run through this executor)."""
+        return merge_replica_counts(*self._replicas.values())
 
     def close(self) -> None:
         """Close and kill the actors; stop Ray if this executor started it."""

@@ -19,7 +19,7 @@ import yaml
 
 from inner.config import GenerateConfig
 from inner.engine.documents import Document, load_documents
-from inner.engine.executor import LOCAL, Executor, open_executor
+from inner.engine.executor import LOCAL, Executor, merge_replica_counts, open_executor
 from inner.engine.harness import harness_id as make_harness_id
 from inner.engine.harness import resolve_harness_dir
 from inner.engine.loop import Engine, LoopObserver
@@ -344,7 +344,7 @@ async def evaluate_harness(
         task=cfg.task.name,
         this_invocation=meter.as_dict(),
         wall_s=time.perf_counter() - t0,
-        replicas=client.replica_counts(),
+        replicas=merge_replica_counts(client.replica_counts(), executor.replica_counts()),
     )
     writer.write_json("stats.json", stats)
     return ([kept[d.doc_id] for d in docs] if kept is not None else None), stats
