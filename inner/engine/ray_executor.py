@@ -319,10 +319,6 @@ class RayExecutor:
             len(infos), self.per_worker, len({i["node"] for i in infos}),
         )  # fmt: skip
 
-    def worker_names(self) -> list[str]:
-        """The actors' names (``ray.get_actor(name)``)."""
-        return [f"{WORKER_PREFIX}-{self.token}-w{i}" for i in range(len(self.workers))]
-
     def _harness_ref(self, eng: Engine) -> Any:
         ref = self.harness_refs.get(eng.harness_id)
         if ref is None:
