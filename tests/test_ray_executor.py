@@ -127,6 +127,15 @@ def test_ray_dataset_equals_local_one_record_per_document(corpus6, server, tmp_p
     assert ray_srv.count() == before and again["accepted"] == 6
     _one_record_per_document(tmp_path / "ray")
 
+    # a driver killed after actors finished accepted documents but before it appended their lines:
+    # the rerun appends them from the trajectories on disk, without a call
+    ds = tmp_path / "ray" / "dataset.jsonl"
+    ds.write_text("".join(ds.read_text().splitlines(keepends=True)[:4]))
+    run(_cfg(corpus6, "executor=ray"), tmp_path / "ray", ray_srv)
+    assert ray_srv.count() == before
+    _one_record_per_document(tmp_path / "ray")
+    assert _dataset(tmp_path / "ray") == _dataset(tmp_path / "local")
+
 
 def test_typed_failure_in_a_worker_is_raised_as_it_is_not_retried(corpus6, server, tmp_path):
     srv = server(StatelessScenario(TOO_EASY, ACCEPT))
