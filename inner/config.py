@@ -26,6 +26,8 @@ JSON_MODES = ("json_schema", "llama_cpp", "none")
 VERIFIABLE_MODES = ("never", "auto", "always")
 #: how a document's sandbox starts (``inner.sandbox_mode``): warm fork server, or a fresh bubblewrap sandbox
 SANDBOX_MODES = ("fork", "fresh")
+#: where documents run (``executor=``; :mod:`inner.engine.executor`)
+EXECUTORS = ("local", "ray")
 
 
 def _check(cond: bool, key: str, value: object, fix: str) -> None:
@@ -528,6 +530,55 @@ class InnerConfig:
 
 
 @dataclass
+class ExecutorConfig:
+    """Where the documents of a run (and of the meta loop's evaluations) run: ``executor=local``
+    (the default: this process, asyncio; Ray is never imported) or ``executor=ray`` (Ray Core
+    actors, :mod:`inner.engine.ray_executor`). Neither changes what is generated: the inner loop,
+    the evaluator and the records are the same.
+
+    Attributes:
+        kind: ``local`` or ``ray``.
+        address: the Ray cluster to join (``ray://host:10001`` or ``host:6379``); ``None`` =
+            the ``RAY_ADDRESS`` environment variable if set, else a Ray instance started by
+            this process on this machine (stopped when the run ends).
+        num_cpus: CPUs of a Ray instance this process starts; ``None`` = every core. Ignored
+            when joining a cluster.
+        workers: Ray actors, each with its own LLM client, response-cache segment and
+            sandboxes.
+        cpus_per_worker: CPUs Ray reserves per actor (placement only; the sandboxes are not
+            Ray tasks).
+        documents_per_worker: documents in flight per actor; ``None`` =
+            ``ceil(inner.max_concurrent_documents / workers)``. Each endpoint's
+            ``max_in_flight`` is split the same way (``ceil(max_in_flight / workers)`` per
+            actor), so the endpoint's ceiling holds across the cluster.
+        max_retries: how often a document is redone after its actor died (the actor is
+            restarted as often); a typed failure (a config, harness or sandbox error) is never
+            retried. Beyond it the run stops with :class:`~inner.engine.executor.ExecutorError`.
+    """
+
+    kind: str = "local"
+    address: str | None = None
+    num_cpus: int | None = None
+    workers: int = 2
+    cpus_per_worker: float = 1.0
+    documents_per_worker: int | None = None
+    max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.kind in EXECUTORS, "executor.kind", self.kind, f"use one of {EXECUTORS}")
+        _check(self.workers >= 1, "executor.workers", self.workers, "must be >= 1")
+        _check(self.num_cpus is None or self.num_cpus >= 1, "executor.num_cpus", self.num_cpus, "must be >= 1 or null")
+        _check(self.cpus_per_worker >= 0, "executor.cpus_per_worker", self.cpus_per_worker, "must be >= 0")
+        _check(
+            self.documents_per_worker is None or self.documents_per_worker >= 1,
+            "executor.documents_per_worker",
+            self.documents_per_worker,
+            "must be >= 1 or null",
+        )
+        _check(self.max_retries >= 0, "executor.max_retries", self.max_retries, "must be >= 0")
+
+
+@dataclass
 class GenerateConfig:
     """Root config of ``autodata-generate``.
 
@@ -539,6 +590,7 @@ class GenerateConfig:
         rubric: the rubric policy the evaluator enforces (``conf/rubric/``).
         progress: show the live progress bar.
         logger: optional experiment tracking (``logger=wandb``; off by default).
+        executor: where the documents run (``executor=local|ray``).
     """
 
     method: str = "agentic_self_instruct"
@@ -550,6 +602,7 @@ class GenerateConfig:
     inner: InnerConfig = field(default_factory=InnerConfig)
     progress: bool = True
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def __post_init__(self) -> None:
         _check(self.method in METHODS, "method", self.method, f"use one of {METHODS}")

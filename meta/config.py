@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from inner.config import (
+    ExecutorConfig,
     GateConfig,
     GenerateConfig,
     InnerConfig,
@@ -180,7 +181,8 @@ class MetaConfig:
 
 @dataclass
 class EvolveConfig:
-    """Root config of ``autodata-evolve``: the inner loop's sections plus ``split`` and ``meta``."""
+    """Root config of ``autodata-evolve``: the inner loop's sections plus ``split`` and ``meta``
+    (and ``executor``: where the evaluations' documents run)."""
 
     llm: LLMConfig = field(default_factory=LLMConfig)
     gate: GateConfig = field(default_factory=GateConfig)
@@ -191,6 +193,7 @@ class EvolveConfig:
     meta: MetaConfig = field(default_factory=MetaConfig)
     progress: bool = True
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def generate_config(self) -> GenerateConfig:
         """The config of one harness evaluation (Agentic Self-Instruct, same gate and solvers)."""
@@ -203,6 +206,7 @@ class EvolveConfig:
             task=self.task,
             inner=self.inner,
             progress=False,
+            executor=self.executor,
         )
 
 

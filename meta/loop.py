@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from inner.engine.documents import Document, list_document_paths, load_documents
+from inner.engine.executor import LOCAL, Executor, open_executor
 from inner.engine.harness import harness_id, resolve_harness_dir
 from inner.engine.records import Trajectory
 from inner.engine.run import evaluate_harness, evaluator_identity, identity_diff, identity_hash, throughput_gc
@@ -176,6 +177,9 @@ class MetaRun:
     val: list[Document]
     history: list[dict[str, Any]] = field(default_factory=list)
     tracker: Tracker = field(default_factory=NullTracker)
+    #: where the evaluations' documents run (``executor=local|ray``); this process stays the one
+    #: writer of the archive, history, tallies and lineage whatever it is
+    executor: Executor = LOCAL
     _eval_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     tallies: TallyStore = field(init=False)
 
@@ -242,6 +246,7 @@ class MetaRun:
                 client=self.client,
                 return_trajectories=True,
                 replicate=replicate,
+                executor=self.executor,
             )
             assert trajs is not None  # return_trajectories=True
             return EvalOutcome.from_trajectories(trajs, stats)
@@ -616,7 +621,7 @@ async def admit(
 
 
 # -- the run ---------------------------------------------------------------------------------------
-async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> MetaRun:
+async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient, *, executor: Executor = LOCAL) -> MetaRun:
     """Splits, evaluator identity, lineage root, archive (evaluating the root on validation if
     new), history.
 
@@ -637,6 +642,7 @@ async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> MetaRu
         archive,
         load_split(cfg, splits["train"]),
         load_split(cfg, splits["val"]),
+        executor=executor,
     )
     run.history = load_history(run.history_path)
     done = {h["iteration"] for h in run.history if h.get("status") != IterationStatus.ERROR}
@@ -821,15 +827,21 @@ def budget_reached(run: MetaRun, *, t0: float, launched: int) -> str | None:
 
 
 async def evolve(
-    cfg: EvolveConfig, run_dir: Path, client: LLMClient, *, tracker: Tracker | None = None
+    cfg: EvolveConfig,
+    run_dir: Path,
+    client: LLMClient,
+    *,
+    tracker: Tracker | None = None,
+    executor: Executor = LOCAL,
 ) -> dict[str, Any]:
-    """Run iterations, ``meta.in_flight`` at a time, until a budget is reached.
+    """Run iterations, ``meta.in_flight`` at a time, until a budget is reached; the evaluations'
+    documents run on ``executor`` (this process by default).
 
     Returns:
         A summary: iterations, admitted, baseline and best validation pass rates, stop reason.
     """
     t0 = time.monotonic()
-    run = await prepare(cfg, run_dir, client)
+    run = await prepare(cfg, run_dir, client, executor=executor)
     run.tracker = tracker or NullTracker()
     done = {h["iteration"] for h in run.history if h.get("status") != IterationStatus.ERROR}
     todo = (i for i in range(1, 1 << 30) if i not in done)
@@ -920,9 +932,14 @@ async def run_evolve(cfg: EvolveConfig, run_dir: Path, *, base_urls: dict[str, s
         await asyncio.to_thread(probe_endpoints, cfg.llm, urls)  # one clear error up front
         client = LLMClient(cfg.llm, base_urls=urls, cache=cache, call_log=run_dir / "calls.jsonl")
         tracker = build_tracker(cfg.logger, run_dir=run_dir, config=asdict(cfg), job="evolve")
+        executor = open_executor(
+            cfg.executor, llm=cfg.llm, base_urls=urls, cache_root=cache.root, log_dir=run_dir,
+            max_concurrent_documents=cfg.inner.max_concurrent_documents,
+        )  # fmt: skip
         try:
-            with throughput_gc():
-                return await evolve(cfg, run_dir, client, tracker=tracker)
+            async with executor as ex:
+                with throughput_gc():
+                    return await evolve(cfg, run_dir, client, tracker=tracker, executor=ex)
         finally:
             tracker.finish()
             await client.aclose()

@@ -19,9 +19,10 @@ import yaml
 
 from inner.config import GenerateConfig
 from inner.engine.documents import Document, load_documents
+from inner.engine.executor import LOCAL, Executor, merge_replica_counts, open_executor
 from inner.engine.harness import harness_id as make_harness_id
 from inner.engine.harness import resolve_harness_dir
-from inner.engine.loop import Engine, LoopObserver, run_documents
+from inner.engine.loop import Engine, LoopObserver
 from inner.engine.records import RunWriter, Trajectory
 from inner.engine.stats import StatsAccumulator
 from inner.entrypoint import check_open_files
@@ -245,16 +246,22 @@ async def _generate(
             else contextlib.nullcontext(LoopObserver())
         )
         tracker = build_tracker(cfg.logger, run_dir=run_dir, config=asdict(cfg), job="generate")
+        executor = open_executor(
+            cfg.executor, llm=cfg.llm, base_urls=urls, cache_root=cache.root, log_dir=run_dir,
+            max_concurrent_documents=cfg.inner.max_concurrent_documents,
+        )  # fmt: skip
         try:
-            with observer as obs, throughput_gc():
-                ticker = asyncio.create_task(_tick(obs))
-                try:
-                    _, stats = await evaluate_harness(
-                        run_dir, cfg=cfg, docs=docs, harness_dir=harness_dir, client=client, t0=t0,
-                        observer=TrackingObserver(obs, tracker, total=len(docs), done=done, accepted=accepted),
-                    )  # fmt: skip
-                finally:
-                    ticker.cancel()
+            async with executor as ex:
+                with observer as obs, throughput_gc():
+                    ticker = asyncio.create_task(_tick(obs))
+                    try:
+                        _, stats = await evaluate_harness(
+                            run_dir, cfg=cfg, docs=docs, harness_dir=harness_dir, client=client, t0=t0,
+                            observer=TrackingObserver(obs, tracker, total=len(docs), done=done, accepted=accepted),
+                            executor=ex,
+                        )  # fmt: skip
+                    finally:
+                        ticker.cancel()
             tracker.summary(stats)
         finally:
             tracker.finish()
@@ -295,6 +302,7 @@ async def evaluate_harness(
     t0: float | None = None,
     return_trajectories: bool = False,
     replicate: int = 0,
+    executor: Executor = LOCAL,
 ) -> tuple[list[Trajectory] | None, dict[str, Any]]:
     """Run ``harness`` on ``docs`` into ``run_dir`` with an existing client; write stats.json.
 
@@ -313,6 +321,9 @@ async def evaluate_harness(
             sample index of the harness and the evaluator derives from it
             (:func:`inner.llm.cache.sample_index`): replicate ``r`` is reproducible from the
             cache and replicates are independent draws. Use one ``run_dir`` per replicate.
+        executor: where the documents run (:mod:`inner.engine.executor`; this process by
+            default). With ``executor=ray`` the calls are made by the Ray workers and merged
+            into ``client``'s meters as each document returns.
 
     Returns:
         ``(trajectories of docs or None, stats)``; ``stats["this_invocation"]`` counts only
@@ -331,14 +342,14 @@ async def evaluate_harness(
             kept[doc.doc_id] = traj
 
     with track_usage(UsageMeter()) as meter:
-        await run_documents(eng, docs, on_finished=finished)
+        await executor.run_documents(eng, docs, on_finished=finished)
     stats = acc.result(
         method=cfg.method,
         harness_id=hid,
         task=cfg.task.name,
         this_invocation=meter.as_dict(),
         wall_s=time.perf_counter() - t0,
-        replicas=client.replica_counts(),
+        replicas=merge_replica_counts(client.replica_counts(), executor.replica_counts()),
     )
     writer.write_json("stats.json", stats)
     return ([kept[d.doc_id] for d in docs] if kept is not None else None), stats

@@ -128,6 +128,17 @@ class UsageMeter:
         """``{role: counters}`` sorted by role (see :meth:`RoleUsage.as_dict`)."""
         return {r: u.as_dict() for r, u in sorted(self.roles.items())}
 
+    def merge(self, roles: dict[str, dict[str, Any]], live_completion_tokens: int = 0) -> None:
+        """Add counters made elsewhere (another process's :meth:`as_dict`, e.g. a Ray worker's
+        usage of one document) to these."""
+        for role, u in roles.items():
+            mine = self.roles[role]
+            for key in ("calls", "cached_calls", "failures", "prompt_tokens", "completion_tokens"):
+                setattr(mine, key, getattr(mine, key) + int(u.get(key, 0)))
+            for kind, n in (u.get("failure_kinds") or {}).items():
+                mine.failure_kinds[kind] = mine.failure_kinds.get(kind, 0) + int(n)
+        self.live_completion_tokens += live_completion_tokens
+
     @property
     def total_failures(self) -> int:
         return sum(u.failures for u in self.roles.values())
@@ -576,6 +587,18 @@ class LLMClient:
                 "finish_reason": comp.finish_reason,
             }
         self._log.write(json.dumps(line) + "\n")
+
+    def record_usage(self, roles: dict[str, dict[str, Any]], live_completion_tokens: int = 0) -> None:
+        """Count calls made by another process for this client's run (a Ray worker's, returned
+        with its document: :mod:`inner.engine.ray_executor`) in :attr:`usage` and every meter
+        tracked in this context (:func:`track_usage`), as if this client had made them.
+
+        Args:
+            roles: ``{role: counters}`` as :meth:`UsageMeter.as_dict` returns them.
+            live_completion_tokens: completion tokens of requests actually sent (tokens/s).
+        """
+        for meter in (self.usage, *_TRACKERS.get()):
+            meter.merge(roles, live_completion_tokens)
 
     async def aclose(self) -> None:
         """Close the HTTP connections and the call log."""
