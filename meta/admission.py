@@ -285,13 +285,14 @@ class AdmissionConfig:
     Defaults: ``alpha = 0.10`` and ``min_gain_docs = 1`` are fixed by the design; the rest were
     chosen with ``experiments/bench/admission.py`` (synthetic documents with known pass
     probabilities, 25 validation documents, a parent with 3 runs; figures and commands in
-    ``experiments/bench/README.md``). Two candidate replicates, racing up to 4 while
-    ``0.10 < p <= 0.20``: 10.3-10.7 % of neutral mutants admitted and 70.5-71.3 % of +12-point
-    mutants (14,000 decisions per cell), 41 and 53 document evaluations per decision; 11 % of
-    neutral mutants at 50 documents. Without racing: 8-8.5 % and 62 %; a fixed 3 replicates:
-    6-6.5 % and 63-64 % at 71 evaluations (with thirds on both sides the sign-flip distribution is
-    lumpy, so the test's true level is well under alpha). ``min_parent_runs = 3`` matches the
-    noise floor (``meta.noise_reps``), so a starting parent needs no top-up.
+    ``experiments/bench/README.md``). Two candidate replicates tested at 0.08, racing up to 4
+    while ``p <= race_alpha = 0.20``, each raced look adding a parent replicate and tested at
+    0.07: 8.9 % / 9.2 % of neutral mutants admitted and 70.9 % / 71.7 % of +12-point mutants
+    (mean pass rate 0.3 / 0.6, 20,000 decisions per cell), 45 and 62 document evaluations per
+    decision (neutral, +12). Racing at an unadjusted 0.10 without the parent replicate (the
+    previous default): 10.3-10.7 % and 70.5-71.3 %; without racing: 8-8.5 % and 62 %.
+    ``min_parent_runs = 3`` matches the noise floor (``meta.noise_reps``), so a starting parent
+    needs no top-up.
 
     Raises:
         ValueError: naming the field and its valid range.
