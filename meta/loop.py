@@ -76,6 +76,7 @@ from meta.edit import EditError, apply_edits, check_prompt_files, parse_edits
 from meta.lineage import Lineage
 from meta.select import Archive, ArchiveEntry, select_parent
 from meta.tallies import TallyStore
+from meta import student
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,13 @@ class MetaRun:
         (computed once per run: it hashes the frozen prompt files)."""
         return identity_hash(evaluator_identity(self.cfg.generate_config()))
 
+    def eval_dir(self, harness_dir: Path, docs: list[Document], *, replicate: int = 0) -> Path:
+        """The directory of an evaluation: ``evals/<content>/<evaluator>-<docs>[/rep-<r>]``."""
+        content = harness_content_hash(harness_dir, **self.harness_caps)
+        docs_key = hashlib.sha256("\n".join(sorted(d.doc_id for d in docs)).encode()).hexdigest()[:8]
+        out = self.run_dir / "evals" / content / f"{self.evaluator_hash}-{docs_key}"
+        return out / f"rep-{replicate}" if replicate else out
+
     async def evaluate(self, harness_dir: Path, docs: list[Document], split: str, *, replicate: int = 0) -> EvalOutcome:
         """Run the inner loop with the harness (sealed, one sandbox per document) on ``docs``.
 
@@ -223,10 +231,7 @@ class MetaRun:
         the same evaluation wait for the first.
         """
         content = harness_content_hash(harness_dir, **self.harness_caps)
-        docs_key = hashlib.sha256("\n".join(sorted(d.doc_id for d in docs)).encode()).hexdigest()[:8]
-        out = self.run_dir / "evals" / content / f"{self.evaluator_hash}-{docs_key}"
-        if replicate:
-            out = out / f"rep-{replicate}"
+        out = self.eval_dir(harness_dir, docs, replicate=replicate)
         lock = self._eval_locks.setdefault(str(out), asyncio.Lock())
         async with lock:
             out.mkdir(parents=True, exist_ok=True)
@@ -418,7 +423,8 @@ async def run_iteration(run: MetaRun, i: int) -> dict[str, Any]:
     meter = UsageMeter()
     with track_usage(meter):
         try:
-            rec.update(await _iterate(run, i, rec))
+            body = _iterate if run.cfg.meta.fitness == "pass_rate" else student.iterate  # meta/student.py
+            rec.update(await body(run, i, rec))
         except StorageError:  # the run's disk or open files, not the iteration: the run stops, one message
             raise
         except InfrastructureError as exc:  # redone on resume; nothing of it was counted
@@ -643,6 +649,8 @@ async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> MetaRu
             lineage.discard_iteration(it)
             run.archive.entries = [e for e in run.archive.entries if e.iteration != it]
             run.archive.save()
+    if cfg.meta.fitness == "student_gain":  # the evaluation set: disjoint, split, recorded
+        student.check_eval_set(run)
     if lineage.root is None:
         start = resolve_harness_dir(cfg.meta.start_harness)
         src = run_dir / "scratch" / "root"
@@ -653,6 +661,12 @@ async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> MetaRu
         root = lineage.root
         assert root is not None
         root_dir = run.materialize(root)
+        if cfg.meta.fitness == "student_gain":  # the root's student public score (meta/student.py)
+            score, fields = await student.evaluate_root(run, root_dir)
+            archive.add(ArchiveEntry(root, harness_id(root_dir), 0, None, score))
+            append_jsonl(run_dir / "curve.jsonl", {"iteration": 0, "status": IterationStatus.ROOT, "candidate_val": score,
+                         "parent_val": None, "best_so_far": score, "admitted": True, **fields})  # fmt: skip
+            return run
         floor = await measure_noise_floor(run, root_dir)
         archive.add(ArchiveEntry(root, harness_id(root_dir), 0, None, floor["mean"]))
         append_jsonl(
@@ -855,7 +869,9 @@ async def evolve(
             running = set()
     from meta.confirm import confirm
 
-    if (stop or "").startswith("circuit breaker"):
+    if cfg.meta.fitness == "student_gain" and not (stop or "").startswith("circuit breaker"):
+        confirmation, note = await student.replay_private(run), None  # the private split, read once
+    elif (stop or "").startswith("circuit breaker"):
         confirmation, note = None, "not confirmed on the sealed test split: the run stopped on infrastructure errors"
     else:
         confirmation, note = await confirm(run)
@@ -869,6 +885,7 @@ async def evolve(
         "best_commit": run.archive.best().commit,
         "best_harness_id": run.archive.best().harness_id,
         "admission": cfg.meta.admission,
+        "fitness": cfg.meta.fitness,
         "noise_floor": _read_json(run_dir / "noise_floor.json"),
         "confirmation": confirmation,
         **({"confirmation_note": note} if note else {}),
