@@ -1,6 +1,7 @@
 """The fixed evaluation set of ``meta.fitness=student_gain`` and its public / private split.
 
-The set is an ``autodata-export-dataset`` directory (:mod:`train.export`: one row per example
+The set is an ``autodata-export-dataset`` directory (or run directories, exported into the meta
+run's ``student/evalset/`` first) (:mod:`train.export`: one row per example
 with ``prompt``, ``rubric``, ``reference_answer``, ``verifiable``, ``doc_id``, ...); every row of
 its ``train`` and ``test`` splits is used. It is split **by document** into a public part (the
 meta loop's fitness and the analyzer's bad cases) and a private part (read once, when the run
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inner.paths import resolve_path
 from inner.sdk.errors import AutodataError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -73,13 +75,17 @@ class EvalSplit:
         }
 
 
-def load_eval_split(path: str | Path, *, public_fraction: float, seed: int) -> EvalSplit:
+def load_eval_split(
+    path: str | Path, *, public_fraction: float, seed: int, export_dir: Path | None = None
+) -> EvalSplit:
     """Read the export at ``path`` and split it by document (module docstring).
 
     Args:
-        path: an ``autodata-export-dataset`` directory.
+        path: an ``autodata-export-dataset`` directory; or run directories' parent / one run
+            directory (``dataset.jsonl``), exported first into ``export_dir``.
         public_fraction: share of documents in the public part, in (0, 1).
         seed: the split's seed.
+        export_dir: where run directories are exported (required for them).
 
     Raises:
         ConfigError: no path, a bad fraction, or fewer than two documents (no split possible).
@@ -94,7 +100,10 @@ def load_eval_split(path: str | Path, *, public_fraction: float, seed: int) -> E
         )
     if not 0.0 < public_fraction < 1.0:
         raise ConfigError(f"meta.student.public_fraction={public_fraction} is invalid: must be in (0, 1)")
-    path = Path(path)
+    path = resolve_path(path)
+    if not (path / "data").is_dir() and export_dir is not None:
+        build_eval_set([path], export_dir, overwrite=True)
+        path = export_dir
     rows: list[dict[str, Any]] = []
     for part in ("train", "test"):
         try:

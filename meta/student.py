@@ -92,7 +92,8 @@ class StudentConfig:
     """The student, its training and its scoring under ``meta.fitness=student_gain``.
 
     Attributes:
-        eval_set: the fixed evaluation set, an ``autodata-export-dataset`` directory (required).
+        eval_set: the fixed evaluation set (required): an ``autodata-export-dataset`` directory,
+            or run directories (one, or a directory of them) exported into ``student/evalset/``.
         public_fraction: share of its documents in the public part, in (0, 1); DataAgent's
             public : private = 1 : 3 is 0.25.
         split_seed: seed of the public/private split by document.
@@ -194,7 +195,8 @@ def eval_split(run: MetaRun) -> EvalSplit:
         from meta.evalset import load_eval_split
 
         s = run.cfg.meta.student
-        cached = load_eval_split(s.eval_set or "", public_fraction=s.public_fraction, seed=s.split_seed)
+        cached = load_eval_split(s.eval_set or "", public_fraction=s.public_fraction, seed=s.split_seed,
+                                 export_dir=run.run_dir / "student" / "evalset")  # fmt: skip
         run._student_split = cached  # type: ignore[attr-defined]
     return cached
 
