@@ -22,7 +22,8 @@ One fitness evaluation of a harness (:func:`harness_fitness`)
 4. score it on the **public** items of the evaluation set (:mod:`meta.evalset`): ``k`` sampled
    answers per item, graded by the frozen rubric judge (or answer equivalence for exact-answer
    items) exactly as :mod:`train.evaluate` does (mean@k, best@k, truncation rate; a truncated
-   answer scores 0); an item's score is the mean of its graded answers (0 if none was graded);
+   answer scores 0); an item's score is the mean of its graded answers (an item none of whose
+   answers could be graded is left out, as in :mod:`train.evaluate`);
 5. fitness = ``(public score - base score) / base score`` where the base score is the untrained
    student's on the same items, sampled with the same seed (computed once per run and cached in
    ``student/base-<id>.json``; ``meta.student.base_reps`` extra seeds measure its noise).
@@ -82,9 +83,6 @@ METHODS = ("sft",)
 #: the reason recorded when a harness yields no accepted example (DataAgent's dominant failure)
 INSUFFICIENT = "insufficient valid samples"
 
-# Student training and sampling are CPU/GPU-bound: one at a time in a process, whatever
-# meta.in_flight is (iterations still overlap their LLM calls).
-_COMPUTE = asyncio.Lock()
 
 
 @dataclass
@@ -237,6 +235,15 @@ def check_eval_set(run: MetaRun) -> dict[str, Any]:
 
 
 # -- training and scoring (CPU/GPU-bound; run in a worker thread) ---------------------------------
+def _compute_lock(run: MetaRun) -> asyncio.Lock:
+    """Student training and sampling are CPU/GPU-bound: one at a time per run, whatever
+    ``meta.in_flight`` is (iterations still overlap their LLM calls)."""
+    lock = getattr(run, "_student_lock", None)
+    if lock is None:
+        lock = run._student_lock = asyncio.Lock()  # type: ignore[attr-defined]
+    return lock
+
+
 def sft_rows(dataset_dir: Path, *, max_examples: int | None) -> list[dict[str, Any]]:
     """Prompt-completion rows for TRL's SFTTrainer from an export's train split: the frozen
     closed-book solver prompt and the reference answer as the assistant's turn."""
@@ -334,14 +341,14 @@ async def score_student(
 
     Returns:
         ``{"mean_at_k", "best_at_k", "truncation_rate", "judge_failures", "items":
-        {example_id: item score in [0, 1]}, "answers": {example_id: [{text, score, truncated}]},
+        {example_id: item score in [0, 1], None when no answer could be graded}, "answers": {example_id: [{text, score, truncated}]},
         "sample_s", "score_s"}``.
     """
     from train.evaluate import score_samples, summarize
     from train.rewards import LocalOverlapReward, RubricReward, VerifiableReward
 
     s = run.cfg.meta.student
-    async with _COMPUTE:
+    async with _compute_lock(run):
         samples, stops, sample_s = await asyncio.to_thread(sample_student, s, model_name, rows, seed=seed)
     t0 = time.perf_counter()
     if s.reward == "overlap":
@@ -353,7 +360,7 @@ async def score_student(
     items, answers = {}, {}
     for r, ss, sc in zip(rows, samples, scores, strict=True):
         valid = [x for x in sc if x is not None]
-        items[r["example_id"]] = fmean(valid) if valid else 0.0
+        items[r["example_id"]] = fmean(valid) if valid else None  # every grade unusable: left out
         answers[r["example_id"]] = [{"text": a.text, "score": x, "truncated": a.truncated} for a, x in zip(ss, sc, strict=True)]  # fmt: skip
     return {
         "mean_at_k": res.mean_at_k if res.mean_at_k is not None else 0.0, "best_at_k": res.best_at_k,
@@ -445,7 +452,7 @@ async def harness_fitness(run: MetaRun, harness_dir: Path) -> dict[str, Any]:
                 "seconds": {"generate": round(gen_s, 2), "train": 0.0, "score": 0.0}}  # fmt: skip
         atomic_write_text(out / "fitness.json", json.dumps(rec, indent=1) + "\n")
         return rec
-    async with _COMPUTE:
+    async with _compute_lock(run):
         train = await asyncio.to_thread(train_student, s, out / "dataset", out)
     rows = getattr(eval_split(run), PUBLIC)
     scored = await score_student(run, train["adapter"], rows, seed=s.seed, label=content)
@@ -465,7 +472,8 @@ def bad_cases(scored: dict[str, Any], rows: list[dict[str, Any]], n: int) -> lis
     """The student's ``n`` worst items of ``rows`` (lowest item score; its worst answer), with
     the question, reference answer and rubric: DataAgent's bad cases, from public items only."""
     by_id = {r["example_id"]: r for r in rows}
-    worst = sorted(scored["items"], key=lambda e: (scored["items"][e], e))[:n]
+    graded = [e for e, x in scored["items"].items() if x is not None]
+    worst = sorted(graded, key=lambda e: (scored["items"][e], e))[:n]
     out = []
     for e in worst:
         r, answers = by_id[e], scored["answers"][e]
@@ -503,16 +511,18 @@ class StudentDecision:
 def student_decision(run: MetaRun, candidate: dict[str, Any], parent: dict[str, Any]) -> StudentDecision:
     """Decide a candidate against its parent on the per-item public scores of their students
     (one scoring each: training is the expensive step, so there are no replicates; the p-value
-    is recorded under both rules)."""
+    is recorded under both rules). A candidate with no accepted example is never admitted."""
     from meta.admission import sign_flip_pvalue
 
     m = run.cfg.meta
     c_items, p_items = candidate["public"]["items"], parent["public"]["items"]
-    ids = sorted(set(c_items) & set(p_items))
+    ids = sorted(e for e in set(c_items) & set(p_items) if c_items[e] is not None and p_items[e] is not None)
     diffs = [c_items[e] - p_items[e] for e in ids]
     T = sum(diffs)
     p = sign_flip_pvalue(diffs, seed=m.seed)
     c, pa = candidate["public_score"], parent["public_score"]
+    if candidate.get("reason") == INSUFFICIENT:  # nothing was trained: never admitted
+        return StudentDecision(m.admission, False, T, p, c, pa, len(ids), f"rejected: {INSUFFICIENT}")
     if m.admission == "strict":
         ok = c > pa
         why = f"public score {c:.3f} {'>' if ok else 'is not strictly greater than'} the parent's {pa:.3f}"
@@ -654,7 +664,7 @@ async def iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:
     elif fit["examples_accepted"] == 0 and fit["attempts"] == 0:
         status, reason = IterationStatus.CRASHED, f"candidate produced nothing: {INSUFFICIENT}"
     else:
-        status, reason = IterationStatus.REJECTED, decision.reason + (f" ({fit['reason']})" if fit["reason"] else "")
+        status, reason = IterationStatus.REJECTED, decision.reason
     summary = analysis.strip().splitlines()[0][:120] if analysis.strip() else "(empty analysis)"
     message = (
         f"iter {i}: {status} (public {fit['public_score']:.3f} vs parent {parent_fit['public_score']:.3f})\n\n"
