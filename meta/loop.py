@@ -69,6 +69,7 @@ from inner.sandbox.files import copy_harness, harness_content_hash
 from inner.sandbox.process import dry_run_harness
 from inner.sdk.errors import ConfigError
 from inner.tracking import NullTracker, Tracker, build_tracker
+from meta import student
 from meta.admission import AdmissionDecision, decide, noise_floor
 from meta.analyze import analyze, implement
 from meta.config import EvolveConfig
@@ -76,7 +77,6 @@ from meta.edit import EditError, apply_edits, check_prompt_files, parse_edits
 from meta.lineage import Lineage
 from meta.select import Archive, ArchiveEntry, select_parent
 from meta.tallies import TallyStore
-from meta import student
 
 log = logging.getLogger(__name__)
 

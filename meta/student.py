@@ -84,7 +84,6 @@ METHODS = ("sft",)
 INSUFFICIENT = "insufficient valid samples"
 
 
-
 @dataclass
 class StudentConfig:
     """The student, its training and its scoring under ``meta.fitness=student_gain``.
@@ -418,7 +417,6 @@ async def harness_fitness(run: MetaRun, harness_dir: Path) -> dict[str, Any]:
     """
     from inner.sandbox.files import harness_content_hash
     from meta.evalset import PUBLIC
-    from meta.loop import InfrastructureError
     from train.export import DatasetError, export_dataset
 
     s = run.cfg.meta.student
