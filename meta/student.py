@@ -264,6 +264,7 @@ def train_student(s: StudentConfig, dataset_dir: Path, out_dir: Path) -> dict[st
     """
     from datasets import Dataset
     from peft import LoraConfig
+    from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     from train.policy import load_policy, load_tokenizer
@@ -296,6 +297,7 @@ def train_student(s: StudentConfig, dataset_dir: Path, out_dir: Path) -> dict[st
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=peft
     )
+    trainer.remove_callback(PrinterCallback)  # disable_tqdm's per-step prints: the loss is returned instead
     result = trainer.train()
     adapter = out_dir / "adapter"
     trainer.model.save_pretrained(adapter)
@@ -445,7 +447,7 @@ async def harness_fitness(run: MetaRun, harness_dir: Path) -> dict[str, Any]:
         export_dataset([run.eval_dir(harness_dir, docs)], out / "dataset", test_fraction=0.0, overwrite=True)
     except DatasetError:
         rec |= {"fitness": 0.0, "gain": 0.0, "reason": INSUFFICIENT, "public_score": base["mean_at_k"],
-                "public": {k: v for k, v in base.items() if k != "answers"}, "train": None,
+                "public": {k: v for k, v in base.items() if k not in ("seeds", "means_by_seed", "noise")}, "train": None,
                 "bad_cases": bad_cases(base, getattr(eval_split(run), PUBLIC), s.bad_cases),
                 "seconds": {"generate": round(gen_s, 2), "train": 0.0, "score": 0.0}}  # fmt: skip
         atomic_write_text(out / "fitness.json", json.dumps(rec, indent=1) + "\n")
@@ -457,7 +459,7 @@ async def harness_fitness(run: MetaRun, harness_dir: Path) -> dict[str, Any]:
     gain = relative_gain(scored["mean_at_k"], base["mean_at_k"])
     rec |= {
         "fitness": gain, "gain": gain, "reason": None, "public_score": scored["mean_at_k"],
-        "public": {k: v for k, v in scored.items() if k != "answers"}, "train": train,
+        "public": scored, "train": train,
         "bad_cases": bad_cases(scored, rows, s.bad_cases),
         "seconds": {"generate": round(gen_s, 2), "train": train["train_s"],
                     "score": round(scored["sample_s"] + scored["score_s"], 2)},

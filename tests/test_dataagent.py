@@ -127,7 +127,7 @@ def student_cfg(corpus: Path, eval_set: Path, student: Path, *overrides: str) ->
         "meta.student.k=2",
         "meta.student.max_completion_length=8",
         "meta.student.max_length=384",
-        "meta.student.learning_rate=1e-3",
+        "meta.student.learning_rate=5e-2",  # 3 LoRA steps that visibly move a random model
         "meta.student.bad_cases=2",
         "meta.selection=greedy",
         "meta.max_iterations=2",
@@ -173,6 +173,8 @@ def test_student_gain_two_iterations_private_read_at_the_end(corpus, eval_set, s
     trained = [f for f in fits if f["train"]]
     assert len(trained) == 2 and all(f["public"]["items"] for f in trained)
     assert all(f["public"]["truncation_rate"] < 1 for f in trained)
+    base_rec = json.loads(next((run_dir / "student").glob("base-*.json")).read_text())
+    assert any(f["public"]["answers"] != base_rec["answers"] for f in trained)  # training changed the answers
 
     # the private items were read once, at the end, and reported
     split = _split(eval_set)
