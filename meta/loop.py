@@ -22,6 +22,11 @@ Before the first iteration the starting harness is evaluated meta.noise_reps tim
 floor: ``noise_floor.json``, seeding its tallies); when the run ends the best harness and the
 starting one are confirmed on the sealed test split (:mod:`meta.confirm`, ``confirmation.json``).
 
+Under ``meta.fitness=student_gain`` (the DataAgent setting) a harness is scored by the gain of a
+student fine-tuned on its accepted examples: the iteration, the root's evaluation and the private
+replay at the end are :mod:`meta.student`'s (hooks in :func:`run_iteration`, :func:`prepare`,
+:func:`evolve`).
+
 Iteration statuses: ``admitted``, ``rejected``, ``invalid-edit``, ``duplicate``, ``crashed``
 (the candidate's own failure: every validation document crashed) and ``error`` (an
 infrastructure failure, e.g. the endpoint down after retries: redone on resume; after

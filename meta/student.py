@@ -60,7 +60,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import fmean
 from typing import TYPE_CHECKING, Any
@@ -505,7 +505,6 @@ class StudentDecision:
     parent_score: float
     n_items: int
     reason: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def student_decision(run: MetaRun, candidate: dict[str, Any], parent: dict[str, Any]) -> StudentDecision:
