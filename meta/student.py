@@ -78,8 +78,12 @@ log = logging.getLogger(__name__)
 
 #: ``meta.fitness`` values
 FITNESS = ("pass_rate", "student_gain")
-#: ``meta.student.method`` values (``sft``: TRL's SFTTrainer with LoRA)
-METHODS = ("sft",)
+#: ``meta.student.method`` values (``sft``: TRL's SFTTrainer with LoRA; ``grpo``: train.trainer's
+#: GRPO with the rubric-judge and exact-answer rewards, LoRA)
+METHODS = ("sft", "grpo")
+#: LoRA target modules of GRPO (train.config.LoraSettings takes module names, not peft's
+#: ``all-linear``): every linear layer of a Qwen2 block
+QWEN2_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #: the reason recorded when a harness yields no accepted example (DataAgent's dominant failure)
 INSUFFICIENT = "insufficient valid samples"
 
@@ -98,7 +102,11 @@ class StudentConfig:
             project's GGUF: :func:`train.policy.embedded_checkpoint`), a checkpoint directory or a
             Hugging Face model id.
         dtype: ``float32`` (CPU) or ``bfloat16`` (GPU).
-        method: ``sft`` (LoRA SFT with TRL's ``SFTTrainer``).
+        method: ``sft`` (LoRA SFT with TRL's ``SFTTrainer``: DataAgent's) or ``grpo`` (GRPO with
+            :mod:`train.trainer` and its rewards: the frozen rubric judge through the run's
+            endpoints, answer equivalence for exact-answer rows; LoRA on every linear layer of a
+            Qwen2 block; ``num_generations`` completions per prompt of at most
+            ``max_completion_length`` tokens).
         lora_r / lora_alpha / lora_dropout / target_modules: LoRA; DataAgent's recipe is r 8,
             alpha 16 on all linear layers (``all-linear``, peft's name for them).
         learning_rate / lr_scheduler_type / num_train_epochs: DataAgent's 1e-4, cosine, 3 epochs.
@@ -127,6 +135,7 @@ class StudentConfig:
     model: str = "embedded"
     dtype: str = "float32"
     method: str = "sft"
+    num_generations: int = 4
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -157,6 +166,7 @@ class StudentConfig:
 
         check(0.0 < self.public_fraction < 1.0, "public_fraction", self.public_fraction, "must be in (0, 1)")
         check(self.method in METHODS, "method", self.method, f"use one of {METHODS}")
+        check(self.num_generations >= 2, "num_generations", self.num_generations, "must be >= 2 (a GRPO group)")
         check(self.reward in ("judge", "overlap"), "reward", self.reward, "use judge or overlap")
         check(self.lora_r >= 1, "lora_r", self.lora_r, "must be >= 1")
         check(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
@@ -313,6 +323,52 @@ def train_student(s: StudentConfig, dataset_dir: Path, out_dir: Path) -> dict[st
     }
 
 
+def train_student_grpo(
+    s: StudentConfig, dataset_dir: Path, out_dir: Path, *, llm: Any, base_urls: dict[str, str]
+) -> dict[str, Any]:
+    """GRPO of the base student on the export at ``dataset_dir`` with :func:`train.trainer.run_train`
+    (its rewards and judge; ``base_urls``: the run's endpoints). The LoRA is merged into
+    ``out_dir/grpo/final`` (a full checkpoint).
+
+    Returns:
+        The same keys as :func:`train_student`; ``adapter`` is the merged checkpoint.
+    """
+    from train.config import DataConfig, GRPOSettings, LoraSettings, PolicyConfig, TrainConfig
+    from train.trainer import run_train
+
+    t0 = time.perf_counter()
+    batch = s.per_device_train_batch_size * s.gradient_accumulation_steps
+    batch = max(s.num_generations, batch - batch % s.num_generations)  # a whole number of GRPO groups
+    cfg = TrainConfig(
+        data=DataConfig(dataset=str(dataset_dir), max_examples=s.max_examples),
+        policy=PolicyConfig(model=s.model, dtype=s.dtype, lora=LoraSettings(
+            enabled=True, r=s.lora_r, alpha=s.lora_alpha, dropout=s.lora_dropout, target_modules=list(QWEN2_LINEAR))),
+        grpo=GRPOSettings(
+            learning_rate=s.learning_rate, num_train_epochs=s.num_train_epochs, max_steps=s.max_steps,
+            per_device_train_batch_size=batch, gradient_accumulation_steps=1, num_generations=s.num_generations,
+            max_completion_length=s.max_completion_length, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
+            save_steps=10**9, bf16=s.dtype == "bfloat16", extra={"lr_scheduler_type": s.lr_scheduler_type},
+        ),
+        llm=llm, resume="never",
+    )  # fmt: skip
+    summary = run_train(cfg, out_dir / "grpo", base_urls=base_urls)
+    metrics = out_dir / "grpo" / "metrics.jsonl"
+    rows = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.is_file() else []
+    losses = [r["loss"] for r in rows if isinstance(r.get("loss"), int | float)]
+    last = summary.get("last_log") or {}
+    return {
+        "examples": summary["train_examples"], "steps": summary["global_step"],
+        "train_loss": last.get("train_loss", last.get("loss")), "last_loss": losses[-1] if losses else None,
+        "train_s": round(time.perf_counter() - t0, 2), "adapter": summary["final_model"],
+        "judge_usage": summary.get("judge_usage", {}),
+    }  # fmt: skip
+
+
+def endpoint_urls(run: MetaRun) -> dict[str, str]:
+    """The base URL of each endpoint of the run's client (for :func:`train_student_grpo`)."""
+    return {name: str(c.base_url) for name, c in run.client._clients.items()}
+
+
 def sample_student(s: StudentConfig, model_name: str, rows: list[dict[str, Any]], *, seed: int) -> Any:
     """``k`` answers per row from the student at ``model_name`` (the base, or an adapter
     directory merged onto it) with :func:`train.evaluate.sample_completions`.
@@ -453,7 +509,12 @@ async def harness_fitness(run: MetaRun, harness_dir: Path) -> dict[str, Any]:
         atomic_write_text(out / "fitness.json", json.dumps(rec, indent=1) + "\n")
         return rec
     async with _compute_lock(run):
-        train = await asyncio.to_thread(train_student, s, out / "dataset", out)
+        if s.method == "grpo":
+            train = await asyncio.to_thread(
+                train_student_grpo, s, out / "dataset", out, llm=run.cfg.llm, base_urls=endpoint_urls(run)
+            )
+        else:
+            train = await asyncio.to_thread(train_student, s, out / "dataset", out)
     rows = getattr(eval_split(run), PUBLIC)
     scored = await score_student(run, train["adapter"], rows, seed=s.seed, label=content)
     gain = relative_gain(scored["mean_at_k"], base["mean_at_k"])

@@ -275,3 +275,20 @@ def test_evaluation_set_sharing_a_training_document_is_refused(eval_set, student
     with pytest.raises(ConfigError, match="shares 1 document"):
         evolve(cfg, tmp_path / "run", srv)
     assert srv.count() == 0
+
+
+def test_grpo_student_option(corpus, eval_set, student_dir, server, tmp_path):
+    """meta.student.method=grpo: the starting harness's student trained with train.trainer's GRPO
+    (its rubric-judge reward through the run's endpoints), then scored and replayed like SFT."""
+    srv = server(StudentWorld([GOOD_EDIT]))
+    run_dir = tmp_path / "run"
+    cfg = student_cfg(
+        corpus, eval_set, student_dir, "meta.student.method=grpo", "meta.student.max_steps=2", "meta.max_iterations=0"
+    )
+    summary = evolve(cfg, run_dir, srv)
+    (fit,) = [json.loads(p.read_text()) for p in (run_dir / "student").glob("*/*/fitness.json")]
+    assert fit["train"]["steps"] == 2 and fit["examples_accepted"] == 2
+    assert (Path(fit["train"]["adapter"]) / "config.json").is_file()  # the merged GRPO checkpoint
+    metrics = (run_dir / "student").glob("*/*/grpo/metrics.jsonl")
+    assert [json.loads(x)["step"] for x in next(metrics).read_text().splitlines() if "reward" in x] == [1, 2]
+    assert set(summary["confirmation"]["private"]) == {"base", "start", "best"}
