@@ -82,6 +82,8 @@ def summary_table(stats: dict[str, Any], run_dir: Path) -> Table:
         )
     for name in ("dataset.jsonl", "trajectories", "stats.json", "config.yaml", "calls.jsonl"):
         t.add_row(f"output: {name}", str(run_dir / name))
+    if any(run_dir.glob("calls-worker*.jsonl")):  # executor=ray: each actor's own call log
+        t.add_row("output: calls of the Ray actors", str(run_dir / "calls-worker*.jsonl"))
     return t
 
 
@@ -123,7 +125,8 @@ def incomplete_message(stats: dict[str, Any], run_dir: Path, *, backend: str) ->
     n, total = stats["errored"], stats["documents"]
     kinds = stats.get("failures_by_kind") or {}
     what = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) or "see trajectories/*.json"
-    logs = [f"{run_dir / 'calls.jsonl'} (failed calls, field 'error')", f"{run_dir / 'trajectories'}/*.json"]
+    calls = "calls-worker*.jsonl" if any(run_dir.glob("calls-worker*.jsonl")) else "calls.jsonl"  # executor=ray
+    logs = [f"{run_dir / calls} (failed calls, field 'error')", f"{run_dir / 'trajectories'}/*.json"]
     if backend in ("local", "vllm") and (run_dir / "llm_server.log").exists():
         logs.append(str(run_dir / "llm_server.log"))
     head = "every document ended in error" if n == total else f"{n} of {total} documents ended in error"

@@ -24,6 +24,10 @@ BACKENDS = ("local", "vllm", "openai")
 LOCAL_SERVERS = ("auto", "llama-server", "llama-cpp-python")
 JSON_MODES = ("json_schema", "llama_cpp", "none")
 VERIFIABLE_MODES = ("never", "auto", "always")
+#: how a document's sandbox starts (``inner.sandbox_mode``): warm fork server, or a fresh bubblewrap sandbox
+SANDBOX_MODES = ("fork", "fresh")
+#: where documents run (``executor=``; :mod:`inner.engine.executor`)
+EXECUTORS = ("local", "ray")
 
 
 def _check(cond: bool, key: str, value: object, fix: str) -> None:
@@ -40,35 +44,74 @@ class EndpointConfig:
     """One OpenAI-compatible server.
 
     Attributes:
-        base_url: e.g. ``http://127.0.0.1:8000/v1``. ``None`` means "the server the backend
-            starts" (``llm=local`` or ``llm=vllm``).
+        base_url: e.g. ``http://127.0.0.1:8000/v1``. ``None`` (and no ``base_urls``) means
+            "the server the backend starts" (``llm=local`` or ``llm=vllm``).
+        base_urls: several replicas of one server (same model, same API key), instead of
+            ``base_url``: each request goes to the replica with the fewest requests in flight,
+            and a failing replica is taken out for a cool-down while the request is re-sent to
+            another (:mod:`inner.llm.replicas`). Set ``base_url`` or ``base_urls``, not both.
         model: model name sent in each request.
         api_key_env: name of the environment variable that holds the key; ``None`` sends a
             placeholder key (local servers ignore it). Keys never live in config files.
-        max_in_flight: concurrent requests allowed to this endpoint (asyncio semaphore).
+        max_in_flight: concurrent requests allowed to each replica of this endpoint (one
+            replica with ``base_url``; the endpoint takes ``max_in_flight x replicas``).
         timeout_s: per-request timeout in seconds.
         max_retries: retries on 429, 5xx, timeouts and dropped connections (exponential
             backoff, done by the ``openai`` client).
         json_mode: how to ask for schema-constrained JSON: ``json_schema`` (OpenAI, vLLM),
             ``llama_cpp`` (llama-cpp-python's ``{"type": "json_object", "schema": ...}``,
             grammar-constrained) or ``none`` (parse the text, repair once).
+        replica_cooldown_s: seconds a failing replica stays out (a connection error, a
+            timeout, or HTTP 408/409/429/5xx after ``max_retries``) before it gets one probe
+            request; the cool-down doubles with each consecutive take-out, up to
+            ``replica_cooldown_max_s``. Unused with a single replica.
+        replica_cooldown_max_s: the longest cool-down, seconds.
     """
 
     base_url: str | None = None
+    base_urls: list[str] = field(default_factory=list)
     model: str = "qwen2.5-coder-0.5b-instruct"
     api_key_env: str | None = None
     max_in_flight: int = 8
     timeout_s: float = 600.0
     max_retries: int = 4
     json_mode: str = "json_schema"
+    replica_cooldown_s: float = 5.0
+    replica_cooldown_max_s: float = 120.0
+
+    @property
+    def urls(self) -> list[str]:
+        """The configured replica URLs: ``base_urls``, or ``[base_url]``, or ``[]`` (the
+        backend starts the server)."""
+        return list(self.base_urls) if self.base_urls else [self.base_url] if self.base_url else []
 
     def validate(self, prefix: str) -> None:
         """Raise ConfigError for a bad value; ``prefix`` is e.g. ``llm.endpoints.default``
         (called by :class:`LLMConfig`, so messages name the full key)."""
+        if self.base_url and self.base_urls:
+            raise ConfigError(
+                f"{prefix}.base_url={self.base_url!r} and {prefix}.base_urls={self.base_urls!r} are both set: "
+                f"use base_url for one server or base_urls for its replicas (set {prefix}.base_url=null)"
+            )
+        for i, url in enumerate(self.base_urls):
+            _check(isinstance(url, str) and url.strip() != "", f"{prefix}.base_urls[{i}]", url, "must be a URL")
+            _check(
+                url not in self.base_urls[:i],
+                f"{prefix}.base_urls[{i}]",
+                url,
+                f"is listed twice (also at index {self.base_urls.index(url)}); list each replica once",
+            )
         _check(self.max_in_flight >= 1, f"{prefix}.max_in_flight", self.max_in_flight, "must be >= 1")
         _check(self.timeout_s > 0, f"{prefix}.timeout_s", self.timeout_s, "must be > 0 seconds")
         _check(self.max_retries >= 0, f"{prefix}.max_retries", self.max_retries, "must be >= 0")
         _check(self.json_mode in JSON_MODES, f"{prefix}.json_mode", self.json_mode, f"use one of {JSON_MODES}")
+        _check(self.replica_cooldown_s > 0, f"{prefix}.replica_cooldown_s", self.replica_cooldown_s, "must be > 0 s")
+        _check(
+            self.replica_cooldown_max_s >= self.replica_cooldown_s,
+            f"{prefix}.replica_cooldown_max_s",
+            self.replica_cooldown_max_s,
+            f"must be >= {prefix}.replica_cooldown_s={self.replica_cooldown_s}",
+        )
 
 
 @dataclass
@@ -131,6 +174,44 @@ class RolesConfig:
 
 
 @dataclass
+class LocalModelConfig:
+    """One model of the local backend (``llm.backend.models.<key>``, the key a short name
+    without dots such as ``small``): one llama-server of its own, serving the endpoints whose
+    ``model`` is its weights' served name (e.g. ``qwen2.5-coder-1.5b-instruct``). Every setting
+    left ``None`` is the backend's (``llm.backend.<same key>``), so the backend's values are the
+    one source of the defaults.
+
+    Attributes:
+        weights: which GGUF (an id of :data:`inner.llm.weights.WEIGHTS`; its ``model`` is the
+            served name).
+        slots: requests decoded at once (``--parallel``).
+        n_ctx: context window of each request, tokens.
+        n_threads: generation threads (``--threads``).
+        n_threads_batch: prompt-processing threads (``--threads-batch``).
+        poll: llama.cpp's busy-wait level of its worker threads, 0-100 (``--poll``).
+    """
+
+    weights: str | None = None
+    slots: int | None = None
+    n_ctx: int | None = None
+    n_threads: int | None = None
+    n_threads_batch: int | None = None
+    poll: int | None = None
+
+    def validate(self, prefix: str) -> None:
+        """Raise ConfigError for a bad value; ``prefix`` is e.g. ``llm.backend.models.small``."""
+        from inner.llm.weights import WEIGHTS
+
+        if self.weights is not None:
+            _check(self.weights in WEIGHTS, f"{prefix}.weights", self.weights, f"use one of {sorted(WEIGHTS)}")
+        for key in ("slots", "n_threads", "n_threads_batch"):
+            value = getattr(self, key)
+            _check(value is None or value >= 1, f"{prefix}.{key}", value, "must be >= 1 (or null)")
+        _check(self.n_ctx is None or self.n_ctx >= 512, f"{prefix}.n_ctx", self.n_ctx, "must be >= 512 tokens")
+        _check(self.poll is None or 0 <= self.poll <= 100, f"{prefix}.poll", self.poll, "must be in [0, 100]")
+
+
+@dataclass
 class BackendConfig:
     """The server the project starts (or not) before the run.
 
@@ -140,25 +221,51 @@ class BackendConfig:
         model_cache_dir: where the assembled GGUF is kept; ``None`` = ``~/.cache/autodata``.
         n_ctx: context window of each request to the local server, tokens (llama-server gets
             ``n_ctx * slots`` in all, split evenly across its slots).
-        n_threads: CPU threads of the local server; ``None`` = all cores.
+        weights: the GGUF of the local server when ``models`` is empty (an id of
+            :data:`inner.llm.weights.WEIGHTS`; default the embedded Qwen2.5-Coder-0.5B).
+        n_threads: CPU threads of each local server (``--threads``); ``None`` = the cores
+            divided evenly among the servers (all cores for one server).
+        n_threads_batch: prompt-processing threads (``--threads-batch``); ``None`` = ``n_threads``.
+        poll: busy-wait level of llama-server's worker threads, 0-100 (``--poll``); ``None`` =
+            llama.cpp's default (50) for one server, 0 when several share the cores
+            (experiments/bench/README.md, "Two servers on 2 cores").
+        models: several local models, one llama-server each, by a short key (``small``,
+            ``large``); an endpoint without ``base_url`` goes to the model whose weights' served
+            name is its ``model``. Empty = one server for the endpoints' one model with the
+            settings above. Each :class:`LocalModelConfig` falls back to the settings above.
         server: the local server: ``llama-server`` (upstream llama.cpp, continuous batching over
             ``slots``; built by ``make install``), ``llama-cpp-python`` (answers one request at
             a time) or ``auto`` (llama-server if built, else llama-cpp-python with a warning).
         slots: requests llama-server decodes at once (``--parallel``); the local endpoint's
             ``max_in_flight`` follows it (``conf/llm/local.yaml``).
         vllm_model: model to serve with ``llm=vllm`` (defaults to the endpoint's model).
+        replicas: ``llm=vllm`` only: how many ``vllm serve`` processes to start, each on its
+            own port and its own GPUs; the served endpoints balance over them (their
+            ``base_urls``).
+        gpus_per_replica: ``llm=vllm`` only: GPUs per replica (``CUDA_VISIBLE_DEVICES``;
+            ``--tensor-parallel-size`` when above 1). Replica ``i`` gets devices
+            ``i * gpus_per_replica`` to ``(i + 1) * gpus_per_replica - 1``, counted within the
+            parent's ``CUDA_VISIBLE_DEVICES`` when that is set (a single replica sees the
+            parent's devices unchanged).
         extra_args: extra command-line arguments for the server.
-        port: fixed port; ``None`` picks a free loopback port.
+        port: fixed port (replica ``i`` of ``llm=vllm`` gets ``port + i``); ``None`` picks
+            free loopback ports.
         startup_timeout_s: how long to wait for the server to answer, seconds.
     """
 
     kind: str = "local"
     model_cache_dir: str | None = None
     n_ctx: int = 8192
+    weights: str = "qwen2.5-coder-0.5b-instruct-q4_k_m"
     n_threads: int | None = None
+    n_threads_batch: int | None = None
+    poll: int | None = None
+    models: dict[str, LocalModelConfig] = field(default_factory=dict)
     server: str = "auto"
     slots: int = 4
     vllm_model: str | None = None
+    replicas: int = 1
+    gpus_per_replica: int = 1
     extra_args: list[str] = field(default_factory=list)
     port: int | None = None
     startup_timeout_s: float = 300.0
@@ -168,12 +275,41 @@ class BackendConfig:
         _check(self.n_ctx >= 512, "llm.backend.n_ctx", self.n_ctx, "must be >= 512 tokens")
         _check(self.server in LOCAL_SERVERS, "llm.backend.server", self.server, f"use one of {LOCAL_SERVERS}")
         _check(self.slots >= 1, "llm.backend.slots", self.slots, "must be >= 1")
+        _check(self.replicas >= 1, "llm.backend.replicas", self.replicas, "must be >= 1")
+        _check(self.gpus_per_replica >= 1, "llm.backend.gpus_per_replica", self.gpus_per_replica, "must be >= 1")
+        _check(
+            self.replicas == 1 or self.kind == "vllm",
+            "llm.backend.replicas",
+            self.replicas,
+            f"only llm=vllm starts replicas (llm.backend.kind={self.kind!r}); "
+            "list running servers in llm.endpoints.<name>.base_urls instead",
+        )
+        LocalModelConfig(
+            weights=self.weights, n_threads=self.n_threads, n_threads_batch=self.n_threads_batch, poll=self.poll
+        ).validate("llm.backend")
+        served: dict[str, str] = {}
+        for key, model in self.models.items():
+            model.validate(f"llm.backend.models.{key}")
+            name = self.served_name(model)
+            _check(
+                name not in served,
+                f"llm.backend.models.{key}.weights",
+                model.weights or self.weights,
+                f"llm.backend.models.{served.get(name)} serves {name!r} already (one server per model)",
+            )
+            served[name] = key
         _check(
             self.startup_timeout_s > 0,
             "llm.backend.startup_timeout_s",
             self.startup_timeout_s,
             "must be > 0",
         )
+
+    def served_name(self, model: LocalModelConfig) -> str:
+        """The served name (``--alias``) of a model of ``models``: its weights' model name."""
+        from inner.llm.weights import WEIGHTS
+
+        return WEIGHTS[model.weights or self.weights].model
 
 
 @dataclass
@@ -195,6 +331,15 @@ class LLMConfig:
         _check(bool(self.endpoints), "llm.endpoints", self.endpoints, "define at least one endpoint")
         for name, ep in self.endpoints.items():
             ep.validate(f"llm.endpoints.{name}")
+            if self.backend.kind == "local" and self.backend.models and not ep.base_url:
+                served = sorted(self.backend.served_name(m) for m in self.backend.models.values())
+                _check(
+                    ep.model in served,
+                    f"llm.endpoints.{name}.model",
+                    ep.model,
+                    f"the local backend serves {served} (llm.backend.models): name one of them, or give "
+                    "the endpoint a base_url",
+                )
         for f in fields(self.roles):
             role: RoleConfig | None = getattr(self.roles, f.name)
             if role is None:
@@ -206,6 +351,13 @@ class LLMConfig:
                 role.endpoint,
                 f"must name one of llm.endpoints {sorted(self.endpoints)}",
             )
+
+    def max_connections(self) -> int:
+        """Requests in flight at once over all endpoints, at most: each endpoint's
+        ``max_in_flight`` times its replicas (its ``base_urls``, or the ``llm=vllm`` backend's
+        ``replicas`` for an endpoint the backend serves)."""
+        started = self.backend.replicas if self.backend.kind == "vllm" else 1
+        return sum(ep.max_in_flight * (len(ep.urls) or started) for ep in self.endpoints.values())
 
     def role(self, name: str) -> RoleConfig:
         """The :class:`RoleConfig` of ``name``; raises ConfigError for an unknown role."""
@@ -316,8 +468,9 @@ class InnerConfig:
             the solvers (it cannot pass the gate anyway; saves 2 x (n + n) calls).
         harness_max_calls: LLM calls a harness may make per document (its own roles).
         harness_max_tokens: prompt + completion tokens of those calls per document.
-        harness_wall_s: wall-clock seconds a harness may run per document, time spent inside
-            ``agent.evaluate`` (the evaluator's work) excluded.
+        harness_wall_s: wall-clock seconds a harness may run per document, time the parent
+            works for it excluded: inside ``agent.evaluate`` (the evaluator's work) and while
+            any of its own LLM calls is in flight (queued in or decoded by the server).
         harness_cpu_s: CPU seconds of the harness process (RLIMIT_CPU).
         harness_memory_mb: address-space limit of each harness process, MiB (RLIMIT_AS).
         harness_max_files: most files (and links) a harness directory may hold; checked before
@@ -327,6 +480,11 @@ class InnerConfig:
             where available).
         harness_doc_chars: characters of the document the sandbox receives (the largest
             excerpt any harness role gets); the rest never leaves the parent.
+        sandbox_mode: how each document's sandbox starts (:data:`SANDBOX_MODES`): ``fork``
+            (default) from the run's warm fork server (:mod:`inner.sandbox.forkserver`: a few ms
+            of CPU), ``fresh`` as a new bubblewrap sandbox and Python interpreter
+            (:class:`inner.sandbox.process.SandboxProcess`: 0.2-0.4 s of CPU). Both seal the
+            harness the same way (README, "Evaluator integrity").
     """
 
     max_rounds: int = 5
@@ -346,6 +504,7 @@ class InnerConfig:
     harness_max_mb: int = 64
     harness_max_procs: int = 32
     harness_doc_chars: int = 20_000
+    sandbox_mode: str = "fork"
 
     def __post_init__(self) -> None:
         for key in (
@@ -365,6 +524,58 @@ class InnerConfig:
         _check(self.harness_max_files >= 1, "inner.harness_max_files", self.harness_max_files, "must be >= 1")
         _check(self.harness_max_mb >= 1, "inner.harness_max_mb", self.harness_max_mb, "must be >= 1 MiB")
         _check(self.harness_doc_chars >= 0, "inner.harness_doc_chars", self.harness_doc_chars, "must be >= 0")
+        _check(
+            self.sandbox_mode in SANDBOX_MODES, "inner.sandbox_mode", self.sandbox_mode, f"use one of {SANDBOX_MODES}"
+        )
+
+
+@dataclass
+class ExecutorConfig:
+    """Where the documents of a run (and of the meta loop's evaluations) run: ``executor=local``
+    (the default: this process, asyncio; Ray is never imported) or ``executor=ray`` (Ray Core
+    actors, :mod:`inner.engine.ray_executor`). Neither changes what is generated: the inner loop,
+    the evaluator and the records are the same.
+
+    Attributes:
+        kind: ``local`` or ``ray``.
+        address: the Ray cluster to join (``ray://host:10001`` or ``host:6379``); ``None`` =
+            the ``RAY_ADDRESS`` environment variable if set, else a Ray instance started by
+            this process on this machine (stopped when the run ends).
+        num_cpus: CPUs of a Ray instance this process starts; ``None`` = every core. Ignored
+            when joining a cluster.
+        workers: Ray actors, each with its own LLM client, response-cache segment and
+            sandboxes.
+        cpus_per_worker: CPUs Ray reserves per actor (placement only; the sandboxes are not
+            Ray tasks).
+        documents_per_worker: documents in flight per actor; ``None`` =
+            ``ceil(inner.max_concurrent_documents / workers)``. Each endpoint's
+            ``max_in_flight`` is split the same way (``ceil(max_in_flight / workers)`` per
+            actor), so the endpoint's ceiling holds across the cluster.
+        max_retries: how often a document is redone after its actor died (the actor is
+            restarted as often); a typed failure (a config, harness or sandbox error) is never
+            retried. Beyond it the run stops with :class:`~inner.engine.executor.ExecutorError`.
+    """
+
+    kind: str = "local"
+    address: str | None = None
+    num_cpus: int | None = None
+    workers: int = 2
+    cpus_per_worker: float = 1.0
+    documents_per_worker: int | None = None
+    max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.kind in EXECUTORS, "executor.kind", self.kind, f"use one of {EXECUTORS}")
+        _check(self.workers >= 1, "executor.workers", self.workers, "must be >= 1")
+        _check(self.num_cpus is None or self.num_cpus >= 1, "executor.num_cpus", self.num_cpus, "must be >= 1 or null")
+        _check(self.cpus_per_worker >= 0, "executor.cpus_per_worker", self.cpus_per_worker, "must be >= 0")
+        _check(
+            self.documents_per_worker is None or self.documents_per_worker >= 1,
+            "executor.documents_per_worker",
+            self.documents_per_worker,
+            "must be >= 1 or null",
+        )
+        _check(self.max_retries >= 0, "executor.max_retries", self.max_retries, "must be >= 0")
 
 
 @dataclass
@@ -379,6 +590,7 @@ class GenerateConfig:
         rubric: the rubric policy the evaluator enforces (``conf/rubric/``).
         progress: show the live progress bar.
         logger: optional experiment tracking (``logger=wandb``; off by default).
+        executor: where the documents run (``executor=local|ray``).
     """
 
     method: str = "agentic_self_instruct"
@@ -390,6 +602,7 @@ class GenerateConfig:
     inner: InnerConfig = field(default_factory=InnerConfig)
     progress: bool = True
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def __post_init__(self) -> None:
         _check(self.method in METHODS, "method", self.method, f"use one of {METHODS}")

@@ -33,11 +33,18 @@ replicate index, so replicate ``k`` of a harness is reproducible and replicate `
 The procedure (:func:`decide`) first tops the parent's tallies up to ``min_parent_runs`` runs per
 document, evaluates one candidate replicate, stops if the candidate is not ahead (``T <= 0``),
 else evaluates up to ``replicates`` candidate replicates and tests; when the p-value falls just
-short (``alpha < p <= race_alpha``) it races one more replicate and tests again, while that holds
-and fewer than ``max_replicates`` were used. Each test is at ``alpha`` unadjusted, so racing
-trades a little of the false admission rate for power: measured on the benchmark's synthetic
-world, about 10.5 % of neutral mutants admitted for about 71 % of +12-point mutants at 25
-documents (see :class:`AdmissionConfig` and ``experiments/bench/README.md``).
+short (above the look's level but ``<= race_alpha``) it races one more candidate replicate, and
+one more parent replicate (``race_parent``), and tests again, while that holds and fewer than
+``max_replicates`` were used. Repeated looks at the data inflate the false admission rate, so the
+looks spend ``alpha`` between them (alpha spending, as in group-sequential trials): the first test
+is at ``alpha * first_look_share`` (0.08) and each raced one at ``alpha * raced_look_share``
+(0.07); without racing the one test is at ``alpha``. The shares are calibrated by simulation, as
+Pocock's constants are, so that the whole procedure admits at most about ``alpha`` of neutral
+mutants on the benchmark's synthetic world (``experiments/bench/admission.py``; figures in
+:class:`AdmissionConfig` and ``experiments/bench/README.md``). Adding a parent replicate to each
+raced look matters: the candidate is compared with the parent's tallies, and a neutral candidate
+that races is most often one whose parent happened to run low; a fresh parent run re-draws that
+luck instead of confirming it.
 
 Winner's curse: a candidate is admitted because its replicates came out well, so the tallies that
 admitted it overestimate it. :func:`decide` returns those tallies separately; the caller keeps them
@@ -51,6 +58,9 @@ Sources
   samples from any populations" (1937). Exact enumeration over sign patterns, or seeded Monte
   Carlo with the ``(count + 1) / (n + 1)`` correction (Phipson & Smyth, "Permutation p-values
   should never be zero", 2010).
+- Alpha spending over repeated looks: S. J. Pocock, "Group sequential methods in the design
+  and analysis of clinical trials", Biometrika 64 (1977); K. K. G. Lan & D. L. DeMets,
+  "Discrete sequential boundaries for clinical trials", Biometrika 70 (1983).
 - Racing (one more replicate when the evidence is borderline, instead of a fixed budget):
   M. López-Ibáñez, J. Dubois-Lacoste, L. Pérez Cáceres, M. Birattari, T. Stützle, "The irace
   package: Iterated racing for automatic algorithm configuration", Operations Research
@@ -257,9 +267,14 @@ class AdmissionConfig:
         stop_if_not_ahead: reject after the first candidate replicate when ``T <= 0`` (saves evaluations).
         min_parent_runs: the parent's tallies are topped up to this many runs per document, >= 1.
         min_gain_docs: admit only if ``T >= min_gain_docs`` (documents), >= 0.
-        alpha: admit only if the sign-flip p-value is ``<= alpha``, in (0, 1).
-        race_alpha: when ``alpha < p <= race_alpha``, race one more candidate replicate (irace-style);
-            ``None`` disables racing; else in (alpha, 1].
+        alpha: the false admission rate the paired procedure is held to, in (0, 1): without
+            racing its one test admits iff the sign-flip p-value is ``<= alpha``; with racing the
+            tests spend it (:meth:`look_alphas`).
+        race_alpha: when a test's p-value is above its level but ``<= race_alpha``, race one more
+            candidate replicate (irace-style); ``None`` disables racing; else in (alpha, 1].
+        race_parent: each raced look also adds one fresh parent replicate.
+        first_look_share / raced_look_share: with racing, the first test is at
+            ``alpha * first_look_share`` and each raced test at ``alpha * raced_look_share``, in (0, 1].
         max_replicates: most candidate replicates with racing, >= ``replicates``.
         n_resamples: Monte Carlo sign flips when the exact distribution is too big, >= 100.
         exact_max_docs: exact enumeration while the distribution of sign-flipped sums has at most
@@ -289,6 +304,9 @@ class AdmissionConfig:
     min_gain_docs: float = 1.0
     alpha: float = 0.10
     race_alpha: float | None = 0.20
+    race_parent: bool = True
+    first_look_share: float = 0.8
+    raced_look_share: float = 0.7
     max_replicates: int = 4
     n_resamples: int = 20000
     exact_max_docs: int = 16
@@ -309,6 +327,12 @@ class AdmissionConfig:
             raise ValueError(
                 f"AdmissionConfig.race_alpha must be None or in (alpha, 1] = ({self.alpha}, 1], got {self.race_alpha!r}"
             )
+        if not isinstance(self.race_parent, bool):
+            raise ValueError(f"AdmissionConfig.race_parent must be a bool, got {self.race_parent!r}")
+        for name in ("first_look_share", "raced_look_share"):
+            value = getattr(self, name)
+            if not (_is_real(value) and 0 < value <= 1):
+                raise ValueError(f"AdmissionConfig.{name} must be in (0, 1], got {value!r}")
         _check_int("max_replicates", self.max_replicates, 1)
         if self.max_replicates < self.replicates:
             raise ValueError(
@@ -317,6 +341,20 @@ class AdmissionConfig:
         _check_int("n_resamples", self.n_resamples, 100)
         _check_int("exact_max_docs", self.exact_max_docs, 0, 24)
         _check_int("seed", self.seed, 0)
+
+    def look_alphas(self) -> tuple[float, float]:
+        """``(first, raced)``: the p-value thresholds of the first test and of each raced test.
+
+        Without racing (``race_alpha is None``) there is one look, tested at ``alpha``. With
+        racing, the looks spend ``alpha`` between them (alpha spending, as in group-sequential
+        designs): the first at ``alpha * first_look_share``, each raced one at
+        ``alpha * raced_look_share``, so that the whole procedure admits about ``alpha`` of
+        neutral mutants, not more (the shares are calibrated like Pocock's constants, by
+        simulation: ``experiments/bench/admission.py``).
+        """
+        if self.race_alpha is None:
+            return self.alpha, self.alpha
+        return self.alpha * self.first_look_share, self.alpha * self.raced_look_share
 
 
 @dataclass(frozen=True)
@@ -594,7 +632,13 @@ def strict_decision(candidate: Tallies, parent: Tallies, docs: Sequence[str], *,
 
 
 def paired_decision(
-    candidate: Tallies, parent: Tallies, docs: Sequence[str], cfg: AdmissionConfig, *, evals: int = 0
+    candidate: Tallies,
+    parent: Tallies,
+    docs: Sequence[str],
+    cfg: AdmissionConfig,
+    *,
+    evals: int = 0,
+    alpha: float | None = None,
 ) -> AdmissionDecision:
     """The paired rule: admit iff ``T >= cfg.min_gain_docs`` and the sign-flip p-value ``<= cfg.alpha``.
 
@@ -610,11 +654,12 @@ def paired_decision(
     T = float(sum(diffs))
     p = sign_flip_pvalue(diffs, exact_max_docs=cfg.exact_max_docs, n_resamples=cfg.n_resamples, seed=cfg.seed)
     gain_ok = T >= cfg.min_gain_docs - 1e-12
-    p_ok = p <= cfg.alpha
+    level = cfg.alpha if alpha is None else alpha
+    p_ok = p <= level
     admitted = gain_ok and p_ok
     reason = (
         f"T={T:.2f} docs {'>=' if gain_ok else '<'} {cfg.min_gain_docs:g}, "
-        f"p={p:.3f} {'<=' if p_ok else '>'} {cfg.alpha:.2f}: {'admitted' if admitted else 'rejected'}"
+        f"p={p:.3f} {'<=' if p_ok else '>'} {level:.3f}: {'admitted' if admitted else 'rejected'}"
     )
     return AdmissionDecision(
         rule="paired",
@@ -738,17 +783,23 @@ async def decide(
 
     for k in range(1, cfg.replicates):
         await candidate_run(k)
-    decision = paired_decision(candidate, parent, docs, cfg, evals=evals)
-    used = cfg.replicates
+    first_alpha, raced_alpha = cfg.look_alphas()
+    decision = paired_decision(candidate, parent, docs, cfg, evals=evals, alpha=first_alpha)
+    used, level = cfg.replicates, first_alpha
     while (
         cfg.race_alpha is not None
         and decision.p_value is not None
-        and cfg.alpha < decision.p_value <= cfg.race_alpha
+        and level < decision.p_value <= cfg.race_alpha
         and used < cfg.max_replicates
     ):
-        first_p = decision.p_value
+        first_p, level = decision.p_value, raced_alpha
         await candidate_run(used)
         used += 1
-        decision = paired_decision(candidate, parent, docs, cfg, evals=evals)
+        if cfg.race_parent:
+            k = parent.max_runs(docs)
+            lacking = [d for d in docs if (parent[d].runs if d in parent else 0) <= k]
+            parent.add_run(_outcomes_for(await evaluate_parent(k), lacking, "parent", k))
+            evals += len(lacking)
+        decision = paired_decision(candidate, parent, docs, cfg, evals=evals, alpha=raced_alpha)
         decision = replace(decision, reason=f"{decision.reason} (raced replicate {used} after p={first_p:.3f})")
     return decision, candidate, parent

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from inner.config import (
+    ExecutorConfig,
     GateConfig,
     GenerateConfig,
     InnerConfig,
@@ -67,6 +68,10 @@ class MetaConfig:
         edit_format: ``blocks`` (SEARCH/REPLACE text), ``json`` (schema-constrained edits,
             rendered as blocks) or ``auto`` (``json`` when the implementer's endpoint uses
             llama.cpp grammars, i.e. the small embedded model; ``blocks`` otherwise).
+        editable: ``fnmatch`` patterns of the harness files the implementer sees and may edit
+            (``*`` crosses ``/``; default ``["*"]``: every file). ``["prompts/*"]`` restricts
+            mutation to the prompts, for implementers too small to write working code; an edit
+            of any other file is an invalid edit (kind ``scope``).
         max_consecutive_errors: the run stops cleanly (circuit breaker) after this many
             consecutive iterations with status ``error`` (infrastructure failures, e.g. the
             endpoint down after retries); they are redone on resume.
@@ -78,12 +83,18 @@ class MetaConfig:
             ``T >= min_gain_docs`` and the one-sided sign-flip p-value ``<= alpha``) or ``strict``
             (the paper's: one candidate evaluation's pass rate strictly greater than one fresh
             parent evaluation's).
-        alpha: significance level of the paired rule (0.10).
+        alpha: the paired rule's false-admission rate (0.10): its one test's level without
+            racing; with racing the tests spend it (``first_look_share``, ``raced_look_share``).
         min_gain_docs: least gain ``T`` (sum over validation documents of the difference in
             pass fraction, in documents) to admit under ``paired`` (1).
         replicates: candidate replicates evaluated before the paired test (2).
-        race_alpha: when ``alpha < p <= race_alpha`` one more candidate replicate is raced, up to
-            ``max_replicates``; ``null`` disables racing.
+        race_alpha: when a test's p-value is above its level but ``<= race_alpha`` one more
+            candidate replicate is raced, up to ``max_replicates``; ``null`` disables racing.
+        race_parent: each raced replicate also adds one fresh parent replicate (counted in the
+            parent's tallies).
+        first_look_share / raced_look_share: with racing, the first test is at
+            ``alpha * first_look_share`` and each raced one at ``alpha * raced_look_share``
+            (alpha spending; :meth:`meta.admission.AdmissionConfig.look_alphas`).
         max_replicates: most candidate replicates with racing (4).
         min_parent_runs: a parent's tallies are topped up (fresh replicates) to this many runs
             per validation document before a paired decision (3).
@@ -111,6 +122,7 @@ class MetaConfig:
     analyzer_chars: int = 12000
     history_lines: int = 20
     edit_format: str = "auto"
+    editable: list[str] = field(default_factory=lambda: ["*"])
     max_consecutive_errors: int = 3
     allow_evaluator_change: bool = False
     # the admission settings default to meta.admission.AdmissionConfig's (one source of truth,
@@ -120,6 +132,9 @@ class MetaConfig:
     min_gain_docs: float = AdmissionConfig.min_gain_docs
     replicates: int = AdmissionConfig.replicates
     race_alpha: float | None = AdmissionConfig.race_alpha
+    race_parent: bool = AdmissionConfig.race_parent
+    first_look_share: float = AdmissionConfig.first_look_share
+    raced_look_share: float = AdmissionConfig.raced_look_share
     max_replicates: int = AdmissionConfig.max_replicates
     min_parent_runs: int = AdmissionConfig.min_parent_runs
     stop_if_not_ahead: bool = AdmissionConfig.stop_if_not_ahead
@@ -133,7 +148,8 @@ class MetaConfig:
         return AdmissionConfig(
             rule=self.admission, replicates=self.replicates, stop_if_not_ahead=self.stop_if_not_ahead,
             min_parent_runs=self.min_parent_runs, min_gain_docs=self.min_gain_docs, alpha=self.alpha,
-            race_alpha=self.race_alpha, max_replicates=self.max_replicates, seed=self.seed,
+            race_alpha=self.race_alpha, race_parent=self.race_parent, first_look_share=self.first_look_share,
+            raced_look_share=self.raced_look_share, max_replicates=self.max_replicates, seed=self.seed,
         )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -149,6 +165,12 @@ class MetaConfig:
         _check(self.max_iterations >= 0, "meta.max_iterations", self.max_iterations, "must be >= 0")
         _check(self.history_lines >= 0, "meta.history_lines", self.history_lines, "must be >= 0 (0: no history)")
         _check(self.edit_format in EDIT_FORMATS, "meta.edit_format", self.edit_format, f"use one of {EDIT_FORMATS}")
+        _check(
+            bool(self.editable) and all(isinstance(p, str) and p.strip() for p in self.editable),
+            "meta.editable",
+            self.editable,
+            "must be a non-empty list of file patterns (e.g. ['*'] or ['prompts/*'])",
+        )
         _check(self.analyzer_chars >= 1, "meta.analyzer_chars", self.analyzer_chars, "must be >= 1")
         _check(
             self.max_consecutive_errors >= 1,
@@ -168,7 +190,8 @@ class MetaConfig:
 
 @dataclass
 class EvolveConfig:
-    """Root config of ``autodata-evolve``: the inner loop's sections plus ``split`` and ``meta``."""
+    """Root config of ``autodata-evolve``: the inner loop's sections plus ``split`` and ``meta``
+    (and ``executor``: where the evaluations' documents run)."""
 
     llm: LLMConfig = field(default_factory=LLMConfig)
     gate: GateConfig = field(default_factory=GateConfig)
@@ -179,6 +202,7 @@ class EvolveConfig:
     meta: MetaConfig = field(default_factory=MetaConfig)
     progress: bool = True
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def generate_config(self) -> GenerateConfig:
         """The config of one harness evaluation (Agentic Self-Instruct, same gate and solvers)."""
@@ -191,6 +215,7 @@ class EvolveConfig:
             task=self.task,
             inner=self.inner,
             progress=False,
+            executor=self.executor,
         )
 
 

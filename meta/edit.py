@@ -26,8 +26,10 @@ applies the edit fails with the best similarity found.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from string import Template
@@ -49,8 +51,8 @@ _BLOCK = re.compile(
 
 
 class EditError(Exception):
-    """An edit cannot be applied; ``kind`` is ``outside`` (path outside the harness), ``parse``
-    or ``nomatch``."""
+    """An edit cannot be applied; ``kind`` is ``outside`` (path outside the harness), ``scope``
+    (a file outside ``meta.editable``), ``parse`` or ``nomatch``."""
 
     def __init__(self, message: str, *, kind: str) -> None:
         super().__init__(message)
@@ -130,6 +132,24 @@ def check_paths(edits: list[Edit], root: Path) -> None:
             raise EditError(f"edit outside the harness directory rejected: {e.path!r}", kind="outside")
         if any(part.startswith(".") for part in p.parts):
             raise EditError(f"edit of a hidden path rejected: {e.path!r}", kind="outside")
+
+
+def is_editable(path: str, patterns: Sequence[str]) -> bool:
+    """Whether the harness-relative ``path`` matches one of the ``fnmatch`` ``patterns``
+    (``*`` also crosses ``/``: ``"*"`` is every file, ``"prompts/*"`` every prompt)."""
+    return any(fnmatch.fnmatchcase(path, pat) for pat in patterns)
+
+
+def check_editable(edits: list[Edit], patterns: Sequence[str]) -> None:
+    """Reject any edit of a file outside the mutation scope (``meta.editable``).
+
+    Raises:
+        EditError(kind="scope"): names the file and the patterns.
+    """
+    for e in edits:
+        if not is_editable(str(PurePosixPath(e.path)), patterns):
+            raise EditError(f"edit of {e.path!r} rejected: only files matching {list(patterns)} may be edited "
+                            "(meta.editable)", kind="scope")  # fmt: skip
 
 
 def _apply_one(text: str, search: str, replace: str, path: str) -> str:

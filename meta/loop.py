@@ -65,20 +65,21 @@ from pathlib import Path
 from typing import Any
 
 from inner.engine.documents import Document, list_document_paths, load_documents
+from inner.engine.executor import LOCAL, Executor, open_executor
 from inner.engine.harness import harness_id, resolve_harness_dir
 from inner.engine.records import Trajectory
 from inner.engine.run import evaluate_harness, evaluator_identity, identity_diff, identity_hash, throughput_gc
 from inner.io import StorageError, append_jsonl, atomic_write_text, read_jsonl, sweep_stale_temps
 from inner.llm.client import LLMClient, UsageMeter, track_usage
-from inner.sandbox.files import copy_harness, harness_content_hash
+from inner.sandbox.files import copy_harness, harness_content_hash, scan_harness
 from inner.sandbox.process import dry_run_harness
-from inner.sdk.errors import ConfigError
+from inner.sdk.errors import ConfigError, HarnessError
 from inner.tracking import NullTracker, Tracker, build_tracker
 from meta import student
 from meta.admission import AdmissionDecision, decide, noise_floor
 from meta.analyze import analyze, implement
 from meta.config import EvolveConfig
-from meta.edit import EditError, apply_edits, check_prompt_files, parse_edits
+from meta.edit import EditError, apply_edits, check_editable, check_prompt_files, is_editable, parse_edits
 from meta.lineage import Lineage
 from meta.select import Archive, ArchiveEntry, select_parent
 from meta.tallies import TallyStore
@@ -182,6 +183,9 @@ class MetaRun:
     val: list[Document]
     history: list[dict[str, Any]] = field(default_factory=list)
     tracker: Tracker = field(default_factory=NullTracker)
+    #: where the evaluations' documents run (``executor=local|ray``); this process stays the one
+    #: writer of the archive, history, tallies and lineage whatever it is
+    executor: Executor = LOCAL
     _eval_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     tallies: TallyStore = field(init=False)
 
@@ -252,6 +256,7 @@ class MetaRun:
                 client=self.client,
                 return_trajectories=True,
                 replicate=replicate,
+                executor=self.executor,
             )
             assert trajs is not None  # return_trajectories=True
             return EvalOutcome.from_trajectories(trajs, stats)
@@ -395,7 +400,9 @@ async def try_edit(run: MetaRun, parent_dir: Path, scratch: Path, reply: str, *,
     shutil.rmtree(scratch, ignore_errors=True)
     copy_harness(parent_dir, scratch, **run.harness_caps)
     try:
-        changed = apply_edits(parse_edits(reply), scratch)
+        edits = parse_edits(reply)
+        check_editable(edits, run.cfg.meta.editable)
+        changed = apply_edits(edits, scratch)
     except EditError as exc:
         return EditAttempt(error=str(exc), kind=exc.kind)
     cand_id = harness_id(scratch)
@@ -512,7 +519,7 @@ async def _iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:
     # 4-5. implementer: edits of the parent's files, applied to a scratch copy (paths outside the
     # harness directory rejected), checked for duplicates, validated (prompt files + a dry run
     # in the sandbox); an edit that fails to apply or to validate goes back once with the error
-    files = run.lineage.files(parent.commit)
+    files = {p: t for p, t in run.lineage.files(parent.commit).items() if is_editable(p, cfg.editable)}
     structured = cfg.edit_format == "json" or (
         cfg.edit_format == "auto"
         and run.cfg.llm.endpoints[run.cfg.llm.role("implementer").endpoint].json_mode == "llama_cpp"
@@ -625,7 +632,7 @@ async def admit(
 
 
 # -- the run ---------------------------------------------------------------------------------------
-async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> MetaRun:
+async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient, *, executor: Executor = LOCAL) -> MetaRun:
     """Splits, evaluator identity, lineage root, archive (evaluating the root on validation if
     new), history.
 
@@ -646,6 +653,7 @@ async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient) -> MetaRu
         archive,
         load_split(cfg, splits["train"]),
         load_split(cfg, splits["val"]),
+        executor=executor,
     )
     run.history = load_history(run.history_path)
     done = {h["iteration"] for h in run.history if h.get("status") != IterationStatus.ERROR}
@@ -753,7 +761,7 @@ async def check_start_harness(cfg: EvolveConfig, run_dir: Path) -> None:
     document). Skipped once the lineage has its root (the harness is then the committed one).
 
     Raises:
-        HarnessError: the import error, or the missing ``run``.
+        HarnessError: the import error, the missing ``run``, or no file matching ``meta.editable``.
     """
     from inner.engine.run import check_harness_loads
 
@@ -761,6 +769,14 @@ async def check_start_harness(cfg: EvolveConfig, run_dir: Path) -> None:
         return
     start = resolve_harness_dir(cfg.meta.start_harness)
     await check_harness_loads(start, cfg.generate_config(), name=f"meta.start_harness={cfg.meta.start_harness}")
+    inner = cfg.inner
+    entries = scan_harness(start, max_files=inner.harness_max_files, max_bytes=inner.harness_max_mb << 20)
+    members = [e.rel for e in entries if e.kind == "file"]
+    if not any(is_editable(rel, cfg.meta.editable) for rel in members):
+        raise HarnessError(
+            f"meta.editable={list(cfg.meta.editable)} matches none of the starting harness's files "
+            f"({', '.join(sorted(members)[:10])}): the implementer could edit nothing"
+        )
 
 
 def check_evaluator(cfg: EvolveConfig, run_dir: Path, splits: dict[str, list[str]]) -> None:
@@ -830,15 +846,21 @@ def budget_reached(run: MetaRun, *, t0: float, launched: int) -> str | None:
 
 
 async def evolve(
-    cfg: EvolveConfig, run_dir: Path, client: LLMClient, *, tracker: Tracker | None = None
+    cfg: EvolveConfig,
+    run_dir: Path,
+    client: LLMClient,
+    *,
+    tracker: Tracker | None = None,
+    executor: Executor = LOCAL,
 ) -> dict[str, Any]:
-    """Run iterations, ``meta.in_flight`` at a time, until a budget is reached.
+    """Run iterations, ``meta.in_flight`` at a time, until a budget is reached; the evaluations'
+    documents run on ``executor`` (this process by default).
 
     Returns:
         A summary: iterations, admitted, baseline and best validation pass rates, stop reason.
     """
     t0 = time.monotonic()
-    run = await prepare(cfg, run_dir, client)
+    run = await prepare(cfg, run_dir, client, executor=executor)
     run.tracker = tracker or NullTracker()
     done = {h["iteration"] for h in run.history if h.get("status") != IterationStatus.ERROR}
     todo = (i for i in range(1, 1 << 30) if i not in done)
@@ -919,7 +941,7 @@ async def run_evolve(cfg: EvolveConfig, run_dir: Path, *, base_urls: dict[str, s
     check_run_state(run_dir)
     check_open_files(  # candidate and parent evaluated at once in each iteration in flight
         documents=cfg.meta.in_flight * 2 * cfg.inner.max_concurrent_documents,
-        connections=sum(ep.max_in_flight for ep in cfg.llm.endpoints.values()),
+        connections=cfg.llm.max_connections(),
         what=f"meta.in_flight={cfg.meta.in_flight} x 2 evaluations x inner.max_concurrent_documents="
         f"{cfg.inner.max_concurrent_documents}",
     )
@@ -932,9 +954,14 @@ async def run_evolve(cfg: EvolveConfig, run_dir: Path, *, base_urls: dict[str, s
         await asyncio.to_thread(probe_endpoints, cfg.llm, urls)  # one clear error up front
         client = LLMClient(cfg.llm, base_urls=urls, cache=cache, call_log=run_dir / "calls.jsonl")
         tracker = build_tracker(cfg.logger, run_dir=run_dir, config=asdict(cfg), job="evolve")
+        executor = open_executor(
+            cfg.executor, llm=cfg.llm, base_urls=urls, cache_root=cache.root, log_dir=run_dir,
+            max_concurrent_documents=cfg.inner.max_concurrent_documents,
+        )  # fmt: skip
         try:
-            with throughput_gc():
-                return await evolve(cfg, run_dir, client, tracker=tracker)
+            async with executor as ex:
+                with throughput_gc():
+                    return await evolve(cfg, run_dir, client, tracker=tracker, executor=ex)
         finally:
             tracker.finish()
             await client.aclose()

@@ -7,7 +7,9 @@ It speaks just enough HTTP/1.1 (keep-alive, Content-Length bodies) for the ``ope
 content, a ``str`` as is; a :class:`Reply` can also set an HTTP error status, a delay, drop
 the connection without answering, send a raw body (e.g. a gateway's HTML error page with
 status 200), a completion with no choices, or extra headers (``Retry-After``). Every request is
-recorded in ``server.requests``.
+recorded in ``server.requests``; ``server.peak_in_flight`` is the most completions it held at
+once. With ``max_concurrent`` it works on at most that many completions at once (a server with
+that many slots): the others wait their turn, as in a real server's queue.
 
 Run in a thread (``with ScriptedServer(script) as url: ...``) for tests, or as a separate
 process for benchmarks: ``python -m tests.scripted_server --script MODULE:FUNC --latency 0.2``.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import threading
@@ -68,13 +71,20 @@ class ScriptedServer:
         script: produces each completion.
         latency_s: fixed delay per completion, seconds.
         port: 0 picks a free port.
+        max_concurrent: completions worked on at once (0: no limit); the latency of the
+            others starts when a slot frees.
     """
 
-    def __init__(self, script: Script, *, latency_s: float = 0.0, port: int = 0) -> None:
+    def __init__(self, script: Script, *, latency_s: float = 0.0, port: int = 0, max_concurrent: int = 0) -> None:
         self.script = script
         self.latency_s = latency_s
         self.port = port
+        self.max_concurrent = max_concurrent
         self.requests: list[tuple[str, dict[str, Any]]] = []
+        #: completion requests received and not yet answered; the most at once
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._slots: asyncio.Semaphore | None = None
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -113,7 +123,14 @@ class ScriptedServer:
                 if method == "GET" and path.rstrip("/").endswith("/models"):
                     self._send(writer, 200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
                 elif method == "POST" and path.rstrip("/").endswith("/chat/completions"):
-                    if not await self._complete(writer, headers, body):
+                    self.in_flight += 1
+                    self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+                    try:
+                        async with self._slots or contextlib.nullcontext():
+                            answered = await self._complete(writer, headers, body)
+                    finally:
+                        self.in_flight -= 1
+                    if not answered:
                         return
                 else:
                     self._send(writer, 404, {"error": {"message": f"no route {method} {path}"}})
@@ -210,6 +227,7 @@ class ScriptedServer:
     # -- lifecycle ----------------------------------------------------------------------------
     async def serve(self) -> asyncio.base_events.Server:
         """Start listening on the current event loop (for the process mode)."""
+        self._slots = asyncio.Semaphore(self.max_concurrent) if self.max_concurrent else None
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
         return self._server
@@ -268,15 +286,28 @@ def main() -> None:
     ap.add_argument("--script", required=True, help="MODULE:FUNC producing completions")
     ap.add_argument("--latency", type=float, default=0.0, help="seconds added to every completion")
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--max-concurrent", type=int, default=0, help="completions worked on at once (0: no limit)")
+    ap.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        help="servers on their own free ports, sharing the one script (replicas of one endpoint); "
+        "prints READY and every port",
+    )
     args = ap.parse_args()
     mod, func = args.script.split(":")
-    server = ScriptedServer(getattr(importlib.import_module(mod), func), latency_s=args.latency, port=args.port)
+    script = getattr(importlib.import_module(mod), func)
+    servers = [
+        ScriptedServer(
+            script, latency_s=args.latency, port=args.port if i == 0 else 0, max_concurrent=args.max_concurrent
+        )
+        for i in range(args.servers)
+    ]
 
     async def run() -> None:
-        srv = await server.serve()
-        print(f"READY {server.port}", flush=True)
-        async with srv:
-            await srv.serve_forever()
+        listening = [await server.serve() for server in servers]
+        print("READY " + " ".join(str(server.port) for server in servers), flush=True)
+        await asyncio.gather(*(srv.serve_forever() for srv in listening))
 
     asyncio.run(run())
 

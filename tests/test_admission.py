@@ -144,7 +144,7 @@ def test_paired_rejects_large_p_and_admits_clear_gain() -> None:
     clear = tallies({d: (2, 2) for d in docs})  # T = 3, p = 1/64
     dec = paired_decision(clear, parent, docs, AdmissionConfig())
     assert dec.admitted and dec.p_value == pytest.approx(1 / 64)
-    assert "p=0.016 <= 0.10" in dec.reason and dec.n_nonzero == 6
+    assert "p=0.016 <= 0.100" in dec.reason and dec.n_nonzero == 6
     assert dec.candidate_pass_rate == 1.0 and dec.parent_pass_rate == 0.5
 
 
@@ -215,7 +215,7 @@ def test_decide_stops_early_when_not_ahead() -> None:
     ],
 )
 def test_decide_races_only_inside_alpha_race_alpha(passing: int, calls: list[int], admitted: bool) -> None:
-    cfg = AdmissionConfig(replicates=2, race_alpha=0.25, max_replicates=3)
+    cfg = AdmissionConfig(replicates=2, race_alpha=0.25, max_replicates=3, race_parent=False)
     cand, par = Script(DOCS10, set(DOCS10[:passing])), Script(DOCS10, set())
     dec, _, _ = run_decide(cfg, DOCS10, zero_parent(), cand, par)
     assert cand.calls == calls and dec.admitted is admitted
@@ -225,7 +225,7 @@ def test_decide_races_only_inside_alpha_race_alpha(passing: int, calls: list[int
 
 
 def test_decide_race_can_turn_a_borderline_case_and_respects_switches() -> None:
-    cfg = AdmissionConfig(replicates=2, race_alpha=0.25, max_replicates=4)
+    cfg = AdmissionConfig(replicates=2, race_alpha=0.25, max_replicates=4, race_parent=False)
     # replicates 0 and 1 pass 3 docs (p = 1/8); replicate 2 passes 4 more docs: p drops to 1/128
     outcomes = [set(DOCS10[:3]), set(DOCS10[:3]), set(DOCS10[:7]), set(DOCS10)]
     cand = Script(DOCS10, outcomes)
@@ -239,6 +239,44 @@ def test_decide_race_can_turn_a_borderline_case_and_respects_switches() -> None:
     cand = Script(DOCS10, set(DOCS10[:3]))
     dec, _, _ = run_decide(cfg, DOCS10, zero_parent(), cand, Script(DOCS10, set()))
     assert cand.calls == [0, 1, 2, 3] and dec.candidate_runs == 4 and dec.evals == 40
+
+
+def test_look_alphas_spend_alpha_only_when_racing() -> None:
+    assert AdmissionConfig().look_alphas() == pytest.approx((0.08, 0.07))
+    assert AdmissionConfig(race_alpha=None).look_alphas() == (0.10, 0.10)  # one look: all of alpha
+    cfg = AdmissionConfig(alpha=0.05, race_alpha=0.2, first_look_share=1.0, raced_look_share=0.5)
+    assert cfg.look_alphas() == pytest.approx((0.05, 0.025))
+
+
+def test_decide_tests_each_look_at_its_spent_level() -> None:
+    # p = 1/16 = 0.0625: admitted at the first look's 0.08, but not at a raced look's 0.07 * 0.5
+    cfg = AdmissionConfig(race_parent=False)
+    cand = Script(DOCS10, set(DOCS10[:4]))
+    dec, _, _ = run_decide(cfg, DOCS10, zero_parent(), cand, Script(DOCS10, set()))
+    assert dec.admitted and cand.calls == [0, 1] and "<= 0.080" in dec.reason
+    # p = 1/8 at the first look (> 0.08, <= race_alpha): raced; still 1/8 > 0.07: raced again, rejected
+    cand = Script(DOCS10, set(DOCS10[:3]))
+    dec, _, _ = run_decide(cfg, DOCS10, zero_parent(), cand, Script(DOCS10, set()))
+    assert not dec.admitted and cand.calls == [0, 1, 2, 3] and "> 0.070" in dec.reason
+    # a raced look between the raced level and alpha keeps racing: it is not yet at its level
+    cfg = AdmissionConfig(race_parent=False, raced_look_share=0.5, max_replicates=3)
+    outcomes = [set(DOCS10[:3]), set(DOCS10[:3]), set(DOCS10[:4])]
+    cand = Script(DOCS10, outcomes)
+    dec, _, _ = run_decide(cfg, DOCS10, zero_parent(), cand, Script(DOCS10, set()))
+    assert cand.calls == [0, 1, 2] and not dec.admitted and "> 0.050" in dec.reason
+
+
+def test_decide_race_parent_adds_one_fresh_parent_replicate_per_raced_look() -> None:
+    cfg = AdmissionConfig(replicates=2, race_alpha=0.25, max_replicates=4)  # race_parent by default
+    cand, par = Script(DOCS10, set(DOCS10[:3])), Script(DOCS10, set())
+    dec, ct, pt = run_decide(cfg, DOCS10, zero_parent(), cand, par)
+    assert cand.calls == [0, 1, 2, 3] and par.calls == [3, 4]  # the parent's next replicate indices
+    assert pt.min_runs(DOCS10) == 5 and ct.min_runs(DOCS10) == 4
+    assert dec.parent_runs == 5 and dec.evals == 40 + 20
+    # the parent's fresh replicates count: a parent that passes everything ends the race rejected
+    par = Script(DOCS10, set(DOCS10))
+    dec, _, pt = run_decide(cfg, DOCS10, zero_parent(), Script(DOCS10, set(DOCS10[:3])), par)
+    assert par.calls == [3] and not dec.admitted and dec.T == pytest.approx(3 - 10 / 4) and pt["d9"] == DocTally(1, 4)
 
 
 def test_decide_tops_up_parent_only_to_missing_runs() -> None:
@@ -333,6 +371,9 @@ def test_tallies_roundtrip_and_arithmetic() -> None:
         ("alpha", 1.0),
         ("race_alpha", 0.05),  # must exceed alpha = 0.10
         ("race_alpha", 1.5),
+        ("race_parent", 1),
+        ("first_look_share", 0.0),
+        ("raced_look_share", 1.5),
         ("max_replicates", 1),  # below replicates = 2
         ("n_resamples", 10),
         ("exact_max_docs", 25),

@@ -64,6 +64,8 @@ def test_llama_cpp_command_from_the_local_config_parses_with_the_real_server_cli
         "8192",
         "--n_threads",
         "3",
+        "--n_threads_batch",
+        "3",
         "--n_batch",
         "256",
     ]
@@ -77,10 +79,11 @@ def test_llama_cpp_command_from_the_local_config_parses_with_the_real_server_cli
         parse_model_from_args(ModelSettings, args),
         parse_model_from_args(ServerSettings, args),
     )
-    assert (model.model, model.model_alias, model.n_ctx, model.n_threads, model.n_batch) == (
+    assert (model.model, model.model_alias, model.n_ctx, model.n_threads, model.n_threads_batch, model.n_batch) == (
         "/models/m.gguf",
         "qwen2.5-coder-0.5b-instruct",
         8192,
+        3,
         3,
         256,
     )

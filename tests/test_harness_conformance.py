@@ -186,3 +186,40 @@ def test_embedded_exact_asks_the_challenger_when_the_term_has_no_blank_form(make
     assert stats["accepted"] == 1 and srv.count("challenger") == 1
     (ex,) = RunWriter(tmp_path / "run").load_examples()
     assert ex.reference_answer == "mixed_5b" and ex.question.startswith("QMARK-A r1")
+
+
+def test_computed_exact_asks_for_a_computed_answer_and_both_solvers_read_the_passage(make_cfg, server, tmp_path):
+    """The ladder's open-book-both setting (``+experiment=ladder_open_book``, issue 17) with the
+    computed_exact harness: a proposal whose answer the passage states is not asked (a copied
+    answer separates no models); a computed one is, both solvers get the passage, and the
+    frozen verifiable gate decides (weak 0 of 4, strong 4 of 4 equivalent)."""
+    import asyncio
+
+    from inner.engine.run import run_generate
+
+    corpus = tmp_path / "math-corpus"
+    corpus.mkdir()
+    (corpus / "doc-mark-a.txt").write_text(
+        "Title: Paper MARK-A\n\nThis paper (MARK-A) studies sums.\n\nThe total weight is 1234 units in all.\n"
+    )
+    copied = {"context": "The article states a weight.", "question": "QMARK-A r1 What is it?", "answer": "1234"}
+    computed = {"context": "Take 6 groups of 7 units.", "question": "QMARK-A r2 How many units?", "answer": "42"}
+    plans = [
+        RoundPlan(challenge=copied),
+        RoundPlan(challenge=computed, weak_answers=["41"] * 4, strong_answers=["42.0"] * 4),
+    ]
+    srv = server(Scenario({"*": plans}))
+    cfg = make_cfg(f"task.corpus={corpus}", "+experiment=ladder_open_book", "inner.max_rounds=2")
+    assert cfg.harness == "computed_exact" and cfg.inner.weak_open_book and cfg.task.verifiable == "always"
+    urls = {"default": srv.base_url, "large": srv.base_url}
+    stats = asyncio.run(run_generate(cfg, tmp_path / "run", base_urls=urls))
+    assert stats["accepted"] == 1 and stats["crashed"] == 0 and srv.count("challenger") == 2
+    (t,) = RunWriter(tmp_path / "run").load_trajectories()
+    assert [e.text for e in t.events if e.kind == "note"] == [
+        "proposal not used: the answer is written in the passage (it must be computed)"
+    ]
+    (ex,) = RunWriter(tmp_path / "run").load_examples()
+    assert ex.verifiable and ex.reference_answer == "42" and ex.question_type == "computed"
+    assert ex.weak_scores == [0.0] * 4 and ex.strong_scores == [1.0] * 4  # 42.0 == 42 by math-verify
+    solver_prompts = [b["messages"][-1]["content"] for r, b in srv.requests if r.endswith("_solver")]
+    assert len(solver_prompts) == 8 and all("1234 units" in p for p in solver_prompts)  # open-book both

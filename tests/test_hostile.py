@@ -810,6 +810,55 @@ def test_exit_mid_run_is_crashed(make_cfg, server, tmp_path, exit_code, reason):
     assert [e.kind for e in t.events] == ["llm"]
 
 
+# -- documents sealed from each other (issue 18: the warm sandbox) ---------------------------
+ISOLATION = """
+import socket, subprocess
+
+async def run(agent):
+    m = marker(agent)
+    open(f"/tmp/{m}", "w").write(m)
+    open(f"/dev/shm/{m}", "w").write(m)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:  # one abstract socket name per network namespace
+        sock.bind("\\0autodata-isolation")
+        bound = True
+    except OSError:
+        bound = False
+    subprocess.Popen(["sleep", "6012", m])
+    await asyncio.sleep(1.5)  # the other documents are running now
+    cmdlines = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                cmdlines.append(open(f"/proc/{p}/cmdline", "rb").read().decode(errors="replace"))
+            except OSError:
+                pass
+    caps = [x.split()[1] for x in open("/proc/self/status") if x.startswith(("CapEff", "CapPrm", "CapBnd", "CapAmb"))]
+    seen = {"tmp": sorted(os.listdir("/tmp")), "shm": sorted(os.listdir("/dev/shm")), "bound": bound,
+            "others": sorted(set(re.findall(r"MARK-[A-Z0-9]+", " ".join(cmdlines))) - {m}), "caps": caps,
+            "pids": sum(p.isdigit() for p in os.listdir("/proc"))}
+    await agent.note("iso:" + json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("mode", ["fork", "fresh"])
+def test_documents_cannot_see_or_reach_each_other(make_cfg, server, tmp_path, mode):
+    h = make_harness(tmp_path, "isolation", ISOLATION)
+    _, trajs = generate(
+        make_cfg, server(scenario(TOO_EASY)), tmp_path / "run", h,
+        f"inner.sandbox_mode={mode}", "inner.max_concurrent_documents=3",
+    )  # fmt: skip
+    assert len(trajs) == 3
+    for m, t in trajs.items():
+        seen = note_json(t, "iso:")
+        # its own /tmp and /dev/shm, network (abstract sockets) and processes; no capability
+        assert seen["tmp"] == [m] and seen["shm"] == [m] and seen["bound"], seen
+        assert seen["others"] == [] and seen["pids"] <= 4, seen
+        assert set(seen["caps"]) == {"0000000000000000"}, seen
+        assert t.status == "exhausted"
+    assert host_processes("sleep 6012") == []
+
+
 # -- one hostile document among honest ones ---------------------------------------------------
 MIXED = """
 import time

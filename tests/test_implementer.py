@@ -20,7 +20,7 @@ from inner.sandbox.files import harness_content_hash
 from inner.sandbox.process import dry_run_harness
 from inner.sdk.child import schema_instance
 from inner.sdk.contract import Challenge, model_schema
-from inner.sdk.errors import ConfigError
+from inner.sdk.errors import ConfigError, HarnessError
 from inner.sdk.templates import render
 from meta.analyze import PROMPTS, contract_text, history_summary
 from meta.edit import check_prompt_files, edit_plan_model
@@ -131,6 +131,31 @@ def test_edit_that_fails_twice_is_an_invalid_edit_with_both_replies(meta_corpus,
     assert evaluated_contents(tmp_path / "run") == {h["parent_harness_id"].split("@")[1]}
 
 
+def test_editable_scope_hides_other_files_and_rejects_their_edits(meta_corpus, server, tmp_path):
+    # prompts only: the code edit is out of scope (an invalid edit, never evaluated), the repair
+    # that edits a prompt is admitted; the implementer was never shown harness.py
+    srv = server(MetaScenario([CODE_EDIT, GOOD_EDIT]))
+    evolve(evolve_config(meta_corpus, "meta.max_iterations=1", "meta.editable=[prompts/*]"), tmp_path / "run", srv)
+    (h,) = read_jsonl(tmp_path / "run" / "history.jsonl")
+    assert h["status"] == "admitted" and h["implementer_replies"] == [CODE_EDIT, GOOD_EDIT]
+    assert "edit of 'harness.py' rejected: only files matching ['prompts/*']" in h["edit_errors"][0]
+    first, _ = implementer_requests(srv)
+    shown = first["messages"][-1]["content"]
+    assert "=== prompts/challenger.md ===" in shown and "=== harness.py ===" not in shown
+    # the default scope shows every file
+    srv = server(MetaScenario([GOOD_EDIT]))
+    evolve(evolve_config(meta_corpus, "meta.max_iterations=1"), tmp_path / "run2", srv)
+    (body,) = implementer_requests(srv)
+    assert "=== harness.py ===" in body["messages"][-1]["content"]
+
+
+def test_editable_scope_matching_no_file_stops_the_run(meta_corpus, server, tmp_path):
+    srv = server(MetaScenario([GOOD_EDIT]))
+    with pytest.raises(HarnessError, match=r"meta.editable=\['nothing/\*'\] matches none of the starting harness"):
+        evolve(evolve_config(meta_corpus, "meta.editable=[nothing/*]"), tmp_path / "run", srv)
+    assert srv.requests == []
+
+
 def test_history_lines_limits_the_history_shown(meta_corpus, server, tmp_path):
     srv = server(MetaScenario([GOOD_EDIT, NEUTRAL_EDIT, WORSE_EDIT]))
     cfg = evolve_config(meta_corpus, "meta.max_iterations=3", "meta.selection=greedy", "meta.history_lines=1")
@@ -168,6 +193,7 @@ def test_json_edit_format_sends_the_schema(meta_corpus, server, tmp_path):
         ("meta.edit_format=xml", "meta.edit_format='xml' is invalid: use one of ('auto', 'blocks', 'json')"),
         ("meta.history_lines=-1", "meta.history_lines=-1 is invalid: must be >= 0"),
         ("meta.analyzer_chars=0", "meta.analyzer_chars=0 is invalid"),
+        ("meta.editable=[]", "is invalid: must be a non-empty list of file patterns"),
     ],
 )
 def test_meta_settings_are_validated(meta_corpus, override, message):

@@ -140,7 +140,9 @@ def test_paired_admits_only_the_better_mutant_and_confirms_it(world_corpus, serv
     assert [h["status"] for h in hist] == ["rejected"] * 4 + ["admitted"], [(h["status"], h["reason"]) for h in hist]
     better = hist[-1]
     assert better["T"] >= 1 and better["p_value"] <= 0.10 and better["admission"]["rule"] == "paired"
-    assert better["candidate_runs"] >= 2 and better["parent_runs"] == 3
+    # the parent (the root) has the noise floor's 3 runs, and one more for each look any of its
+    # candidates raced (race_parent): fresh replicates, counted in its tallies
+    assert better["candidate_runs"] >= 2 and better["parent_runs"] >= 3
     assert better["admission_cost"]["document_evals"] >= 2 * len(VAL) and better["admission_cost"]["tokens"] > 0
     for h in hist[:4]:  # each decision says why, with its statistic
         assert h["T"] is not None and h["reason"] and "T=" in h["reason"]
@@ -155,7 +157,7 @@ def test_paired_admits_only_the_better_mutant_and_confirms_it(world_corpus, serv
     root = summary["baseline_val_pass_rate"]
     assert root == pytest.approx(floor["mean"])
     root_content = json.loads((run_dir / "archive.json").read_text())["entries"][0]["harness_id"].split("@")[1]
-    assert store.counted(root_content) == [0, 1, 2]
+    assert store.counted(root_content) == list(range(max(h["parent_runs"] for h in hist)))
     # winner's curse: the replicates that admitted the better one are its decision, not its tallies
     cand = better["candidate_harness_id"].split("@")[1]
     entry = store.harnesses[cand]

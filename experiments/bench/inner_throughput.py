@@ -10,7 +10,10 @@ and ``K`` requests in flight the ceiling is ``K / L`` calls/s (64 / 0.2 s = 320 
 Printed: wall time, total calls, accepted documents, calls/s and its fraction of the ceiling
 (whole run, and the steady-state middle 80 % of calls), mean requests in flight, and the
 framework's CPU time per call (``time.process_time()`` of this process over the run; the
-server's CPU is in another process and is reported separately).
+server's CPU is in another process and is reported separately), and the sandboxes' CPU per
+document (every sandbox process, harness included: a cgroup v1 ``cpuacct`` group,
+:class:`experiments.bench.sandbox_startup.SandboxCPU`; ``--set inner.sandbox_mode=fresh`` compares
+with a fresh sandbox per document).
 
 Scenario (per document, ``--rounds N``): rounds 1..N-1 alternate TOO_EASY (weak scores 0.8:
 the weak-first gate short-circuits, the strong solver is skipped; 8 calls + 1 main-agent
@@ -199,6 +202,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         write_corpus(corpus, args.docs, args.doc_chars)
         cfg = compose(corpus, args)
         proc, port = start_server(args.latency, args.rounds)
+        from experiments.bench.sandbox_startup import SandboxCPU
+
+        acct = SandboxCPU().join()  # the sandboxes started from now on (not the scripted server)
         try:
             url = f"http://127.0.0.1:{port}/v1"
             load_before = os.getloadavg()
@@ -217,7 +223,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 profiler.dump_stats(args.profile)
             srv_cpu1 = proc_cpu_s(proc.pid)
             load_after = os.getloadavg()
+            time.sleep(0.3)  # the last sandboxes have exited
+            sandbox_cpu = acct.seconds()
         finally:
+            acct.leave()
             proc.terminate()
             try:
                 proc.wait(10)
@@ -255,6 +264,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_s": round(cpu, 3),
         "cpu_ms_per_call": round(1000 * cpu / calls, 3) if calls else None,
         "cpu_utilisation": round(cpu / wall, 3),
+        "sandbox_mode": cfg.inner.sandbox_mode,
+        "sandbox_cpu_s": _r(sandbox_cpu, 3),
+        "sandbox_cpu_ms_per_doc": _r(sandbox_cpu and 1000 * sandbox_cpu / args.docs, 1),
         "server_cpu_ms_per_call": (
             round(1000 * (srv_cpu1 - srv_cpu0) / calls, 3)
             if calls and srv_cpu0 is not None and srv_cpu1 is not None
@@ -289,6 +301,8 @@ def report(res: dict[str, Any]) -> str:
         f"  CPU per call       {res['cpu_ms_per_call']} ms (process CPU {res['cpu_s']:.2f} s, "
         f"{res['cpu_utilisation']:.2f} of one core)",
         f"  server CPU/call    {res['server_cpu_ms_per_call']} ms (separate process)",
+        f"  sandbox CPU/doc    {res['sandbox_cpu_ms_per_doc']} ms (inner.sandbox_mode={res['sandbox_mode']}; every "
+        "sandbox process, harness included)",
         f"  load average       before {res['loadavg_before']}, after {res['loadavg_after']} ({res['cpus']} CPUs)",
     ]
     return "\n".join(lines)

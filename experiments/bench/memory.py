@@ -12,9 +12,10 @@ finished, the slope (KiB per finished document, between 10 % and 100 %), wall ti
 
 ``--sandbox``:
 
-- ``real``: every document in its bubblewrap sandbox (``inner.sandbox.process``), as shipped. The
-  sandbox is a separate process (not in this RSS), but its start-up costs ~0.2-0.4 s of CPU
-  per document, so 20,000 documents take over an hour on 2 cores.
+- ``real``: every document in its sandbox, as shipped (``inner.sandbox_mode``: forked by the
+  run's fork server by default, or a fresh bubblewrap sandbox with ``--set
+  inner.sandbox_mode=fresh``, whose start-up costs ~0.2-0.4 s of CPU per document). The sandbox
+  processes are not in this RSS.
 - ``inprocess`` (default): the real baseline harness and the real sandbox protocol
   (``inner.sdk.child.Agent`` speaking JSON messages to ``inner.engine.loop.DocumentSession``),
   but run as a task in this process instead of a bubblewrap child. Everything the parent
@@ -138,7 +139,9 @@ def compose(corpus: Path, args: argparse.Namespace) -> Any:
         f"task.corpus={corpus}", "progress=false", f"llm.endpoints.default.max_in_flight={args.in_flight}",
         "llm.endpoints.default.timeout_s=120", "llm.endpoints.default.max_retries=0",
         f"inner.max_concurrent_documents={args.concurrent_docs or args.in_flight}", "inner.max_rounds=1",
-        f"inner.n_weak={args.attempts}", f"inner.n_strong={args.attempts}", *args.set,
+        f"inner.n_weak={args.attempts}", f"inner.n_strong={args.attempts}",
+        # the in-process stand-in replaces the fresh sandbox class (inner.engine.loop.SandboxProcess)
+        *(["inner.sandbox_mode=fresh"] if args.sandbox == "inprocess" else []), *args.set,
     ]  # fmt: skip
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
         dcfg = hydra_compose(config_name="generate", overrides=overrides)

@@ -5,7 +5,8 @@ coroutine::
 
     async def run(agent: Agent) -> None
 
-It works on one document, inside the sealed sandbox (:mod:`inner.sandbox.process`), and may import
+It works on one document, inside the sealed sandbox (:mod:`inner.sandbox.process`; by default
+forked from the run's warm fork server, :mod:`inner.sandbox.forkserver`), and may import
 only the standard library, the installed third-party packages and the harness SDK
 (:mod:`inner.sdk.contract`: ``Challenge``, ``RubricItem``, ``QVVerdict``, ``RoundRecord``,
 ``FailureMode``, ``JSONResult``, ``render``...). The ``agent`` (:class:`Agent`) offers:
@@ -27,7 +28,8 @@ only the standard library, the installed third-party packages and the harness SD
 - memory: ``agent.rounds`` (the reports so far) and ``await agent.note(text)``;
 - budgets, enforced by the parent: ``inner.max_rounds``, ``inner.harness_max_calls``,
   ``inner.harness_max_tokens`` per document, ``inner.harness_wall_s`` (time inside
-  ``evaluate`` excluded), CPU and memory limits; ``await agent.budget()`` says what is left.
+  ``evaluate`` and time its LLM calls are in flight excluded), CPU and memory limits;
+  ``await agent.budget()`` says what is left.
   An exhausted budget raises :class:`~inner.sdk.errors.BudgetExhausted` in the harness and ends the
   document with the reason.
 
@@ -35,6 +37,9 @@ Errors: an LLM request that fails after retries raises :class:`~inner.sdk.errors
 the harness and the document is marked ``error`` (infrastructure: redone on the next run, never
 counted against the harness). Anything else the harness does wrong (raises, exits, hangs,
 exceeds a limit) ends the document as ``crashed`` with the reason; the run goes on.
+
+``harness.py`` is imported afresh in each document's own process (never in the fork server,
+never shared by two documents): module-level state lives for one document.
 
 Every call the harness makes appears, in order, in ``trajectories/<doc>.json`` (``events``).
 The harness id is ``<dir name>@<12 hex of a sha256 over its files>``; the content hash alone

@@ -29,7 +29,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from inner.evaluator.rounds import RoundAction, RoundVerdict, plan_round, settle
 from inner.io import StorageError, environment_error
 from inner.llm.cache import sample_index
 from inner.llm.client import Completion, LLMClient
+from inner.sandbox.forkserver import ForkedSandbox, ForkServer
 from inner.sandbox.process import SandboxProcess
 from inner.sdk.contract import Challenge, QVVerdict, challenge_key
 from inner.sdk.errors import HarnessError, LLMCallError, LLMSchemaError
@@ -121,6 +122,44 @@ class Engine:
         self.evaluator = Evaluator(self.client, self.cfg, replicate=self.replicate)
         if not self.max_rounds:
             self.max_rounds = 1 if self.cfg.method == "cot_self_instruct" else self.cfg.inner.max_rounds
+        self._fork_server: ForkServer | None = None
+
+    def new_sandbox(self) -> SandboxProcess | ForkedSandbox:
+        """A sandbox for one document (not started): forked by the run's fork server
+        (``inner.sandbox_mode=fork``; :meth:`open_sandboxes` starts it) or fresh (``fresh``)."""
+        inner, log_path = self.cfg.inner, self.writer.run_dir / "sandbox.log"
+        limits = {"memory_mb": inner.harness_memory_mb, "cpu_s": inner.harness_cpu_s,
+                  "max_procs": inner.harness_max_procs, "log_path": log_path}  # fmt: skip
+        if inner.sandbox_mode == "fresh":
+            return SandboxProcess(self.harness_dir, **limits)
+        return ForkedSandbox(self.fork_server(), **limits)
+
+    def fork_server(self) -> ForkServer:
+        """The run's fork server (created here, started by :meth:`open_sandboxes` or the first fork)."""
+        if self._fork_server is None:
+            self._fork_server = ForkServer(
+                self.harness_dir,
+                memory_mb=self.cfg.inner.harness_memory_mb,
+                log_path=self.writer.run_dir / "sandbox.log",
+            )
+        return self._fork_server
+
+    async def open_sandboxes(self) -> None:
+        """Start the run's fork server before the first document (``inner.sandbox_mode=fork``),
+        so that no document's wall clock pays for it.
+
+        Raises:
+            SandboxError: bubblewrap is missing or unusable, or the fork server cannot seal a
+                document here (the message names ``inner.sandbox_mode=fresh``).
+        """
+        if self.cfg.inner.sandbox_mode == "fork":
+            await self.fork_server().start()
+
+    async def close_sandboxes(self) -> None:
+        """Stop the run's fork server, if one was started."""
+        if self._fork_server is not None:
+            await self._fork_server.aclose()
+            self._fork_server = None
 
 
 class _End(Exception):
@@ -147,8 +186,12 @@ class DocumentSession:
         self.calls = 0
         self.tokens = 0
         self.t0 = time.monotonic()
-        self.eval_s = 0.0
-        self.eval_since: float | None = None
+        #: seconds the parent worked for the harness (inside ``evaluate``, or with at least one
+        #: of its LLM calls in flight: queued in or decoded by the server), and since when it
+        #: has been (``None``: not now); ``_parent_busy`` counts what is in flight
+        self.parent_s = 0.0
+        self.parent_since: float | None = None
+        self._parent_busy = 0
         self.ended: asyncio.Future[_End] = asyncio.get_running_loop().create_future()
         self._samples: Counter[str] = Counter()
         self._eval_lock = asyncio.Lock()
@@ -165,10 +208,28 @@ class DocumentSession:
 
     # -- budgets ------------------------------------------------------------------------------
     def harness_seconds(self) -> float:
-        """Wall-clock seconds of the harness so far, time inside ``evaluate`` excluded."""
+        """Wall-clock seconds of the harness so far, time the parent works for it excluded:
+        inside ``evaluate`` and while any of its LLM calls is in flight (a loaded server's queue
+        is the machine's, not the harness's; the calls are bounded by ``inner.harness_max_calls``
+        and each by its endpoint's ``timeout_s``)."""
         now = time.monotonic()
-        evaluating = now - self.eval_since if self.eval_since is not None else 0.0
-        return now - self.t0 - self.eval_s - evaluating
+        busy = now - self.parent_since if self.parent_since is not None else 0.0
+        return now - self.t0 - self.parent_s - busy
+
+    @contextlib.contextmanager
+    def parent_working(self) -> Iterator[None]:
+        """Stop the harness's clock (:meth:`harness_seconds`) while the block runs; overlapping
+        blocks (concurrent LLM calls, an evaluate beside them) count once."""
+        if self._parent_busy == 0:
+            self.parent_since = time.monotonic()
+        self._parent_busy += 1
+        try:
+            yield
+        finally:
+            self._parent_busy -= 1
+            if self._parent_busy == 0 and self.parent_since is not None:
+                self.parent_s += time.monotonic() - self.parent_since
+                self.parent_since = None
 
     def budget_left(self) -> dict[str, float]:
         """What the harness has left: ``rounds``, ``calls``, ``tokens``, ``seconds``."""
@@ -222,13 +283,7 @@ class DocumentSession:
             SandboxError: bubblewrap is missing or unusable (a setup problem, not the harness's).
         """
         eng, traj = self.eng, self.traj
-        sb = SandboxProcess(
-            eng.harness_dir,
-            memory_mb=self.cfg.harness_memory_mb,
-            cpu_s=self.cfg.harness_cpu_s,
-            max_procs=self.cfg.harness_max_procs,
-            log_path=eng.writer.run_dir / "sandbox.log",
-        )
+        sb = eng.new_sandbox()
         handlers: set[asyncio.Task[None]] = set()
         reader: asyncio.Task[None] | None = None
         try:
@@ -281,7 +336,7 @@ class DocumentSession:
             raise self._fatal
         return traj
 
-    async def _read(self, sb: SandboxProcess, handlers: set[asyncio.Task[None]]) -> None:
+    async def _read(self, sb: SandboxProcess | ForkedSandbox, handlers: set[asyncio.Task[None]]) -> None:
         """Read the sandbox's lines until it is done. A line that cannot be read (malformed,
         too deep, too long) ends the document ``crashed`` with the reason at once, and so does
         any failure of the reader itself: it never dies silently."""
@@ -304,10 +359,10 @@ class DocumentSession:
         except Exception as exc:  # noqa: BLE001 - whatever the line did, the document ends with the reason
             self.end("crashed", f"the harness's protocol line could not be read: {type(exc).__name__}: {exc}"[:2000])
             return
-        await sb.proc.wait() if sb.proc else None
+        await sb.wait()
         self.end("crashed", f"the harness process {sb.exit_description()} (crash, sys.exit or os._exit)")
 
-    async def _handle(self, sb: SandboxProcess, msg: dict[str, Any]) -> None:
+    async def _handle(self, sb: SandboxProcess | ForkedSandbox, msg: dict[str, Any]) -> None:
         """Validate one request (:func:`inner.sdk.protocol.parse_request`, once), serve it
         (:func:`inner.sdk.protocol.serve`) and answer it. A request that does not validate is
         refused, answered and recorded; it never ends the document."""
@@ -400,11 +455,12 @@ class DocumentSession:
         try:
             pending = self._structured.setdefault(req.group, []) if req.group is not None else None
             index = sample_index(replicate=self.eng.replicate, stream="harness", index=int(sample))
-            comp: Completion = await self.eng.client.complete(
-                role, messages, sample_index=index, json_schema=schema,
-                schema_name=req.schema_name, pending=pending,
-                **({"tools": tools} if tools else {}),
-            )  # fmt: skip
+            with self.parent_working():
+                comp: Completion = await self.eng.client.complete(
+                    role, messages, sample_index=index, json_schema=schema,
+                    schema_name=req.schema_name, pending=pending,
+                    **({"tools": tools} if tools else {}),
+                )  # fmt: skip
         except asyncio.CancelledError:  # the document ended with this call in flight: keep a trace
             self._usage.setdefault(role, RoleUsageRecord()).calls += 1
             self.traj.events.append(
@@ -431,12 +487,8 @@ class DocumentSession:
     async def on_evaluate(self, req: EvaluateRequest) -> dict[str, Any]:
         challenge, side, self_check = req.challenge, req.side, req.self_check
         async with self._eval_lock:
-            self.eval_since = time.monotonic()
-            try:
+            with self.parent_working():
                 rec = await self._evaluate_locked(challenge, side, self_check)
-            finally:
-                self.eval_s += time.monotonic() - self.eval_since
-                self.eval_since = None
         return rec.model_dump(mode="json")
 
     async def _evaluate_locked(self, challenge: Challenge, side: str, self_check: QVVerdict | None) -> RoundRecord:
@@ -596,11 +648,14 @@ async def run_documents(
             if on_finished is not None:
                 on_finished(d, traj)
 
-    tasks = [asyncio.create_task(worker()) for _ in range(max(1, eng.cfg.inner.max_concurrent_documents))]
+    tasks: list[asyncio.Task[None]] = []
     try:
+        await eng.open_sandboxes()
+        tasks = [asyncio.create_task(worker()) for _ in range(max(1, eng.cfg.inner.max_concurrent_documents))]
         await asyncio.gather(*tasks)
     finally:
         for t in tasks:
             t.cancel()
         with contextlib.suppress(Exception):
             await asyncio.gather(*tasks, return_exceptions=True)
+        await eng.close_sandboxes()

@@ -10,7 +10,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,10 @@ import yaml
 
 from inner.config import GenerateConfig
 from inner.engine.documents import Document, load_documents
+from inner.engine.executor import LOCAL, Executor, merge_replica_counts, open_executor
 from inner.engine.harness import harness_id as make_harness_id
 from inner.engine.harness import resolve_harness_dir
-from inner.engine.loop import Engine, LoopObserver, run_documents
+from inner.engine.loop import Engine, LoopObserver
 from inner.engine.records import RunWriter, Trajectory
 from inner.engine.stats import StatsAccumulator
 from inner.entrypoint import check_open_files
@@ -46,6 +47,11 @@ IDENTITY_KEYS = (
 )  # fmt: skip
 
 
+#: inner settings that change how a run goes, never what it yields: left out of both identities
+#: (how a sandbox starts, ``inner.sandbox_mode``, seals the harness the same way either way)
+INNER_NOT_IDENTITY = ("max_concurrent_documents", "harness_max_files", "harness_max_mb", "sandbox_mode")
+
+
 def evaluator_identity(cfg: GenerateConfig) -> dict[str, Any]:
     """Everything that decides what an evaluation of a harness yields, except the harness and
     the documents: the evaluator (quality check, solvers, judge: their models and sampling;
@@ -58,7 +64,7 @@ def evaluator_identity(cfg: GenerateConfig) -> dict[str, Any]:
         A JSON-able dict; :func:`identity_hash` of it keys stored evaluations.
     """
     inner = asdict(cfg.inner)
-    for key in ("max_concurrent_documents", "harness_max_files", "harness_max_mb"):
+    for key in INNER_NOT_IDENTITY:
         inner.pop(key)
     roles = {}
     for name in ("challenger", "main_agent", "self_check", "quality_verifier", "weak_solver", "strong_solver", "judge"):
@@ -101,7 +107,7 @@ def identity_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 def _identity(cfg: GenerateConfig, harness_id: str) -> dict[str, Any]:
     inner = asdict(cfg.inner)
-    for key in ("max_concurrent_documents", "harness_max_files", "harness_max_mb"):
+    for key in INNER_NOT_IDENTITY:
         inner.pop(key)
     return {
         "method": cfg.method,
@@ -161,7 +167,7 @@ async def run_generate(
     run_dir: Path,
     *,
     observer_factory: Any = None,
-    base_urls: dict[str, str] | None = None,
+    base_urls: Mapping[str, str | list[str]] | None = None,
 ) -> dict[str, Any]:
     """Generate data for every document of ``cfg.task`` into ``run_dir``.
 
@@ -174,7 +180,7 @@ async def run_generate(
         run_dir: the run directory (Hydra's output dir).
         observer_factory: ``f(total=, done=, accepted=, usage=) -> LoopObserver`` context
             manager for progress display; ``None`` for none.
-        base_urls: endpoint name -> base URL, bypassing the backend.
+        base_urls: endpoint name -> base URL (or a list of replica URLs), bypassing the backend.
 
     Returns:
         The ``stats.json`` dictionary (also written to disk).
@@ -197,7 +203,7 @@ async def _generate(
     run_dir: Path,
     harness_dir: Path,
     observer_factory: Any,
-    base_urls: dict[str, str] | None,
+    base_urls: Mapping[str, str | list[str]] | None,
 ) -> dict[str, Any]:
     """:func:`run_generate` with the harness snapshot in ``harness_dir``."""
     t0 = time.perf_counter()
@@ -208,7 +214,7 @@ async def _generate(
     bwrap_path()  # no sandbox, no run: fail before any LLM call
     check_open_files(
         documents=cfg.inner.max_concurrent_documents,
-        connections=sum(ep.max_in_flight for ep in cfg.llm.endpoints.values()),
+        connections=cfg.llm.max_connections(),
         what=f"inner.max_concurrent_documents={cfg.inner.max_concurrent_documents}",
     )
     await check_harness_loads(harness_dir, cfg, name=harness_dir.name)
@@ -240,16 +246,22 @@ async def _generate(
             else contextlib.nullcontext(LoopObserver())
         )
         tracker = build_tracker(cfg.logger, run_dir=run_dir, config=asdict(cfg), job="generate")
+        executor = open_executor(
+            cfg.executor, llm=cfg.llm, base_urls=urls, cache_root=cache.root, log_dir=run_dir,
+            max_concurrent_documents=cfg.inner.max_concurrent_documents,
+        )  # fmt: skip
         try:
-            with observer as obs, throughput_gc():
-                ticker = asyncio.create_task(_tick(obs))
-                try:
-                    _, stats = await evaluate_harness(
-                        run_dir, cfg=cfg, docs=docs, harness_dir=harness_dir, client=client, t0=t0,
-                        observer=TrackingObserver(obs, tracker, total=len(docs), done=done, accepted=accepted),
-                    )  # fmt: skip
-                finally:
-                    ticker.cancel()
+            async with executor as ex:
+                with observer as obs, throughput_gc():
+                    ticker = asyncio.create_task(_tick(obs))
+                    try:
+                        _, stats = await evaluate_harness(
+                            run_dir, cfg=cfg, docs=docs, harness_dir=harness_dir, client=client, t0=t0,
+                            observer=TrackingObserver(obs, tracker, total=len(docs), done=done, accepted=accepted),
+                            executor=ex,
+                        )  # fmt: skip
+                    finally:
+                        ticker.cancel()
             tracker.summary(stats)
         finally:
             tracker.finish()
@@ -290,6 +302,7 @@ async def evaluate_harness(
     t0: float | None = None,
     return_trajectories: bool = False,
     replicate: int = 0,
+    executor: Executor = LOCAL,
 ) -> tuple[list[Trajectory] | None, dict[str, Any]]:
     """Run ``harness`` on ``docs`` into ``run_dir`` with an existing client; write stats.json.
 
@@ -308,6 +321,9 @@ async def evaluate_harness(
             sample index of the harness and the evaluator derives from it
             (:func:`inner.llm.cache.sample_index`): replicate ``r`` is reproducible from the
             cache and replicates are independent draws. Use one ``run_dir`` per replicate.
+        executor: where the documents run (:mod:`inner.engine.executor`; this process by
+            default). With ``executor=ray`` the calls are made by the Ray workers and merged
+            into ``client``'s meters as each document returns.
 
     Returns:
         ``(trajectories of docs or None, stats)``; ``stats["this_invocation"]`` counts only
@@ -326,13 +342,14 @@ async def evaluate_harness(
             kept[doc.doc_id] = traj
 
     with track_usage(UsageMeter()) as meter:
-        await run_documents(eng, docs, on_finished=finished)
+        await executor.run_documents(eng, docs, on_finished=finished)
     stats = acc.result(
         method=cfg.method,
         harness_id=hid,
         task=cfg.task.name,
         this_invocation=meter.as_dict(),
         wall_s=time.perf_counter() - t0,
+        replicas=merge_replica_counts(client.replica_counts(), executor.replica_counts()),
     )
     writer.write_json("stats.json", stats)
     return ([kept[d.doc_id] for d in docs] if kept is not None else None), stats

@@ -22,6 +22,12 @@ Definitions (all fractions in [0, 1]):
   :class:`~inner.sdk.errors.LLMCallError` (``status``, ``timeout``, ``connection``,
   ``bad_response``, ``empty``, ``schema``); the same count as the ``calls.jsonl`` lines of
   this invocation whose ``error`` is set.
+- ``replicas``: per endpoint, one entry per replica (``base_urls`` order): ``url``,
+  ``requests`` sent to it, ``failures`` on it (after ``openai``'s retries; a request re-sent
+  to another replica counts once per replica it failed on), ``in_flight_peak`` and
+  ``taken_out`` (times it was taken out for a cool-down; :mod:`inner.llm.replicas`). Counted
+  by the LLM client since it was made: this invocation for ``autodata-generate``; the meta
+  loop's evaluations share one client, so theirs are the counts so far.
 
 :class:`StatsAccumulator` builds the same numbers one trajectory at a time, so a run over many
 documents need not hold them all in memory.
@@ -122,13 +128,15 @@ class StatsAccumulator:
         task: str,
         this_invocation: dict[str, dict[str, Any]],
         wall_s: float,
+        replicas: dict[str, list[dict[str, Any]]] | None = None,
     ) -> dict[str, Any]:
-        """The ``stats.json`` dictionary (see the module docstring for definitions)."""
+        """The ``stats.json`` dictionary (see the module docstring for definitions);
+        ``replicas`` (:meth:`inner.llm.client.LLMClient.replica_counts`) only when given."""
         tokens = sum(u.prompt_tokens + u.completion_tokens for u in self.usage.values())
         kinds: Counter[str] = Counter()
         for u in this_invocation.values():
             kinds.update(u.get("failure_kinds") or {})
-        return {
+        out = {
             "method": method,
             "harness_id": harness_id,
             "task": task,
@@ -150,6 +158,9 @@ class StatsAccumulator:
             "failures_by_kind": dict(sorted(kinds.items())),
             "wall_s": round(wall_s, 2),
         }
+        if replicas is not None:
+            out["replicas"] = replicas
+        return out
 
 
 def compute_stats(

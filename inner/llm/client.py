@@ -1,10 +1,12 @@
 """The one LLM client: async ``openai`` against OpenAI-compatible endpoints.
 
 Every role (challenger, quality verifier, main agent, weak/strong solver, judge) names an
-endpoint in :class:`~inner.config.LLMConfig`. Requests to one endpoint are bounded by its
-``max_in_flight`` semaphore; retries with exponential backoff on 408, 409, 429, 5xx, timeouts
-and dropped connections are done by the ``openai`` client (``max_retries``, ``Retry-After``
-honoured); a 200 that is not a usable completion (a body that is not JSON, no choices, empty
+endpoint in :class:`~inner.config.LLMConfig`. An endpoint has one replica (``base_url``) or
+several (``base_urls``), each with its own ``openai`` client and a ceiling of ``max_in_flight``
+requests; :class:`~inner.llm.replicas.ReplicaPool` sends each request to the least busy replica
+and re-sends it to another when a replica fails (:mod:`inner.llm.replicas`). Retries with
+exponential backoff on 408, 409, 429, 5xx, timeouts and dropped connections are done by the
+``openai`` client (``max_retries``, ``Retry-After`` honoured); a 200 that is not a usable completion (a body that is not JSON, no choices, empty
 content: a gateway's transient error that ``openai`` does not retry) is retried here with the
 same budget and backoff. Every call is looked up in the content-addressed
 :class:`~inner.llm.cache.ResponseCache` first, counted per role, and logged as one line of
@@ -30,7 +32,7 @@ import os
 import random
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -41,6 +43,7 @@ from pydantic import BaseModel
 
 from inner.config import LLMConfig
 from inner.llm.cache import ResponseCache, cache_key
+from inner.llm.replicas import Replica, ReplicaPool, display_url, server_at_fault
 from inner.sdk.contract import (  # noqa: F401  (re-exported: the parent and the sandbox share them)
     CompleteFn,
     Completion,
@@ -125,6 +128,17 @@ class UsageMeter:
         """``{role: counters}`` sorted by role (see :meth:`RoleUsage.as_dict`)."""
         return {r: u.as_dict() for r, u in sorted(self.roles.items())}
 
+    def merge(self, roles: dict[str, dict[str, Any]], live_completion_tokens: int = 0) -> None:
+        """Add counters made elsewhere (another process's :meth:`as_dict`, e.g. a Ray worker's
+        usage of one document) to these."""
+        for role, u in roles.items():
+            mine = self.roles[role]
+            for key in ("calls", "cached_calls", "failures", "prompt_tokens", "completion_tokens"):
+                setattr(mine, key, getattr(mine, key) + int(u.get(key, 0)))
+            for kind, n in (u.get("failure_kinds") or {}).items():
+                mine.failure_kinds[kind] = mine.failure_kinds.get(kind, 0) + int(n)
+        self.live_completion_tokens += live_completion_tokens
+
     @property
     def total_failures(self) -> int:
         return sum(u.failures for u in self.roles.values())
@@ -178,13 +192,33 @@ def _tool_calls(message: Any) -> list[dict[str, Any]] | None:
     return out or None
 
 
+def endpoint_urls(cfg: LLMConfig, name: str, base_urls: Mapping[str, str | list[str]] | None = None) -> list[str]:
+    """The replica URLs of endpoint ``name``: its ``base_urls`` or ``base_url``, else what the
+    backend started (``base_urls[name]``, one URL or a list).
+
+    Raises:
+        ConfigError: the endpoint has no URL from either.
+    """
+    urls = cfg.endpoints[name].urls
+    if not urls:
+        given = (base_urls or {}).get(name)
+        urls = [given] if isinstance(given, str) else list(given or [])
+    if not urls:
+        raise ConfigError(
+            f"llm.endpoints.{name}.base_url is not set and no backend started a server for it: "
+            "set base_url (or base_urls for replicas), or use llm=local / llm=vllm"
+        )
+    return urls
+
+
 class LLMClient:
     """Async client for all roles.
 
     Args:
         cfg: endpoints, roles and seed.
-        base_urls: endpoint name -> base URL for endpoints whose ``base_url`` is ``None``
-            (filled in by the backend that started the server).
+        base_urls: endpoint name -> base URL, or a list of replica URLs, for endpoints with
+            neither ``base_url`` nor ``base_urls`` (filled in by the backend that started the
+            server(s)).
         cache: response cache, or ``None`` to disable caching.
         call_log: path of ``calls.jsonl`` (one line per call), or ``None``.
 
@@ -196,23 +230,16 @@ class LLMClient:
         self,
         cfg: LLMConfig,
         *,
-        base_urls: dict[str, str] | None = None,
+        base_urls: Mapping[str, str | list[str]] | None = None,
         cache: ResponseCache | None = None,
         call_log: Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.cache = cache
         self.usage = UsageMeter()
-        self._clients: dict[str, openai.AsyncOpenAI] = {}
-        self._sems: dict[str, asyncio.Semaphore] = {}
-        base_urls = base_urls or {}
+        self._pools: dict[str, ReplicaPool] = {}
         for name, ep in cfg.endpoints.items():
-            url = ep.base_url or base_urls.get(name)
-            if not url:
-                raise ConfigError(
-                    f"llm.endpoints.{name}.base_url is not set and no backend started a server for it: "
-                    "set base_url, or use llm=local / llm=vllm"
-                )
+            urls = endpoint_urls(cfg, name, base_urls)
             key = "sk-local"
             if ep.api_key_env:
                 key = os.environ.get(ep.api_key_env, "")
@@ -221,18 +248,23 @@ class LLMClient:
                         f"llm.endpoints.{name}.api_key_env={ep.api_key_env!r}: that environment variable is empty; "
                         f"export {ep.api_key_env}=..."
                     )
-            # openai's own httpx2-based client: the legacy httpx/httpcore 1.x pool does work
-            # quadratic in its connections and cost ~18 ms CPU per call at 64 in flight
-            # (experiments/bench/README.md). The semaphore caps requests at max_in_flight, so
-            # the pool needs no more connections than that.
-            http = openai.DefaultAsyncHttpxClient(
-                limits=httpx2.Limits(max_connections=ep.max_in_flight, max_keepalive_connections=ep.max_in_flight),
-                timeout=ep.timeout_s,
+            replicas = []
+            for i, url in enumerate(urls):
+                # openai's own httpx2-based client: the legacy httpx/httpcore 1.x pool does work
+                # quadratic in its connections and cost ~18 ms CPU per call at 64 in flight
+                # (experiments/bench/README.md). The pool caps a replica's requests at
+                # max_in_flight, so its connection pool needs no more connections than that.
+                http = openai.DefaultAsyncHttpxClient(
+                    limits=httpx2.Limits(max_connections=ep.max_in_flight, max_keepalive_connections=ep.max_in_flight),
+                    timeout=ep.timeout_s,
+                )
+                client = openai.AsyncOpenAI(
+                    base_url=url, api_key=key, max_retries=ep.max_retries, timeout=ep.timeout_s, http_client=http
+                )
+                replicas.append(Replica(index=i, url=url, client=client, max_in_flight=ep.max_in_flight))
+            self._pools[name] = ReplicaPool(
+                name, replicas, cooldown_s=ep.replica_cooldown_s, cooldown_max_s=ep.replica_cooldown_max_s
             )
-            self._clients[name] = openai.AsyncOpenAI(
-                base_url=url, api_key=key, max_retries=ep.max_retries, timeout=ep.timeout_s, http_client=http
-            )
-            self._sems[name] = asyncio.Semaphore(ep.max_in_flight)
         self._log = call_log.open("a", encoding="utf-8", buffering=1) if call_log else None
 
     async def complete(
@@ -377,42 +409,55 @@ class LLMClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _send(self, role: str, endpoint: str, body: dict[str, Any]) -> Completion:
-        """One request (with ``openai``'s own retries); raises an uncounted typed error."""
+        """One request (with ``openai``'s own retries) on the least busy replica, re-sent to
+        another replica after a failure the server is at fault for
+        (:func:`~inner.llm.replicas.server_at_fault`) while one is left untried; raises an
+        uncounted typed error."""
         ep = self.cfg.endpoints[endpoint]
+        pool = self._pools[endpoint]
+        several = len(pool.replicas) > 1
 
         def err(
             cls: type[LLMCallError], what: str, cause: BaseException | str, status: int | None = None
         ) -> LLMCallError:
             detail = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
+            where = f"endpoint {endpoint!r} ({ep.model})"
+            if several:
+                where += f" on replica {replica.index} ({display_url(replica.url)}), the last of {len(tried)} tried,"
             return cls(
-                f"{role} call to endpoint {endpoint!r} ({ep.model}) failed after {ep.max_retries} retries: "
-                f"{what}: {detail}",
+                f"{role} call to {where} failed after {ep.max_retries} retries: {what}: {detail}",
                 role=role,
                 endpoint=endpoint,
                 status=status,
                 cause=detail,
             )
 
-        async with self._sems[endpoint]:
+        tried: set[int] = set()
+        while True:
+            replica = await pool.acquire(frozenset(tried))
+            generation = replica.generation
             t0 = time.perf_counter()
             try:
                 # client.post with cast_to=dict (openai's documented way to call any route) keeps
                 # openai's retries, backoff and timeouts but skips building a pydantic
                 # ChatCompletion and re-walking the messages: a third of the per-call CPU.
-                resp = await self._clients[endpoint].post(
+                resp = await replica.client.post(
                     "/chat/completions", body=body, cast_to=dict, options={"headers": {ROLE_HEADER: role}}
                 )
-            except openai.APIStatusError as exc:
-                raise err(LLMStatusError, f"HTTP {exc.status_code}", exc, exc.status_code) from exc
-            except openai.APITimeoutError as exc:  # a subclass of APIConnectionError: first
-                raise err(LLMTimeoutError, f"no reply within {ep.timeout_s:g} s", exc) from exc
-            except openai.APIConnectionError as exc:
-                raise err(LLMConnectionError, "connection failed", exc) from exc
-            except openai.APIResponseValidationError as exc:
-                raise err(LLMBadResponseError, "the reply is not a chat completion", exc) from exc
-            except ValueError as exc:  # a JSON content type whose body does not decode
-                raise err(LLMBadResponseError, "the reply body is not JSON", exc) from exc
+            except BaseException as exc:
+                tried.add(replica.index)
+                failure = self._typed(exc, err, ep.timeout_s)
+                if failure is None:  # cancelled, or a bug: not the replica's failure
+                    pool.release(replica)
+                    raise
+                at_fault = server_at_fault(failure.kind, failure.status)
+                pool.release(replica, failed=True, generation=generation if at_fault else -1, error=str(failure))
+                if at_fault and len(tried) < len(pool.replicas):
+                    continue  # re-sent to a replica it has not tried
+                raise failure from exc
+            pool.release(replica, ok=True)
             latency = time.perf_counter() - t0
+            break
         if not isinstance(resp, dict):  # openai returns the text of a non-JSON content type
             raise err(LLMBadResponseError, "the reply body is not JSON", repr(str(resp)[:200]))
         choices = resp.get("choices")
@@ -439,6 +484,28 @@ class LLMClient:
             finish_reason=choice.get("finish_reason"),
             tool_calls=tool_calls,
         )
+
+    @staticmethod
+    def _typed(exc: BaseException, err: Any, timeout_s: float) -> LLMCallError | None:
+        """The typed error for an exception of ``openai``'s ``post`` (``None`` for any other:
+        cancellation, a bug), built with ``err(cls, what, cause, status)``."""
+        if isinstance(exc, openai.APIStatusError):
+            return err(LLMStatusError, f"HTTP {exc.status_code}", exc, exc.status_code)
+        if isinstance(exc, openai.APITimeoutError):  # a subclass of APIConnectionError: first
+            return err(LLMTimeoutError, f"no reply within {timeout_s:g} s", exc)
+        if isinstance(exc, openai.APIConnectionError):
+            return err(LLMConnectionError, "connection failed", exc)
+        if isinstance(exc, openai.APIResponseValidationError):
+            return err(LLMBadResponseError, "the reply is not a chat completion", exc)
+        if isinstance(exc, ValueError):  # a JSON content type whose body does not decode
+            return err(LLMBadResponseError, "the reply body is not JSON", exc)
+        return None
+
+    def replica_counts(self) -> dict[str, list[dict[str, Any]]]:
+        """``{endpoint: [per replica {"url", "requests", "failures", "in_flight_peak",
+        "taken_out"}]}`` since this client was made, replicas in ``base_urls`` order (see
+        :class:`~inner.llm.replicas.Replica`); URLs without user info."""
+        return {name: pool.counts() for name, pool in sorted(self._pools.items())}
 
     def _fail(self, exc: LLMCallError, key: str | None) -> NoReturn:
         """Count ``exc`` in the usage (and every tracked meter), log it, raise it."""
@@ -521,10 +588,24 @@ class LLMClient:
             }
         self._log.write(json.dumps(line) + "\n")
 
+    def record_usage(self, roles: dict[str, dict[str, Any]], live_completion_tokens: int = 0) -> None:
+        """Count calls made by another process for this client's run (a Ray worker's, returned
+        with its document: :mod:`inner.engine.ray_executor`) in :attr:`usage` and every meter
+        tracked in this context (:func:`track_usage`), as if this client had made them.
+
+        Args:
+            roles: ``{role: counters}`` as :meth:`UsageMeter.as_dict` returns them.
+            live_completion_tokens: completion tokens of requests actually sent (tokens/s).
+        """
+        for meter in (self.usage, *_TRACKERS.get()):
+            meter.merge(roles, live_completion_tokens)
+
     async def aclose(self) -> None:
         """Close the HTTP connections and the call log."""
-        for c in self._clients.values():
-            await c.close()
+        for pool in self._pools.values():
+            pool.close()
+            for r in pool.replicas:
+                await r.client.close()
         if self._log:
             self._log.close()
             self._log = None

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import fields
 from urllib.parse import urlsplit
 
 import httpx2
 
 from inner.config import LLMConfig
+from inner.llm.client import endpoint_urls
 from inner.sdk.errors import BackendError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -54,9 +56,10 @@ def check_base_url(key: str, url: str) -> None:
 
 
 def probe_endpoints(
-    cfg: LLMConfig, base_urls: dict[str, str] | None = None, *, timeout_s: float = PROBE_TIMEOUT_S
+    cfg: LLMConfig, base_urls: Mapping[str, str | list[str]] | None = None, *, timeout_s: float = PROBE_TIMEOUT_S
 ) -> None:
-    """Check every endpoint a role uses, once: URL syntax, then ``GET <base_url>/models``.
+    """Check every endpoint a role uses, once: URL syntax, then ``GET <base_url>/models``
+    (every replica of an endpoint with ``base_urls``: a typo in one is found up front).
 
     Call it after the backend is up and before the first document. A reachable endpoint that
     answers ``/models`` with an unexpected status (404 from a gateway without that route,
@@ -65,8 +68,8 @@ def probe_endpoints(
 
     Args:
         cfg: the LLM config (endpoints, roles, API-key variables).
-        base_urls: endpoint name -> URL for endpoints whose ``base_url`` is ``None`` (what the
-            backend started).
+        base_urls: endpoint name -> URL (or replica URLs) for endpoints with neither
+            ``base_url`` nor ``base_urls`` (what the backend started).
         timeout_s: seconds per probe.
 
     Raises:
@@ -75,16 +78,17 @@ def probe_endpoints(
         BackendError: the endpoint cannot be reached (connection refused, unknown host, TLS
             failure, no answer within ``timeout_s``).
     """
-    base_urls = base_urls or {}
     for name in used_endpoints(cfg):
         ep = cfg.endpoints[name]
-        key = f"llm.endpoints.{name}.base_url"
-        url = ep.base_url or base_urls.get(name)
-        if not url:
-            raise ConfigError(
-                f"{key} is not set and no backend started a server for it: set base_url, or use llm=local / llm=vllm"
-            )
-        check_base_url(key, url)
+        urls = endpoint_urls(cfg, name, base_urls)
+        keys = [
+            f"llm.endpoints.{name}.base_urls[{i}]" if ep.base_urls
+            else f"llm.endpoints.{name} (replica {i} of the backend)" if len(urls) > 1
+            else f"llm.endpoints.{name}.base_url"
+            for i in range(len(urls))
+        ]  # fmt: skip
+        for key, url in zip(keys, urls, strict=True):
+            check_base_url(key, url)
         api_key = "sk-local"
         if ep.api_key_env:
             api_key = os.environ.get(ep.api_key_env, "")
@@ -92,39 +96,45 @@ def probe_endpoints(
                 raise ConfigError(
                     f"llm.endpoints.{name}.api_key_env={ep.api_key_env!r}: that environment variable is empty; export {ep.api_key_env}=..."
                 )
-        models_url = url.rstrip("/") + "/models"
-        try:
-            resp = httpx2.get(models_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout_s)
-        except httpx2.TimeoutException as exc:
-            raise BackendError(
-                f"endpoint {name!r} at {url} did not answer GET /models within {timeout_s:g} s ({type(exc).__name__}); "
-                f"is the server up and is {key} right?"
-            ) from exc
-        except httpx2.HTTPError as exc:
-            raise BackendError(
-                f"endpoint {name!r} at {url} cannot be reached: {type(exc).__name__}: {exc}; "
-                f"check {key} (host, port, http vs https) and that the server is running"
-            ) from exc
-        if resp.status_code in (401, 403):
-            raise ConfigError(
-                f"endpoint {name!r} at {url} refused the API key (HTTP {resp.status_code} on GET /models); "
-                f"check llm.endpoints.{name}.api_key_env ({ep.api_key_env or 'unset: a placeholder key is sent'})"
-            )
-        if resp.status_code != 200:
-            hint = " (does base_url end in /v1?)" if resp.status_code == 404 else ""
-            log.warning("endpoint %r at %s answered GET /models with HTTP %d%s", name, url, resp.status_code, hint)
-            continue
-        try:
-            served = [m.get("id") for m in resp.json().get("data", []) if isinstance(m, dict)]
-        except (ValueError, AttributeError):
-            log.warning("endpoint %r at %s answered GET /models with a body that is not a model list", name, url)
-            continue
-        if served and ep.model not in served:
-            log.warning(
-                "endpoint %r at %s does not list model %r (llm.endpoints.%s.model); it serves %s",
-                name,
-                url,
-                ep.model,
-                name,
-                ", ".join(map(str, served[:10])) + (" ..." if len(served) > 10 else ""),
-            )
+        for key, url in zip(keys, urls, strict=True):
+            _probe(name, ep.model, ep.api_key_env, key, url, api_key, timeout_s)
+
+
+def _probe(name: str, model: str, api_key_env: str | None, key: str, url: str, api_key: str, timeout_s: float) -> None:
+    """``GET <url>/models`` for endpoint ``name`` (one replica); see :func:`probe_endpoints`."""
+    models_url = url.rstrip("/") + "/models"
+    try:
+        resp = httpx2.get(models_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout_s)
+    except httpx2.TimeoutException as exc:
+        raise BackendError(
+            f"endpoint {name!r} at {url} did not answer GET /models within {timeout_s:g} s ({type(exc).__name__}); "
+            f"is the server up and is {key} right?"
+        ) from exc
+    except httpx2.HTTPError as exc:
+        raise BackendError(
+            f"endpoint {name!r} at {url} cannot be reached: {type(exc).__name__}: {exc}; "
+            f"check {key} (host, port, http vs https) and that the server is running"
+        ) from exc
+    if resp.status_code in (401, 403):
+        raise ConfigError(
+            f"endpoint {name!r} at {url} refused the API key (HTTP {resp.status_code} on GET /models); "
+            f"check llm.endpoints.{name}.api_key_env ({api_key_env or 'unset: a placeholder key is sent'})"
+        )
+    if resp.status_code != 200:
+        hint = " (does base_url end in /v1?)" if resp.status_code == 404 else ""
+        log.warning("endpoint %r at %s answered GET /models with HTTP %d%s", name, url, resp.status_code, hint)
+        return
+    try:
+        served = [m.get("id") for m in resp.json().get("data", []) if isinstance(m, dict)]
+    except (ValueError, AttributeError):
+        log.warning("endpoint %r at %s answered GET /models with a body that is not a model list", name, url)
+        return
+    if served and model not in served:
+        log.warning(
+            "endpoint %r at %s does not list model %r (llm.endpoints.%s.model); it serves %s",
+            name,
+            url,
+            model,
+            name,
+            ", ".join(map(str, served[:10])) + (" ..." if len(served) > 10 else ""),
+        )

@@ -3,7 +3,9 @@ the evaluator's process, on every path (``autodata-generate harness=...`` and
 ``autodata-evolve`` alike).
 
 One sandbox process per document, started with bubblewrap (Debian's ``bubblewrap``, installed
-by ``make install``) as ``python -I /sdk/inner/sdk/child.py /harness``:
+by ``make install``) as ``python -I /sdk/inner/sdk/child.py /harness`` (:class:`SandboxProcess`,
+``inner.sandbox_mode=fresh``; the default, ``fork``, forks each document from a warm server in
+such a sandbox with the same seals and its own namespaces: :mod:`inner.sandbox.forkserver`):
 
 - **privileges**: no capabilities at all (``--cap-drop ALL``), no nested user namespaces, so
   nothing can be remounted writable;
@@ -52,6 +54,7 @@ from typing import Any
 from inner.paths import PROJECT_ROOT
 from inner.sdk import HARNESS_MODULES, SDK_DIR
 from inner.sdk.errors import HarnessError, SandboxError
+from inner.sdk.forkserver import HOST_PROC
 from inner.sdk.protocol import ProtocolError, decode_line
 
 log = logging.getLogger(__name__)
@@ -124,12 +127,21 @@ def _system_binds() -> list[str]:
     return args
 
 
-def sandbox_command(harness_dir: Path, *, tmp_mb: int = 64, check: bool = False, dry_run: bool = False) -> list[str]:
+def sandbox_command(
+    harness_dir: Path, *, tmp_mb: int = 64, check: bool = False, dry_run: bool = False, fork_server: bool = False
+) -> list[str]:
     """The bubblewrap command line that runs the sandbox child on ``harness_dir`` (``check``:
-    import only; ``dry_run``: one run against canned replies, :func:`dry_run_harness`)."""
+    import only; ``dry_run``: one run against canned replies, :func:`dry_run_harness`;
+    ``fork_server``: the warm sandbox's server, :mod:`inner.sandbox.forkserver`, which keeps
+    ``CAP_SYS_ADMIN`` and ``CAP_SETPCAP`` inside the sandbox's user namespace to give each
+    document its own namespaces, and drops them in every document; it also sees the host's
+    ``/proc`` at :data:`inner.sdk.forkserver.HOST_PROC`, which every document covers)."""
+    caps = ["--cap-drop", "ALL"]
+    if fork_server:
+        caps += ["--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP"]
     cmd = [
         bwrap_path(),
-        "--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL",
+        "--unshare-all", "--unshare-user", "--disable-userns", *caps,
         "--die-with-parent", "--new-session",
         # /tmp first: binds below it (a checkout or venv under /tmp) must stay visible on top
         "--size", str(tmp_mb << 20), "--tmpfs", "/tmp",
@@ -137,6 +149,7 @@ def sandbox_command(harness_dir: Path, *, tmp_mb: int = 64, check: bool = False,
         "--ro-bind", str(sdk_dir()), "/sdk",
         "--ro-bind", str(Path(harness_dir).resolve()), "/harness",
         "--proc", "/proc",
+        *(["--bind", "/proc", HOST_PROC] if fork_server else []),
         "--dev", "/dev", "--size", str(4 << 20), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
         "--remount-ro", "/",
         "--chdir", "/tmp",
@@ -146,8 +159,11 @@ def sandbox_command(harness_dir: Path, *, tmp_mb: int = 64, check: bool = False,
         "--setenv", "LANG", "C.UTF-8",
         "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
         "--",
-        sys.executable, "-I", "/sdk/inner/sdk/child.py", "/harness",
+        sys.executable, "-I",
     ]  # fmt: skip
+    if fork_server:
+        return [*cmd, "/sdk/inner/sdk/forkserver.py", "/harness"]
+    cmd += ["/sdk/inner/sdk/child.py", "/harness"]
     if check:
         cmd.append("--check")
     elif dry_run:
@@ -182,9 +198,13 @@ class _Cgroups:
 
     def enter(self) -> None:
         """In the child between fork and exec: join the groups."""
+        self.add(os.getpid())
+
+    def add(self, pid: int) -> None:
+        """Move process ``pid`` (this pid namespace) into the groups; its later children follow."""
         for path in self.paths:
             with contextlib.suppress(OSError):
-                (path / "cgroup.procs").write_text(str(os.getpid()))
+                (path / "cgroup.procs").write_text(str(pid))
 
     def destroy(self) -> None:
         """Kill whatever is left in the groups and remove them."""
@@ -250,6 +270,74 @@ def _preexec(*, memory_mb: int, cpu_s: int, cgroup: _Cgroups) -> Any:
     return apply
 
 
+def server_preexec(memory_mb: int) -> Any:
+    """The fork server's limits (:mod:`inner.sandbox.forkserver`), applied between fork and exec:
+    its address space (``memory_mb``), open files, file size, death with the parent. No CPU limit:
+    it lives for the whole run, and every document sets its own."""
+
+    def apply() -> None:
+        import ctypes
+        import resource
+
+        limit = memory_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 20, 64 << 20))
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    return apply
+
+
+async def drain_to_log(stream: asyncio.StreamReader, log_path: Path | None, log_bytes: int) -> None:
+    """Read ``stream`` to its end, appending at most ``log_bytes`` of it to ``log_path``."""
+    written = 0
+    fh = log_path.open("ab") if log_path else None
+    try:
+        while chunk := await stream.read(65536):
+            if fh is not None and written < log_bytes:
+                fh.write(chunk[: log_bytes - written])
+                fh.flush()
+                written += len(chunk)
+    finally:
+        if fh is not None:
+            fh.close()
+
+
+async def read_message(stream: asyncio.StreamReader) -> dict[str, Any] | None:
+    """The next protocol message on a sandbox's stdout, or ``None`` at end of stream.
+
+    Every string of the message is valid UTF-8 (:func:`inner.sdk.protocol.decode_line`).
+
+    Raises:
+        HarnessError: the child sent a line that is not a JSON object, is nested too deep or
+            is too long (the message says which).
+    """
+    try:
+        raw = await stream.readline()
+    except (ValueError, asyncio.LimitOverrunError) as exc:
+        raise HarnessError(f"the harness sent a protocol line over {MAX_LINE} bytes") from exc
+    if not raw:
+        return None
+    try:
+        return decode_line(raw)
+    except ProtocolError as exc:
+        raise HarnessError(f"the harness sent a {exc}") from exc
+
+
+def describe_exit(code: int | None, *, bwrap: bool = True) -> str:
+    """How a sandbox process ended, in words, from its ``returncode`` (``-N``: signal N; with
+    ``bwrap``, also bubblewrap's ``128 + N``)."""
+    if code is None:
+        return "still running"
+    signo = -code if code < 0 else code - 128 if bwrap and code > 128 else 0
+    if signo in {s.value for s in signal.Signals}:
+        name = signal.Signals(signo).name
+        why = {"SIGXCPU": " (CPU time limit)", "SIGKILL": " (killed)"}.get(name, "")
+        return f"killed by {name}{why}"
+    return f"exited with code {code}"
+
+
 class SandboxProcess:
     """One sandboxed harness process (one document).
 
@@ -304,38 +392,21 @@ class SandboxProcess:
 
     async def _drain_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
-        written = 0
-        fh = self.log_path.open("ab") if self.log_path else None
-        try:
-            while chunk := await self.proc.stderr.read(65536):
-                if fh is not None and written < self.log_bytes:
-                    fh.write(chunk[: self.log_bytes - written])
-                    fh.flush()
-                    written += len(chunk)
-        finally:
-            if fh is not None:
-                fh.close()
+        await drain_to_log(self.proc.stderr, self.log_path, self.log_bytes)
 
     async def readline(self) -> dict[str, Any] | None:
-        """The next protocol message, or ``None`` at end of stream.
-
-        Every string of the message is valid UTF-8 (:func:`inner.sdk.protocol.decode_line`).
+        """The next protocol message, or ``None`` at end of stream (:func:`read_message`).
 
         Raises:
             HarnessError: the child sent a line that is not a JSON object, is nested too deep or
                 is too long (the message says which).
         """
         assert self.proc is not None and self.proc.stdout is not None
-        try:
-            raw = await self.proc.stdout.readline()
-        except (ValueError, asyncio.LimitOverrunError) as exc:
-            raise HarnessError(f"the harness sent a protocol line over {MAX_LINE} bytes") from exc
-        if not raw:
-            return None
-        try:
-            return decode_line(raw)
-        except ProtocolError as exc:
-            raise HarnessError(f"the harness sent a {exc}") from exc
+        return await read_message(self.proc.stdout)
+
+    async def wait(self) -> int | None:
+        """Wait until the sandbox has ended; its ``returncode``."""
+        return await self.proc.wait() if self.proc is not None else None
 
     async def send(self, msg: dict[str, Any]) -> None:
         """Send one protocol message (ignored if the child is gone)."""
@@ -347,15 +418,7 @@ class SandboxProcess:
 
     def exit_description(self) -> str:
         """How the child ended, in words (for ``harness_error``)."""
-        code = self.proc.returncode if self.proc else None
-        if code is None:
-            return "still running"
-        signo = -code if code < 0 else code - 128 if code > 128 else 0  # bwrap reports 128 + signal
-        if signo in {s.value for s in signal.Signals}:
-            name = signal.Signals(signo).name
-            why = {"SIGXCPU": " (CPU time limit)", "SIGKILL": " (killed)"}.get(name, "")
-            return f"killed by {name}{why}"
-        return f"exited with code {code}"
+        return describe_exit(self.proc.returncode if self.proc else None)
 
     async def kill(self) -> None:
         """Kill the whole sandbox (bubblewrap, its PID namespace, the cgroup) and reap it."""
