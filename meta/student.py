@@ -324,7 +324,7 @@ def train_student(s: StudentConfig, dataset_dir: Path, out_dir: Path) -> dict[st
 
 
 def train_student_grpo(
-    s: StudentConfig, dataset_dir: Path, out_dir: Path, *, llm: Any, base_urls: dict[str, str]
+    s: StudentConfig, dataset_dir: Path, out_dir: Path, *, llm: Any, base_urls: dict[str, Any]
 ) -> dict[str, Any]:
     """GRPO of the base student on the export at ``dataset_dir`` with :func:`train.trainer.run_train`
     (its rewards and judge; ``base_urls``: the run's endpoints). The LoRA is merged into
@@ -364,9 +364,9 @@ def train_student_grpo(
     }  # fmt: skip
 
 
-def endpoint_urls(run: MetaRun) -> dict[str, str]:
-    """The base URL of each endpoint of the run's client (for :func:`train_student_grpo`)."""
-    return {name: str(c.base_url) for name, c in run.client._clients.items()}
+def endpoint_urls(run: MetaRun) -> dict[str, Any]:
+    """The base URLs of each endpoint's replicas in the run's client (for :func:`train_student_grpo`)."""
+    return {name: [r.url for r in pool.replicas] for name, pool in run.client._pools.items()}
 
 
 def sample_student(s: StudentConfig, model_name: str, rows: list[dict[str, Any]], *, seed: int) -> Any:
