@@ -18,6 +18,7 @@ from inner.sdk.errors import ConfigError
 from inner.tracking import LoggerConfig
 from meta.admission import AdmissionConfig
 from meta.select import STRATEGIES
+from meta.student import FITNESS, StudentConfig
 
 #: how the implementer writes edits (``meta.edit_format``)
 EDIT_FORMATS = ("auto", "blocks", "json")
@@ -102,6 +103,11 @@ class MetaConfig:
             first iteration (the noise floor; they seed the root's tallies), >= 1 (3).
         confirm_reps: replicates of the best and the starting harness on the sealed test split
             when the run ends (confirmation); 0 skips it (2).
+        fitness: what scores a harness: ``pass_rate`` (default: validation pass rate, the
+            paper's) or ``student_gain`` (the relative gain of a student fine-tuned on the
+            harness's accepted examples, on the public part of a fixed evaluation set: the
+            DataAgent setting, :mod:`meta.student`).
+        student: the student, its training and scoring under ``student_gain``.
     """
 
     start_harness: str = "baseline"
@@ -134,6 +140,8 @@ class MetaConfig:
     stop_if_not_ahead: bool = AdmissionConfig.stop_if_not_ahead
     noise_reps: int = 3
     confirm_reps: int = 2
+    fitness: str = "pass_rate"
+    student: StudentConfig = field(default_factory=StudentConfig)
 
     def admission_config(self) -> AdmissionConfig:
         """The :class:`meta.admission.AdmissionConfig` of these settings (seeded by ``seed``)."""
@@ -172,6 +180,7 @@ class MetaConfig:
         )
         _check(self.admission in ADMISSION_RULES, "meta.admission", self.admission, f"use one of {ADMISSION_RULES}")
         _check(self.noise_reps >= 1, "meta.noise_reps", self.noise_reps, "must be >= 1")
+        _check(self.fitness in FITNESS, "meta.fitness", self.fitness, f"use one of {FITNESS}")
         _check(self.confirm_reps >= 0, "meta.confirm_reps", self.confirm_reps, "must be >= 0 (0: no confirmation)")
         try:
             self.admission_config()

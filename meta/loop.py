@@ -22,6 +22,11 @@ Before the first iteration the starting harness is evaluated meta.noise_reps tim
 floor: ``noise_floor.json``, seeding its tallies); when the run ends the best harness and the
 starting one are confirmed on the sealed test split (:mod:`meta.confirm`, ``confirmation.json``).
 
+Under ``meta.fitness=student_gain`` (the DataAgent setting) a harness is scored by the gain of a
+student fine-tuned on its accepted examples: the iteration, the root's evaluation and the private
+replay at the end are :mod:`meta.student`'s (hooks in :func:`run_iteration`, :func:`prepare`,
+:func:`evolve`).
+
 Iteration statuses: ``admitted``, ``rejected``, ``invalid-edit``, ``duplicate``, ``crashed``
 (the candidate's own failure: every validation document crashed) and ``error`` (an
 infrastructure failure, e.g. the endpoint down after retries: redone on resume; after
@@ -70,6 +75,7 @@ from inner.sandbox.files import copy_harness, harness_content_hash, scan_harness
 from inner.sandbox.process import dry_run_harness
 from inner.sdk.errors import ConfigError, HarnessError
 from inner.tracking import NullTracker, Tracker, build_tracker
+from meta import student
 from meta.admission import AdmissionDecision, decide, noise_floor
 from meta.analyze import analyze, implement
 from meta.config import EvolveConfig
@@ -217,6 +223,13 @@ class MetaRun:
         (computed once per run: it hashes the frozen prompt files)."""
         return identity_hash(evaluator_identity(self.cfg.generate_config()))
 
+    def eval_dir(self, harness_dir: Path, docs: list[Document], *, replicate: int = 0) -> Path:
+        """The directory of an evaluation: ``evals/<content>/<evaluator>-<docs>[/rep-<r>]``."""
+        content = harness_content_hash(harness_dir, **self.harness_caps)
+        docs_key = hashlib.sha256("\n".join(sorted(d.doc_id for d in docs)).encode()).hexdigest()[:8]
+        out = self.run_dir / "evals" / content / f"{self.evaluator_hash}-{docs_key}"
+        return out / f"rep-{replicate}" if replicate else out
+
     async def evaluate(self, harness_dir: Path, docs: list[Document], split: str, *, replicate: int = 0) -> EvalOutcome:
         """Run the inner loop with the harness (sealed, one sandbox per document) on ``docs``.
 
@@ -227,10 +240,7 @@ class MetaRun:
         the same evaluation wait for the first.
         """
         content = harness_content_hash(harness_dir, **self.harness_caps)
-        docs_key = hashlib.sha256("\n".join(sorted(d.doc_id for d in docs)).encode()).hexdigest()[:8]
-        out = self.run_dir / "evals" / content / f"{self.evaluator_hash}-{docs_key}"
-        if replicate:
-            out = out / f"rep-{replicate}"
+        out = self.eval_dir(harness_dir, docs, replicate=replicate)
         lock = self._eval_locks.setdefault(str(out), asyncio.Lock())
         async with lock:
             out.mkdir(parents=True, exist_ok=True)
@@ -425,7 +435,8 @@ async def run_iteration(run: MetaRun, i: int) -> dict[str, Any]:
     meter = UsageMeter()
     with track_usage(meter):
         try:
-            rec.update(await _iterate(run, i, rec))
+            body = _iterate if run.cfg.meta.fitness == "pass_rate" else student.iterate  # meta/student.py
+            rec.update(await body(run, i, rec))
         except StorageError:  # the run's disk or open files, not the iteration: the run stops, one message
             raise
         except InfrastructureError as exc:  # redone on resume; nothing of it was counted
@@ -651,6 +662,8 @@ async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient, *, execut
             lineage.discard_iteration(it)
             run.archive.entries = [e for e in run.archive.entries if e.iteration != it]
             run.archive.save()
+    if cfg.meta.fitness == "student_gain":  # the evaluation set: disjoint, split, recorded
+        student.check_eval_set(run)
     if lineage.root is None:
         start = resolve_harness_dir(cfg.meta.start_harness)
         src = run_dir / "scratch" / "root"
@@ -661,6 +674,12 @@ async def prepare(cfg: EvolveConfig, run_dir: Path, client: LLMClient, *, execut
         root = lineage.root
         assert root is not None
         root_dir = run.materialize(root)
+        if cfg.meta.fitness == "student_gain":  # the root's student public score (meta/student.py)
+            score, fields = await student.evaluate_root(run, root_dir)
+            archive.add(ArchiveEntry(root, harness_id(root_dir), 0, None, score))
+            append_jsonl(run_dir / "curve.jsonl", {"iteration": 0, "status": IterationStatus.ROOT, "candidate_val": score,
+                         "parent_val": None, "best_so_far": score, "admitted": True, **fields})  # fmt: skip
+            return run
         floor = await measure_noise_floor(run, root_dir)
         archive.add(ArchiveEntry(root, harness_id(root_dir), 0, None, floor["mean"]))
         append_jsonl(
@@ -877,7 +896,9 @@ async def evolve(
             running = set()
     from meta.confirm import confirm
 
-    if (stop or "").startswith("circuit breaker"):
+    if cfg.meta.fitness == "student_gain" and not (stop or "").startswith("circuit breaker"):
+        confirmation, note = await student.replay_private(run), None  # the private split, read once
+    elif (stop or "").startswith("circuit breaker"):
         confirmation, note = None, "not confirmed on the sealed test split: the run stopped on infrastructure errors"
     else:
         confirmation, note = await confirm(run)
@@ -891,6 +912,7 @@ async def evolve(
         "best_commit": run.archive.best().commit,
         "best_harness_id": run.archive.best().harness_id,
         "admission": cfg.meta.admission,
+        "fitness": cfg.meta.fitness,
         "noise_floor": _read_json(run_dir / "noise_floor.json"),
         "confirmation": confirmation,
         **({"confirmation_note": note} if note else {}),
