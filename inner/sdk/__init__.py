@@ -10,6 +10,8 @@ used, ``inner.contract``, ``inner.templates`` and ``inner.errors`` (the aliases 
 - ``templates`` prompt rendering
 - ``errors``    the project's exception tree (harnesses catch ``BudgetExhausted``, ...)
 - ``child``     the sandbox side: loads the harness and runs it against the parent
+- ``forkserver`` the warm sandbox's server: imports the SDK once, forks each document into its
+  own namespaces, limits and dropped capabilities, then runs ``child``
 """
 
 from __future__ import annotations
