@@ -187,6 +187,9 @@ class MetaRun:
     #: writer of the archive, history, tallies and lineage whatever it is
     executor: Executor = LOCAL
     _eval_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    #: candidate contents claimed by iterations still in flight (content -> iteration): a second
+    #: iteration proposing the same content while the first is evaluated is a duplicate
+    claimed: dict[str, int] = field(default_factory=dict)
     tallies: TallyStore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -392,11 +395,16 @@ class EditAttempt:
     harness_id: str = ""
 
 
-async def try_edit(run: MetaRun, parent_dir: Path, scratch: Path, reply: str, *, parent_content: str) -> EditAttempt:
+async def try_edit(
+    run: MetaRun, parent_dir: Path, scratch: Path, reply: str, *, parent_content: str, iteration: int
+) -> EditAttempt:
     """Apply ``reply`` to a fresh copy of ``parent_dir`` at ``scratch`` and validate the result
     before any evaluation is spent: every prompt file parses and names only placeholders the
     code passes (:func:`meta.edit.check_prompt_files`), and the harness runs once in the
-    sandbox against canned replies (:func:`inner.sandbox.process.dry_run_harness`)."""
+    sandbox against canned replies (:func:`inner.sandbox.process.dry_run_harness`).
+
+    A content already in the lineage, or claimed by another ``iteration`` still in flight
+    (:attr:`MetaRun.claimed`), is a duplicate; a valid candidate keeps its claim."""
     shutil.rmtree(scratch, ignore_errors=True)
     copy_harness(parent_dir, scratch, **run.harness_caps)
     try:
@@ -409,8 +417,10 @@ async def try_edit(run: MetaRun, parent_dir: Path, scratch: Path, reply: str, *,
     content = cand_id.split("@")[1]
     if content == parent_content:
         return EditAttempt(error="the edits leave the harness unchanged", kind="unchanged")
-    if content in run.known_contents():
+    claimant = run.claimed.get(content)
+    if content in run.known_contents() or (claimant is not None and claimant != iteration):
         return EditAttempt(duplicate=True, harness_id=cand_id)
+    run.claimed[content] = iteration  # no await since the check: two iterations cannot both pass it
     inner = run.cfg.inner
     lo, hi = DRY_RUN_TIMEOUT_S
     problem = check_prompt_files(scratch) or await dry_run_harness(
@@ -418,8 +428,52 @@ async def try_edit(run: MetaRun, parent_dir: Path, scratch: Path, reply: str, *,
         cpu_s=inner.harness_cpu_s, max_rounds=min(2, inner.max_rounds), domain=run.cfg.task.domain,
     )  # fmt: skip
     if problem is not None:
+        run.claimed.pop(content, None)
         return EditAttempt(error=f"candidate fails validation: {problem}", kind="validation", harness_id=cand_id)
     return EditAttempt(changed=changed, harness_id=cand_id)
+
+
+async def propose_candidate(
+    run: MetaRun, i: int, parent: ArchiveEntry, parent_dir: Path, analysis: str, rec: dict[str, Any]
+) -> EditAttempt | dict[str, Any]:
+    """Steps 4-5 of an iteration: the implementer's edits of the parent's files (those in
+    ``meta.editable``), applied to ``scratch/iter-<i>`` and validated (:func:`try_edit`); an edit
+    that fails to apply or to validate goes back once (``EDIT_REPAIRS``) with its error. Replies
+    and errors are added to ``rec``.
+
+    Returns:
+        the valid :class:`EditAttempt`, or the iteration's ending fields (status ``duplicate`` or
+        ``invalid-edit``, with the reason).
+    """
+    cfg = run.cfg.meta
+    files = {p: t for p, t in run.lineage.files(parent.commit).items() if is_editable(p, cfg.editable)}
+    structured = cfg.edit_format == "json" or (
+        cfg.edit_format == "auto"
+        and run.cfg.llm.endpoints[run.cfg.llm.role("implementer").endpoint].json_mode == "llama_cpp"
+    )
+    scratch = run.run_dir / "scratch" / f"iter-{i:04d}"
+    replies: list[str] = []
+    errors: list[str] = []
+    for _ in range(1 + EDIT_REPAIRS):
+        reply = await implement(
+            run.client, analysis=analysis, history=run.history, files=files, structured=structured,
+            history_lines=cfg.history_lines, repair=(replies[-1], errors[-1]) if replies else None,
+        )  # fmt: skip
+        replies.append(reply)
+        rec |= {"implementer_reply": reply, "implementer_replies": list(replies)}
+        attempt = await try_edit(
+            run, parent_dir, scratch, reply, parent_content=parent.harness_id.split("@")[1], iteration=i
+        )
+        if attempt.duplicate:
+            return {"status": IterationStatus.DUPLICATE, "candidate_harness_id": attempt.harness_id,
+                    "reason": f"the candidate's content {attempt.harness_id.split('@')[1]} equals an existing lineage node"}  # fmt: skip
+        if attempt.error is None:
+            break
+        errors.append(attempt.error)
+        rec["edit_errors"] = list(errors)
+    else:
+        return {"status": IterationStatus.INVALID_EDIT, "reason": errors[-1], "edit_error": attempt.kind}
+    return attempt
 
 
 # -- one iteration ------------------------------------------------------------------------------
@@ -519,31 +573,10 @@ async def _iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:
     # 4-5. implementer: edits of the parent's files, applied to a scratch copy (paths outside the
     # harness directory rejected), checked for duplicates, validated (prompt files + a dry run
     # in the sandbox); an edit that fails to apply or to validate goes back once with the error
-    files = {p: t for p, t in run.lineage.files(parent.commit).items() if is_editable(p, cfg.editable)}
-    structured = cfg.edit_format == "json" or (
-        cfg.edit_format == "auto"
-        and run.cfg.llm.endpoints[run.cfg.llm.role("implementer").endpoint].json_mode == "llama_cpp"
-    )
+    attempt = await propose_candidate(run, i, parent, parent_dir, analysis, rec)
+    if isinstance(attempt, dict):
+        return attempt
     scratch = run.run_dir / "scratch" / f"iter-{i:04d}"
-    replies: list[str] = []
-    errors: list[str] = []
-    for _ in range(1 + EDIT_REPAIRS):
-        reply = await implement(
-            run.client, analysis=analysis, history=run.history, files=files, structured=structured,
-            history_lines=cfg.history_lines, repair=(replies[-1], errors[-1]) if replies else None,
-        )  # fmt: skip
-        replies.append(reply)
-        rec |= {"implementer_reply": reply, "implementer_replies": list(replies)}
-        attempt = await try_edit(run, parent_dir, scratch, reply, parent_content=parent.harness_id.split("@")[1])
-        if attempt.duplicate:
-            return {"status": IterationStatus.DUPLICATE, "candidate_harness_id": attempt.harness_id,
-                    "reason": f"the candidate's content {attempt.harness_id.split('@')[1]} equals an existing lineage node"}  # fmt: skip
-        if attempt.error is None:
-            break
-        errors.append(attempt.error)
-        rec["edit_errors"] = list(errors)
-    else:
-        return {"status": IterationStatus.INVALID_EDIT, "reason": errors[-1], "edit_error": attempt.kind}
     changed, cand_id = attempt.changed, attempt.harness_id
 
     # 6. admission on the validation documents (meta.admission): candidate replicates 0, 1, ...

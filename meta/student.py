@@ -670,8 +670,7 @@ def _fitness_fields(fit: dict[str, Any], prefix: str) -> dict[str, Any]:
 async def iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:
     """One iteration under ``meta.fitness=student_gain`` (module docstring); returns the fields
     :func:`meta.loop.run_iteration` adds to the history line (``status``, ``reason``)."""
-    from meta.analyze import implement
-    from meta.loop import EDIT_REPAIRS, IterationStatus, try_edit
+    from meta.loop import IterationStatus, propose_candidate
     from meta.select import ArchiveEntry, select_parent
 
     cfg = run.cfg.meta
@@ -684,31 +683,10 @@ async def iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:
     analysis = await analyze_student(run, parent, parent_fit, gen.trajectories)
     rec["analysis"] = analysis
 
-    files = run.lineage.files(parent.commit)
-    structured = cfg.edit_format == "json" or (
-        cfg.edit_format == "auto"
-        and run.cfg.llm.endpoints[run.cfg.llm.role("implementer").endpoint].json_mode == "llama_cpp"
-    )
+    attempt = await propose_candidate(run, i, parent, parent_dir, analysis, rec)
+    if isinstance(attempt, dict):
+        return attempt
     scratch = run.run_dir / "scratch" / f"iter-{i:04d}"
-    replies: list[str] = []
-    errors: list[str] = []
-    for _ in range(1 + EDIT_REPAIRS):
-        reply = await implement(
-            run.client, analysis=analysis, history=run.history, files=files, structured=structured,
-            history_lines=cfg.history_lines, repair=(replies[-1], errors[-1]) if replies else None,
-        )  # fmt: skip
-        replies.append(reply)
-        rec |= {"implementer_reply": reply, "implementer_replies": list(replies)}
-        attempt = await try_edit(run, parent_dir, scratch, reply, parent_content=parent.harness_id.split("@")[1])
-        if attempt.duplicate:
-            return {"status": IterationStatus.DUPLICATE, "candidate_harness_id": attempt.harness_id,
-                    "reason": f"the candidate's content {attempt.harness_id.split('@')[1]} equals an existing lineage node"}  # fmt: skip
-        if attempt.error is None:
-            break
-        errors.append(attempt.error)
-        rec["edit_errors"] = list(errors)
-    else:
-        return {"status": IterationStatus.INVALID_EDIT, "reason": errors[-1], "edit_error": attempt.kind}
     cand_id = attempt.harness_id
     rec["candidate_harness_id"] = cand_id
 

@@ -369,6 +369,20 @@ def test_duplicate_candidate_is_not_evaluated(meta_corpus, server, tmp_path, mon
     ]  # fmt: skip
 
 
+def test_the_same_candidate_from_two_iterations_in_flight_is_evaluated_once(meta_corpus, server, tmp_path):
+    """Two iterations in flight pick the root and get the same edit: the content is claimed by
+    the first, the second is a ``duplicate`` (never evaluated, never a second lineage node)."""
+    srv = server(MetaScenario([GOOD_EDIT, GOOD_EDIT]))
+    cfg = evolve_config(meta_corpus, "meta.max_iterations=2", "meta.in_flight=2", "meta.confirm_reps=0")
+    evolve(cfg, tmp_path / "run", srv)
+    hist = read_jsonl(tmp_path / "run" / "history.jsonl")
+    assert sorted(h["status"] for h in hist) == ["admitted", "duplicate"], [(h["status"], h["reason"]) for h in hist]
+    ids = {h["candidate_harness_id"].split("@")[1] for h in hist}
+    assert len(ids) == 1  # the same content both times
+    repo = git.Repo(tmp_path / "run" / "lineage")
+    assert len([h for h in repo.heads if h.name.startswith("candidates/")]) == 1
+
+
 def test_circuit_breaker_stops_after_consecutive_infrastructure_errors(meta_corpus, server, tmp_path):
     from tests.scripted_server import Reply
 
