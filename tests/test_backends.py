@@ -474,8 +474,12 @@ def test_the_real_ladder_loads_both_models_and_each_answers(tmp_path):
     assert urls["default"] != urls["large"]
     assert weak.text.strip() and weak.completion_tokens > 0 and strong.text.strip() and strong.completion_tokens > 0
     logs = {p.name: p.read_text() for p in tmp_path.glob("llm_server.*.log")}
-    assert "Qwen2.5 Coder 0.5B" in logs["llm_server.small.log"] or "0.5B" in logs["llm_server.small.log"]
-    assert "1.5B" in logs["llm_server.large.log"]
+    # each server loaded its own weights: llama-server logs the GGUF's path, llama-cpp-python's
+    # server the model's general.name
+    small, large = logs["llm_server.small.log"], logs["llm_server.large.log"]
+    assert "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" in small or "0.5B" in small
+    assert "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf" in large or "1.5B" in large
+    assert "1.5b" not in small.lower() and "0.5b" not in large.lower()
     for url in urls.values():  # both stopped
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{url}/models", timeout=2)
