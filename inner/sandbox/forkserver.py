@@ -96,7 +96,12 @@ class ForkServer:
     """
 
     def __init__(
-        self, harness_dir: Path, *, memory_mb: int = 2048, log_path: Path | None = None, log_bytes: int = 1 << 20
+        self,
+        harness_dir: Path,
+        *,
+        memory_mb: int = process.DEFAULT_MEMORY_MB,
+        log_path: Path | None = None,
+        log_bytes: int = process.DEFAULT_LOG_BYTES,
     ) -> None:
         self.harness_dir = Path(harness_dir)
         self.memory_mb, self.log_path, self.log_bytes = memory_mb, log_path, log_bytes
@@ -225,11 +230,11 @@ class ForkedSandbox:
         self,
         server: ForkServer,
         *,
-        memory_mb: int = 2048,
-        cpu_s: int = 120,
-        max_procs: int = 32,
+        memory_mb: int = process.DEFAULT_MEMORY_MB,
+        cpu_s: int = process.DEFAULT_CPU_S,
+        max_procs: int = process.DEFAULT_MAX_PROCS,
         log_path: Path | None = None,
-        log_bytes: int = 1 << 20,
+        log_bytes: int = process.DEFAULT_LOG_BYTES,
         tmp_mb: int = 64,
     ) -> None:
         self.server = server

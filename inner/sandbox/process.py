@@ -171,6 +171,14 @@ def sandbox_command(
     return cmd
 
 
+#: limits of a sandbox built without them (tests, tools); a run always passes ``inner.harness_*``
+DEFAULT_MEMORY_MB = 2048
+DEFAULT_CPU_S = 120
+DEFAULT_MAX_PROCS = 32
+#: most bytes of a harness's stderr kept in its log
+DEFAULT_LOG_BYTES = 1 << 20
+
+
 class _Cgroups:
     """cgroup v1 ``pids`` and ``memory`` groups for one sandbox: its process count and its
     memory in total (all processes, tmpfs pages included). Best effort: used where the
@@ -354,11 +362,11 @@ class SandboxProcess:
         self,
         harness_dir: Path,
         *,
-        memory_mb: int = 2048,
-        cpu_s: int = 120,
-        max_procs: int = 32,
+        memory_mb: int = DEFAULT_MEMORY_MB,
+        cpu_s: int = DEFAULT_CPU_S,
+        max_procs: int = DEFAULT_MAX_PROCS,
         log_path: Path | None = None,
-        log_bytes: int = 1 << 20,
+        log_bytes: int = DEFAULT_LOG_BYTES,
     ) -> None:
         self.harness_dir = Path(harness_dir)
         self.memory_mb, self.cpu_s, self.max_procs = memory_mb, cpu_s, max_procs
@@ -443,7 +451,9 @@ class SandboxProcess:
                 await asyncio.wait_for(self._stderr_task, 2)
 
 
-async def validate_harness(harness_dir: Path, *, timeout_s: float = 60.0, memory_mb: int = 2048) -> str | None:
+async def validate_harness(
+    harness_dir: Path, *, timeout_s: float = 60.0, memory_mb: int = DEFAULT_MEMORY_MB
+) -> str | None:
     """Check in the sandbox that ``harness_dir`` imports and defines ``async def run(agent)``.
 
     Returns:
@@ -472,8 +482,8 @@ async def dry_run_harness(
     harness_dir: Path,
     *,
     timeout_s: float = 60.0,
-    memory_mb: int = 2048,
-    cpu_s: int = 120,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    cpu_s: int = DEFAULT_CPU_S,
     roles: tuple[str, ...] | None = None,
     max_rounds: int = 2,
     max_calls: int = DRY_RUN_MAX_CALLS,
