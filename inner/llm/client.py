@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+import aiohttp
 import httpx2
 import openai
 from pydantic import BaseModel
@@ -211,6 +212,22 @@ def endpoint_urls(cfg: LLMConfig, name: str, base_urls: Mapping[str, str | list[
     return urls
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` (an ``openai.APITimeoutError``) is really a connection failure: the
+    aiohttp transport that openai vendors (``openai._vendor.httpx_aiohttp``, from httpx-aiohttp
+    0.2.0) maps every ``aiohttp.ClientConnectionError`` (a refused connection, a server that hung
+    up) to ``httpx2.ConnectTimeout``, so the cause chain is checked for an aiohttp connection
+    error that is not a timeout."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, aiohttp.ClientConnectionError) and not isinstance(e, TimeoutError):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 class LLMClient:
     """Async client for all roles.
 
@@ -250,11 +267,12 @@ class LLMClient:
                     )
             replicas = []
             for i, url in enumerate(urls):
-                # openai's own httpx2-based client: the legacy httpx/httpcore 1.x pool does work
-                # quadratic in its connections and cost ~18 ms CPU per call at 64 in flight
+                # openai's aiohttp transport (the openai[aiohttp] extra): httpx2's own pool checks
+                # every pooled connection on every request (readability, expiry), about 1.3 ms of
+                # CPU per call at 64 in flight, 5.4 -> 3.5 ms per call in all
                 # (experiments/bench/README.md). The pool caps a replica's requests at
                 # max_in_flight, so its connection pool needs no more connections than that.
-                http = openai.DefaultAsyncHttpxClient(
+                http = openai.DefaultAioHttpClient(
                     limits=httpx2.Limits(max_connections=ep.max_in_flight, max_keepalive_connections=ep.max_in_flight),
                     timeout=ep.timeout_s,
                 )
@@ -491,7 +509,7 @@ class LLMClient:
         cancellation, a bug), built with ``err(cls, what, cause, status)``."""
         if isinstance(exc, openai.APIStatusError):
             return err(LLMStatusError, f"HTTP {exc.status_code}", exc, exc.status_code)
-        if isinstance(exc, openai.APITimeoutError):  # a subclass of APIConnectionError: first
+        if isinstance(exc, openai.APITimeoutError) and not _refused(exc):  # a subclass of APIConnectionError: first
             return err(LLMTimeoutError, f"no reply within {timeout_s:g} s", exc)
         if isinstance(exc, openai.APIConnectionError):
             return err(LLMConnectionError, "connection failed", exc)
