@@ -28,13 +28,16 @@ from inner.paths import PROJECT_ROOT
 from meta.config import EvolveConfig, register_configs
 
 log = logging.getLogger("autodata")
+#: admission decisions listed in the end-of-run table (the rest are in history.jsonl)
+DECISION_ROWS = 10
 
 register_configs()
 
 
 def summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
     """The end-of-run table: stop reason, statuses, baseline and best validation pass rates,
-    calls and tokens per role, output paths."""
+    noise floor, the last admission decisions with T and p, the confirmation, calls and tokens
+    per role, output paths."""
     t = Table(title="Autodata — meta-optimization")
     t.add_column("metric")
     t.add_column("value", justify="right")
@@ -55,6 +58,7 @@ def summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
         rows.append(
             ("noise floor (start, val)", f"{floor['mean']:.3f} ± {std} over {floor['n_replicates']} replicates")
         )
+    rows.extend(decision_rows(run_dir / "history.jsonl"))
     if conf and not conf.get("best_is_start"):
         lo, hi = conf["ci95_points"]
         rows.append(
@@ -79,6 +83,26 @@ def summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
     for k, v in rows:
         t.add_row(k, v)
     return t
+
+
+def decision_rows(history_path: Path, *, last: int = DECISION_ROWS) -> list[tuple[str, str]]:
+    """Table rows of the ``last`` admission decisions in ``history.jsonl``, by iteration: the
+    status, T (documents), the p-value (``-`` for the strict rule) and the runs compared, plus a
+    row counting the earlier ones left out."""
+    from meta.loop import load_history
+
+    decided = sorted((h for h in load_history(history_path) if "T" in h), key=lambda h: h["iteration"])
+    rows = []
+    if len(decided) > last:
+        rows.append(("decisions", f"{len(decided) - last} earlier ones in history.jsonl"))
+    for h in decided[-last:]:
+        p = h.get("p_value")
+        rows.append((
+            f"decision: iteration {h['iteration']}",
+            f"{h['status']}, T={h['T']:+.2f}, p={'-' if p is None else f'{p:.3f}'}, "
+            f"{h.get('candidate_runs')} vs {h.get('parent_runs')} runs",
+        ))  # fmt: skip
+    return rows
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="evolve")

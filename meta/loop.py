@@ -528,12 +528,21 @@ async def run_iteration(run: MetaRun, i: int) -> dict[str, Any]:
          "best_so_far": rec["best_so_far"], "admitted": rec["admitted"], "tokens": sum(rec["tokens"].values())},
         step=i,
     )  # fmt: skip
+    test = ""
+    if "T" in rec:  # a decision: its statistic, p-value and replicates
+        p = rec.get("p_value")
+        test = (f"; T={rec['T']:+.2f} docs, p={'-' if p is None else f'{p:.3f}'}, "
+                f"{rec.get('candidate_runs')} candidate / {rec.get('parent_runs')} parent runs")
     log.info(
-        "iteration %d: %s (candidate %s vs parent %s)%s",
-        i, rec["status"], rec.get("candidate_val"), rec.get("parent_val"),
+        "iteration %d: %s (candidate %s vs parent %s%s)%s",
+        i, rec["status"], _rate(rec.get("candidate_val")), _rate(rec.get("parent_val")), test,
         f" - {rec['reason']}" if rec.get("reason") else "",
     )  # fmt: skip
     return rec
+
+
+def _rate(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 async def _iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:

@@ -193,6 +193,15 @@ def test_paired_admits_only_the_better_mutant_and_confirms_it(world_corpus, serv
     assert (run_dir / "tallies.json").read_text() == tallies
     assert again["confirmation"] == conf and again["iterations"] == 5
 
+    # the end-of-run table lists the noise floor and each decision with T and p
+    from meta.cli import decision_rows, summary_table
+
+    rows = dict(decision_rows(run_dir / "history.jsonl"))
+    assert rows["decision: iteration 5"].startswith(f"admitted, T={better['T']:+.2f}, p={better['p_value']:.3f}")
+    assert len(rows) == 5 and all(f"decision: iteration {h['iteration']}" in rows for h in hist)
+    assert len(summary_table(summary, run_dir).rows) >= 5 + 8
+    assert dict(decision_rows(run_dir / "history.jsonl", last=2))["decisions"] == "3 earlier ones in history.jsonl"
+
     # the report shows the noise floor, each decision's T and p, and the confirmed gain
     from analysis.report import ReportConfig, TaxonomyConfig, build_report
 
