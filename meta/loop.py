@@ -531,8 +531,10 @@ async def run_iteration(run: MetaRun, i: int) -> dict[str, Any]:
     test = ""
     if "T" in rec:  # a decision: its statistic, p-value and replicates
         p = rec.get("p_value")
-        test = (f"; T={rec['T']:+.2f} docs, p={'-' if p is None else f'{p:.3f}'}, "
-                f"{rec.get('candidate_runs')} candidate / {rec.get('parent_runs')} parent runs")
+        test = (
+            f"; T={rec['T']:+.2f} docs, p={'-' if p is None else f'{p:.3f}'}, "
+            f"{rec.get('candidate_runs')} candidate / {rec.get('parent_runs')} parent runs"
+        )
     log.info(
         "iteration %d: %s (candidate %s vs parent %s%s)%s",
         i, rec["status"], _rate(rec.get("candidate_val")), _rate(rec.get("parent_val")), test,
