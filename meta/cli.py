@@ -2,7 +2,7 @@
 
 Examples::
 
-    autodata-evolve +experiment=demo                          # embedded model, 2 iterations
+    autodata-evolve +experiment=demo                          # model ladder, 2 iterations
     autodata-evolve meta.max_iterations=50 meta.in_flight=4 llm=vllm
     autodata-evolve -m meta.temperature=0.05,0.1,0.2 hydra/launcher=joblib   # a sweep
 
