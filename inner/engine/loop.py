@@ -198,6 +198,8 @@ class DocumentSession:
         self._pending = asyncio.Semaphore(MAX_PENDING)
         self._usage: dict[str, RoleUsageRecord] = {}
         self._other_events = 0
+        #: the latest trajectory write (:meth:`write`), finished or not
+        self._writing: asyncio.Future[None] | None = None
         #: cache entries of the harness's llm_json requests in flight, by request group: written
         #: when the request ends usable (``structured_ok``), dropped on a schema failure or when
         #: the document ends
@@ -264,14 +266,20 @@ class DocumentSession:
             )
         )
 
-    def write(self) -> None:
-        """Rewrite the trajectory on disk.
+    async def write(self) -> None:
+        """Rewrite the trajectory on disk (the file work in a worker thread,
+        :meth:`~inner.engine.records.RecordWriter.write_trajectory_off_loop`); on disk when this
+        returns. A write whose caller is cancelled still finishes: :meth:`run` waits for it
+        before the final write, so an older trajectory never replaces the final one.
 
         Raises:
             _End: it could not be written (the document ends ``crashed`` with the reason).
         """
+        self._writing = asyncio.ensure_future(self.eng.writer.write_trajectory_off_loop(self.traj))
         try:
-            self.eng.writer.write_trajectory(self.traj)
+            await asyncio.shield(self._writing)
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:
             raise _End("crashed", records_failed(exc)) from exc
 
@@ -331,7 +339,11 @@ class DocumentSession:
             traj.error = outcome.error or outcome.reason
         traj.harness_usage = self._usage
         traj.wall_s = round(traj.wall_s + time.monotonic() - self.t0, 3)
-        write_contained(eng, traj)
+        if self._writing is not None:  # a round's write still in its thread: it lands first
+            await asyncio.wait({self._writing})
+        # the document is over: nothing else touches traj, so the whole write (its fallbacks
+        # included) runs in a worker thread while the loop serves other documents
+        await asyncio.to_thread(write_contained, eng, traj)
         if self._fatal is not None:
             raise self._fatal
         return traj
@@ -515,11 +527,11 @@ class DocumentSession:
         self.event("evaluate", role=side, round=plan.round_no, text=rec.failure_mode.value)
         verdict, traj.judge_errors = settle_round(rec, traj.judge_errors)
         if verdict is RoundVerdict.REDO_DOCUMENT:  # infrastructure the first time: the document is redone
-            self.write()
+            await self.write()
             raise _End("error", "a judge grade stayed unusable after a retry (redone on the next run)")
         if verdict is RoundVerdict.ACCEPTED:
             # the round first: a run killed in between finishes the example on resume
-            self.write()
+            await self.write()
             try:
                 eng.writer.append_example(make_example(eng, self.doc, rec))
             except Exception as exc:
@@ -528,7 +540,7 @@ class DocumentSession:
             return rec
         # With every round used the harness may still note what it learnt; a new challenge
         # then ends the document (round budget), and its call, token and time budgets bound it.
-        self.write()
+        await self.write()
         return rec
 
 
@@ -614,7 +626,7 @@ async def run_document(eng: Engine, doc: Document, prev: Trajectory | None = Non
         traj = Trajectory(
             doc_id=doc.doc_id, doc_path=doc.path, title=doc.title, method=eng.cfg.method, harness_id=eng.harness_id
         )
-    eng.writer.write_trajectory(traj)
+    await eng.writer.write_trajectory_off_loop(traj)
     traj = await DocumentSession(eng, doc, traj).run()
     eng.observer.document_finished(traj)
     return traj

@@ -82,6 +82,13 @@ async def _recv(sock: socket.socket) -> tuple[bytes, int | None]:
         return data, pid
 
 
+def _make_cgroups(max_procs: int, memory_mb: int, pid: int) -> _Cgroups:
+    """A document's cgroups with ``pid`` moved into them."""
+    cgroup = _Cgroups(max_procs, memory_mb)
+    cgroup.add(pid)
+    return cgroup
+
+
 class ForkServer:
     """The warm sandbox of one harness directory for one run (started on the first document).
 
@@ -250,6 +257,7 @@ class ForkedSandbox:
         self._stdin: asyncio.StreamWriter | None = None
         self._transports: list[asyncio.BaseTransport] = []
         self._cgroup: _Cgroups | None = None
+        self._cgroup_job: asyncio.Future[_Cgroups] | None = None
         self._stderr_task: asyncio.Task[None] | None = None
         self._exit_task: asyncio.Task[None] | None = None
 
@@ -300,8 +308,10 @@ class ForkedSandbox:
                 "inner.sandbox_mode=fresh starts a fresh sandbox per document instead"
             )
         self.pid, self._pidfd = pid, os.pidfd_open(pid)
-        self._cgroup = _Cgroups(self.max_procs, self.memory_mb)
-        self._cgroup.add(pid)
+        # in a worker thread: moving a process into a cgroup v1 group waits in the kernel for
+        # about 2 ms (RCU), time the event loop spends on other documents meanwhile
+        self._cgroup_job = asyncio.ensure_future(asyncio.to_thread(_make_cgroups, self.max_procs, self.memory_mb, pid))
+        self._cgroup = await asyncio.shield(self._cgroup_job)  # cancelled: kill() still finds it
         ctl.send(b"go")
         self._exit_task = asyncio.create_task(self._watch_exit())
         line = await self.readline()
@@ -374,6 +384,11 @@ class ForkedSandbox:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._exit_task), 10)
         await self._reaped(10)
+        job = self._cgroup_job
+        if self._cgroup is None and job is not None:  # start() was cancelled while it was made
+            await asyncio.wait({job})
+            self._cgroup = job.result() if not job.cancelled() and job.exception() is None else None
+        self._cgroup_job = None
         if self._cgroup is not None:
             await asyncio.to_thread(self._cgroup.destroy)
             self._cgroup = None
