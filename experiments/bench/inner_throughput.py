@@ -251,6 +251,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "failures": failures,
         "accepted": stats["accepted"],
         "errored": stats["errored"],
+        "crashed": stats["crashed"],
         "failure_modes": stats["failure_modes"],
         "ceiling_calls_per_s": round(ceiling, 2),
         "calls_per_s": round(calls / wall, 2),
@@ -291,7 +292,7 @@ def report(res: dict[str, Any]) -> str:
         f"  wall time          {res['wall_s']:.2f} s",
         f"  calls              {res['calls']} (expected {res['expected_calls']}; cached {res['cached_calls']}, "
         f"failures {res['failures']})",
-        f"  accepted           {res['accepted']} / {res['docs']} documents (errored {res['errored']}); "
+        f"  accepted           {res['accepted']} / {res['docs']} documents (errored {res['errored']}, crashed {res['crashed']}); "
         f"rounds {res['failure_modes']}",
         f"  calls/s            {res['calls_per_s']:.1f} of ceiling {res['ceiling_calls_per_s']:.0f} "
         f"= {res['fraction_of_ceiling']:.3f}",
