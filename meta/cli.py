@@ -38,6 +38,9 @@ def summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
     """The end-of-run table: stop reason, statuses, baseline and best validation pass rates,
     noise floor, the last admission decisions with T and p, the confirmation, calls and tokens
     per role, output paths."""
+    # the fitness the archive holds: the validation pass rate, or under student_gain the
+    # student's public score (meta/student.py)
+    score = "public score (student)" if summary.get("fitness") == "student_gain" else "val pass rate"
     t = Table(title="Autodata — meta-optimization")
     t.add_column("metric")
     t.add_column("value", justify="right")
@@ -45,9 +48,9 @@ def summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
         ("stop reason", str(summary["stop_reason"])),
         ("iterations", str(summary["iterations"])),
         ("statuses", ", ".join(f"{k} {v}" for k, v in summary["statuses"].items())),
-        ("baseline val pass rate", f"{summary['baseline_val_pass_rate']:.3f}"),
+        (f"baseline {score}", f"{summary['baseline_val_pass_rate']:.3f}"),
         (
-            "best val pass rate",
+            f"best {score}",
             f"{summary['best_val_pass_rate']:.3f} ({summary['best_commit'][:10]})",
         ),
         ("wall time (s)", str(summary["wall_s"])),
@@ -59,7 +62,14 @@ def summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
             ("noise floor (start, val)", f"{floor['mean']:.3f} ± {std} over {floor['n_replicates']} replicates")
         )
     rows.extend(decision_rows(run_dir / "history.jsonl"))
-    if conf and not conf.get("best_is_start"):
+    if conf and "private" in conf:  # student_gain: the private replay (meta/student.py)
+        priv = conf["private"]
+        rows.append((
+            "private replay (mean@k)",
+            f"base {priv['base']:.3f}, start {priv['start']:.3f}, best {priv['best']:.3f} "
+            f"(gain of best {conf['gain_best']:+.3f}, {conf['items']} items)",
+        ))  # fmt: skip
+    elif conf and not conf.get("best_is_start"):
         lo, hi = conf["ci95_points"]
         rows.append(
             (

@@ -195,6 +195,11 @@ def test_student_gain_two_iterations_private_read_at_the_end(corpus, eval_set, s
     assert all(any(d in a for d in public_docs) for a in analyzer)
     assert not any(d in a for a in analyzer for d in private_docs)
     assert summary["fitness"] == "student_gain" and summary["iterations"] == 2
+    # the end-of-run table shows the private replay (it once failed on this confirmation's shape)
+    from meta.cli import summary_table
+
+    rows = dict(zip(*(c._cells for c in summary_table(summary, run_dir).columns), strict=True))
+    assert rows["private replay (mean@k)"].startswith(f"base {conf['private']['base']:.3f}")
     curve = read_jsonl(run_dir / "curve.jsonl")
     assert curve[0]["status"] == "root" and curve[0]["base_score"] == base
 
