@@ -101,17 +101,16 @@ def decision_rows(history_path: Path, *, last: int = DECISION_ROWS) -> list[tupl
     row counting the earlier ones left out."""
     from meta.loop import load_history
 
-    decided = sorted((h for h in load_history(history_path) if "T" in h), key=lambda h: h["iteration"])
+    decided = sorted((h for h in load_history(history_path) if h.get("T") is not None), key=lambda h: h["iteration"])
     rows = []
     if len(decided) > last:
         rows.append(("decisions", f"{len(decided) - last} earlier ones in history.jsonl"))
     for h in decided[-last:]:
-        p = h.get("p_value")
-        rows.append((
-            f"decision: iteration {h['iteration']}",
-            f"{h['status']}, T={h['T']:+.2f}, p={'-' if p is None else f'{p:.3f}'}, "
-            f"{h.get('candidate_runs')} vs {h.get('parent_runs')} runs",
-        ))  # fmt: skip
+        p, runs = h.get("p_value"), (h.get("candidate_runs"), h.get("parent_runs"))
+        text = f"{h['status']}, T={h['T']:+.2f}, p={'-' if p is None else f'{p:.3f}'}"
+        if None not in runs:  # student_gain decides on one score each: no replicates
+            text += f", {runs[0]} vs {runs[1]} runs"
+        rows.append((f"decision: iteration {h['iteration']}", text))
     return rows
 
 

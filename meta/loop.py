@@ -529,12 +529,11 @@ async def run_iteration(run: MetaRun, i: int) -> dict[str, Any]:
         step=i,
     )  # fmt: skip
     test = ""
-    if "T" in rec:  # a decision: its statistic, p-value and replicates
-        p = rec.get("p_value")
-        test = (
-            f"; T={rec['T']:+.2f} docs, p={'-' if p is None else f'{p:.3f}'}, "
-            f"{rec.get('candidate_runs')} candidate / {rec.get('parent_runs')} parent runs"
-        )
+    if rec.get("T") is not None:  # a decision: its statistic, p-value and replicates
+        p, runs = rec.get("p_value"), (rec.get("candidate_runs"), rec.get("parent_runs"))
+        test = f"; T={rec['T']:+.2f}, p={'-' if p is None else f'{p:.3f}'}"
+        if None not in runs:  # student_gain decides on one score each: no replicates
+            test += f", {runs[0]} candidate / {runs[1]} parent runs"
     log.info(
         "iteration %d: %s (candidate %s vs parent %s%s)%s",
         i, rec["status"], _rate(rec.get("candidate_val")), _rate(rec.get("parent_val")), test,
