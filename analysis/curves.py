@@ -9,6 +9,7 @@ harness's gain on the sealed test split with its 95% interval (:func:`confirmati
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from statistics import fmean, pstdev
 from typing import Any
@@ -22,11 +23,11 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from analysis.loaders import MetaRunRecords  # noqa: E402
 
 
-def _finish(fig: Any, ax: Any, title: str, stem: Path) -> list[Path]:
-    """Shared axes (iteration vs pass rate in [0, 1]), legend, and ``<stem>.png``/``.svg``."""
+def _finish(fig: Any, ax: Any, title: str, stem: Path, ylabel: str = "validation pass rate") -> list[Path]:
+    """Shared axes (iteration vs a score in [0, 1]), legend, and ``<stem>.png``/``.svg``."""
     ax.set_xlabel("iteration")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("validation pass rate")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(-0.05, 1.05)
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -72,11 +73,24 @@ def noise_band(meta: MetaRunRecords) -> dict[str, Any] | None:
     return floor
 
 
+def base_student(meta: MetaRunRecords) -> dict[str, Any] | None:
+    """Under ``student_gain``: the untrained student's public score and the noise between two
+    base evaluations (the root line of ``curve.jsonl``); else ``None``."""
+    root = next((c for c in meta.curve if c.get("iteration") == 0 and "base_score" in c), None)
+    return {"score": root["base_score"], "noise": root.get("base_noise")} if root else None
+
+
 def confirmation_text(meta: MetaRunRecords) -> str:
     """One sentence on the confirmation on the sealed test split (``summary.json``)."""
     conf = meta.summary.get("confirmation")
     if not conf:
         return meta.summary.get("confirmation_note") or "not confirmed on the sealed test split"
+    if "private" in conf:  # student_gain: the private replay (meta/student.py)
+        priv = conf["private"]
+        return (
+            f"private replay ({conf['items']} items): base student {priv['base']:.3f}, start {priv['start']:.3f}, "
+            f"best {priv['best']:.3f} (relative gain of best {conf['gain_best']:+.3f}, of start {conf['gain_start']:+.3f})"
+        )
     if conf.get("best_is_start"):
         return f"best = starting harness (gain 0); its test pass rate {conf['start_pass_rate']:.3f}"
     lo, hi = conf["ci95_points"]
@@ -95,6 +109,12 @@ def admission_section(meta: MetaRunRecords) -> list[str]:
 
     floor = noise_band(meta)
     lines = ["## Admission\n"]
+    base = base_student(meta)
+    if base:
+        lines.append(
+            f"Untrained student's public score: {base['score']:.3f} (noise between two base evaluations with "
+            f"different seeds: {num(base.get('noise'), '.3f')}); a harness's score is its trained student's.\n"
+        )
     if floor:
         std = num(floor.get("std"), ".3f")
         lines.append(
@@ -163,10 +183,14 @@ def plot_curve(meta: MetaRunRecords, out_dir: Path) -> list[Path]:
         lo, hi = floor["mean"] - floor["std"], floor["mean"] + floor["std"]
         ax.axhspan(lo, hi, color="tab:orange", alpha=0.15,
                    label=f"noise floor ±1 std ({floor['n_replicates']} replicates)")  # fmt: skip
-    title = f"Validation pass rate per iteration — admitted {n_adm}/{len(pts)}"
+    base = base_student(meta)
+    if base:
+        ax.axhline(base["score"], linestyle=":", color="tab:purple", label=f"untrained student ({base['score']:.3f})")
+    label = meta.score_label
+    title = f"{label[0].upper()}{label[1:]} per iteration — admitted {n_adm}/{len(pts)}"
     if meta.summary:
-        title += f"\n{confirmation_text(meta)}"
-    return _finish(fig, ax, title, out_dir / "curve")
+        title += "\n" + textwrap.fill(confirmation_text(meta), 95)
+    return _finish(fig, ax, title, out_dir / "curve", ylabel=label)
 
 
 def aggregate_curves(members: list[MetaRunRecords]) -> list[dict[str, Any]]:

@@ -123,7 +123,7 @@ function select(id){
   document.getElementById('detail').innerHTML =
     '<h1 id="detail-title">' + esc(n.iteration === 0 ? 'Root harness' : 'Iteration ' + n.iteration) + ' — ' + esc(n.status) + '</h1>' +
     '<p>commit <code>' + esc(n.commit || 'none (no candidate)') + '</code>, parent <code>' + esc(parent) + '</code>; ' +
-    'validation pass rate ' + fmt(n.val) + (n.delta !== null && n.delta !== undefined ? ' (delta ' + n.delta.toFixed(3) + ')' : '') + '</p>' +
+    '$LABEL ' + fmt(n.val) + (n.delta !== null && n.delta !== undefined ? ' (delta ' + n.delta.toFixed(3) + ')' : '') + '</p>' +
     (n.reason ? '<h2>Status</h2><p id="detail-reason">' + esc(n.reason) + '</p>' : '') +
     (n.analysis ? '<h2>Analysis that motivated it</h2><pre id="detail-analysis">' + esc(n.analysis) + '</pre>' : '') +
     '<h2>Diff from parent ' + esc(n.diff_summary || '') + '</h2><pre id="detail-diff">' + (n.diff ? colorDiff(n.diff) : '(no diff)') + '</pre>';
@@ -139,7 +139,8 @@ select(want && nodes.some(n => n.id === want) ? want : nodes[nodes.length - 1].i
 def write_lineage_html(meta: MetaRunRecords, out_dir: Path) -> Path:
     """Write ``lineage.html`` (self-contained) and return its path."""
     data = json.dumps(lineage_nodes(meta)).replace("</", "<\\/")
-    page = PAGE.replace("$TITLE", html.escape(meta.path.name)).replace("$DATA", data)
+    page = PAGE.replace("$TITLE", html.escape(meta.path.name)).replace("$LABEL", html.escape(meta.score_label))
+    page = page.replace("$DATA", data)
     path = out_dir / "lineage.html"
     path.write_text(page, encoding="utf-8")
     return path

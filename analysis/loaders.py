@@ -50,6 +50,19 @@ class MetaRunRecords:
     summary: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def student_gain(self) -> bool:
+        """Whether the run's fitness is the student's gain (``meta.fitness=student_gain``,
+        meta/student.py): its scores are then the trained student's public mean@k."""
+        if self.summary.get("fitness"):
+            return self.summary["fitness"] == "student_gain"
+        return any("base_score" in c for c in self.curve if c.get("iteration") == 0)
+
+    @property
+    def score_label(self) -> str:
+        """What the run's scores are, in words (axis labels, headings)."""
+        return "student public score (mean@k)" if self.student_gain else "validation pass rate"
+
+    @property
     def baseline(self) -> float | None:
         root = [c for c in self.curve if c.get("iteration") == 0]
         if root:

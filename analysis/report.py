@@ -185,7 +185,7 @@ def build_report(cfg: ReportConfig, *, base_urls: dict[str, str] | None = None) 
         lineage = write_lineage_html(meta, out)
         n_adm = sum(h["status"] == "admitted" for h in meta.history)
         md += [
-            "## Validation pass rate over iterations\n",
+            f"## {meta.score_label[0].upper()}{meta.score_label[1:]} over iterations\n",
             f"![curve]({curve[0].name}) ([svg]({curve[1].name})) — {n_adm} of {len(meta.history)} candidates admitted; "
             f"starting harness {meta.baseline}.\n",
             *admission_section(meta),

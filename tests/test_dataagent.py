@@ -200,6 +200,14 @@ def test_student_gain_two_iterations_private_read_at_the_end(corpus, eval_set, s
 
     rows = dict(zip(*(c._cells for c in summary_table(summary, run_dir).columns), strict=True))
     assert rows["private replay (mean@k)"].startswith(f"base {conf['private']['base']:.3f}")
+    # the report and the lineage page say what the scores are: the student's, with its base and the private replay
+    from analysis.report import ReportConfig, TaxonomyConfig, build_report
+
+    report = build_report(ReportConfig(run=str(run_dir), taxonomy=TaxonomyConfig(enabled=False))).read_text()
+    assert "## Student public score (mean@k) over iterations" in report
+    assert f"Untrained student's public score: {base:.3f}" in report
+    assert f"private replay ({conf['items']} items): base student {conf['private']['base']:.3f}" in report
+    assert "student public score (mean@k)" in (run_dir / "report" / "lineage.html").read_text()
     curve = read_jsonl(run_dir / "curve.jsonl")
     assert curve[0]["status"] == "root" and curve[0]["base_score"] == base
 
