@@ -41,7 +41,7 @@ log = logging.getLogger("autodata")
 T = TypeVar("T")
 
 #: Libraries that log one INFO line per HTTP request or per plot call.
-NOISY_LOGGERS = ("httpx", "httpx2", "matplotlib")
+NOISY_LOGGERS = ("httpx", "httpx2", "aiohttp", "matplotlib")
 
 EXIT_OK = 0
 EXIT_ERROR = 1

@@ -2,8 +2,9 @@
 
 Every role (challenger, quality verifier, main agent, weak/strong solver, judge) names an
 endpoint in :class:`~inner.config.LLMConfig`. An endpoint has one replica (``base_url``) or
-several (``base_urls``), each with its own ``openai`` client and a ceiling of ``max_in_flight``
-requests; :class:`~inner.llm.replicas.ReplicaPool` sends each request to the least busy replica
+several (``base_urls``), each with its own ``openai`` client (on openai's aiohttp transport,
+``openai.DefaultAioHttpClient``: a third less CPU per call than its httpx2 pool at 64 in
+flight, ``experiments/bench/README.md``) and a ceiling of ``max_in_flight`` requests; :class:`~inner.llm.replicas.ReplicaPool` sends each request to the least busy replica
 and re-sends it to another when a replica fails (:mod:`inner.llm.replicas`). Retries with
 exponential backoff on 408, 409, 429, 5xx, timeouts and dropped connections are done by the
 ``openai`` client (``max_retries``, ``Retry-After`` honoured); a 200 that is not a usable completion (a body that is not JSON, no choices, empty
