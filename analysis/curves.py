@@ -86,11 +86,9 @@ def confirmation_text(meta: MetaRunRecords) -> str:
     if not conf:
         return meta.summary.get("confirmation_note") or "not confirmed on the sealed test split"
     if "private" in conf:  # student_gain: the private replay (meta/student.py)
-        priv = conf["private"]
-        return (
-            f"private replay ({conf['items']} items): base student {priv['base']:.3f}, start {priv['start']:.3f}, "
-            f"best {priv['best']:.3f} (relative gain of best {conf['gain_best']:+.3f}, of start {conf['gain_start']:+.3f})"
-        )
+        from meta.student import private_replay_text
+
+        return f"private replay ({conf['items']} items): {private_replay_text(conf, base='base student')}"
     if conf.get("best_is_start"):
         return f"best = starting harness (gain 0); its test pass rate {conf['start_pass_rate']:.3f}"
     lo, hi = conf["ci95_points"]

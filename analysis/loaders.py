@@ -60,7 +60,9 @@ class MetaRunRecords:
     @property
     def score_label(self) -> str:
         """What the run's scores are, in words (axis labels, headings)."""
-        return "student public score (mean@k)" if self.student_gain else "validation pass rate"
+        from meta.student import SCORE_LABELS
+
+        return SCORE_LABELS["student_gain" if self.student_gain else "pass_rate"]
 
     @property
     def baseline(self) -> float | None:

@@ -399,6 +399,19 @@ class AdmissionDecision:
 # --------------------------------------------------------------------------------------------
 
 
+def decision_text(rec: Mapping[str, Any]) -> str | None:
+    """A decision recorded in ``history.jsonl`` (:meth:`AdmissionDecision.to_json` merged into
+    the iteration record) in one line: ``"T=+1.50, p=0.031, 2 vs 3 runs"`` (T in documents for
+    pass-rate runs, in items under ``student_gain``; ``p`` is ``-`` when it was not computed; the
+    runs of candidate vs parent are left out where the fitness has no replicates). ``None`` for an
+    iteration that reached no decision (an invalid edit, a duplicate, an error)."""
+    if rec.get("T") is None:
+        return None
+    p, runs = rec.get("p_value"), (rec.get("candidate_runs"), rec.get("parent_runs"))
+    text = f"T={rec['T']:+.2f}, p={'-' if p is None else f'{p:.3f}'}"
+    return text if None in runs else f"{text}, {runs[0]} vs {runs[1]} runs"
+
+
 def paired_differences(candidate: Tallies, parent: Tallies, docs: Sequence[str]) -> list[float]:
     """``d_i = candidate fraction_i - parent fraction_i`` for each document of ``docs``, in [-1, 1].
 

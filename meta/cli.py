@@ -25,7 +25,9 @@ from rich.table import Table
 
 from inner.entrypoint import EXIT_CIRCUIT_BREAKER, EXIT_OK, check_run_dir_writable, cli_guard, run_async, to_config
 from inner.paths import PROJECT_ROOT
+from meta.admission import decision_text
 from meta.config import EvolveConfig, register_configs
+from meta.student import SCORE_LABELS, private_replay_text
 
 log = logging.getLogger("autodata")
 #: admission decisions listed in the end-of-run table (the rest are in history.jsonl)
@@ -40,7 +42,7 @@ def summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
     per role, output paths."""
     # the fitness the archive holds: the validation pass rate, or under student_gain the
     # student's public score (meta/student.py)
-    score = "public score (student)" if summary.get("fitness") == "student_gain" else "val pass rate"
+    score = SCORE_LABELS[summary.get("fitness", "pass_rate")]
     t = Table(title="Autodata — meta-optimization")
     t.add_column("metric")
     t.add_column("value", justify="right")
@@ -63,12 +65,7 @@ def summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
         )
     rows.extend(decision_rows(run_dir / "history.jsonl"))
     if conf and "private" in conf:  # student_gain: the private replay (meta/student.py)
-        priv = conf["private"]
-        rows.append((
-            "private replay (mean@k)",
-            f"base {priv['base']:.3f}, start {priv['start']:.3f}, best {priv['best']:.3f} "
-            f"(gain of best {conf['gain_best']:+.3f}, {conf['items']} items)",
-        ))  # fmt: skip
+        rows.append(("private replay (mean@k)", f"{private_replay_text(conf)} on {conf['items']} items"))
     elif conf and not conf.get("best_is_start"):
         lo, hi = conf["ci95_points"]
         rows.append(
@@ -97,20 +94,17 @@ def summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
 
 def decision_rows(history_path: Path, *, last: int = DECISION_ROWS) -> list[tuple[str, str]]:
     """Table rows of the ``last`` admission decisions in ``history.jsonl``, by iteration: the
-    status, T (documents), the p-value (``-`` for the strict rule) and the runs compared, plus a
-    row counting the earlier ones left out."""
+    status and :func:`meta.admission.decision_text`, plus a row counting the earlier ones left
+    out."""
     from meta.loop import load_history
 
-    decided = sorted((h for h in load_history(history_path) if h.get("T") is not None), key=lambda h: h["iteration"])
+    decided = sorted(
+        ((h, text) for h in load_history(history_path) if (text := decision_text(h))), key=lambda d: d[0]["iteration"]
+    )
     rows = []
     if len(decided) > last:
         rows.append(("decisions", f"{len(decided) - last} earlier ones in history.jsonl"))
-    for h in decided[-last:]:
-        p, runs = h.get("p_value"), (h.get("candidate_runs"), h.get("parent_runs"))
-        text = f"{h['status']}, T={h['T']:+.2f}, p={'-' if p is None else f'{p:.3f}'}"
-        if None not in runs:  # student_gain decides on one score each: no replicates
-            text += f", {runs[0]} vs {runs[1]} runs"
-        rows.append((f"decision: iteration {h['iteration']}", text))
+    rows += [(f"decision: iteration {h['iteration']}", f"{h['status']}, {text}") for h, text in decided[-last:]]
     return rows
 
 

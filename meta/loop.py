@@ -76,7 +76,7 @@ from inner.sandbox.process import dry_run_harness
 from inner.sdk.errors import ConfigError, HarnessError
 from inner.tracking import NullTracker, Tracker, build_tracker
 from meta import student
-from meta.admission import AdmissionDecision, decide, noise_floor
+from meta.admission import AdmissionDecision, decide, decision_text, noise_floor
 from meta.analyze import analyze, implement
 from meta.config import EvolveConfig
 from meta.edit import EditError, apply_edits, check_editable, check_prompt_files, is_editable, parse_edits
@@ -528,15 +528,11 @@ async def run_iteration(run: MetaRun, i: int) -> dict[str, Any]:
          "best_so_far": rec["best_so_far"], "admitted": rec["admitted"], "tokens": sum(rec["tokens"].values())},
         step=i,
     )  # fmt: skip
-    test = ""
-    if rec.get("T") is not None:  # a decision: its statistic, p-value and replicates
-        p, runs = rec.get("p_value"), (rec.get("candidate_runs"), rec.get("parent_runs"))
-        test = f"; T={rec['T']:+.2f}, p={'-' if p is None else f'{p:.3f}'}"
-        if None not in runs:  # student_gain decides on one score each: no replicates
-            test += f", {runs[0]} candidate / {runs[1]} parent runs"
+    decided = decision_text(rec)
     log.info(
         "iteration %d: %s (candidate %s vs parent %s%s)%s",
-        i, rec["status"], _rate(rec.get("candidate_val")), _rate(rec.get("parent_val")), test,
+        i, rec["status"], _rate(rec.get("candidate_val")), _rate(rec.get("parent_val")),
+        f"; {decided}" if decided else "",
         f" - {rec['reason']}" if rec.get("reason") else "",
     )  # fmt: skip
     return rec

@@ -78,6 +78,8 @@ log = logging.getLogger(__name__)
 
 #: ``meta.fitness`` values
 FITNESS = ("pass_rate", "student_gain")
+#: what the archive's score is under each ``meta.fitness``, in words (tables, reports, plots)
+SCORE_LABELS = {"pass_rate": "validation pass rate", "student_gain": "student public score (mean@k)"}
 #: ``meta.student.method`` values (``sft``: TRL's SFTTrainer with LoRA; ``grpo``: train.trainer's
 #: GRPO with the rubric-judge and exact-answer rewards, LoRA)
 METHODS = ("sft", "grpo")
@@ -717,6 +719,18 @@ async def iterate(run: MetaRun, i: int, rec: dict[str, Any]) -> dict[str, Any]:
         run.lineage.admit(commit, i)
         run.archive.add(ArchiveEntry(commit, cand_id, i, parent.commit, fit["public_score"]))
     return {"status": status, "reason": reason}
+
+
+def private_replay_text(conf: dict[str, Any], *, base: str = "base") -> str:
+    """The result of :func:`replay_private` (``summary.json``'s ``confirmation`` under
+    ``student_gain``) in words: the private mean@k of the base (called ``base``), start and best
+    students, and the best's and start's gains relative to the base (DataAgent's fitness: a
+    ratio, not points)."""
+    priv = conf["private"]
+    return (
+        f"{base} {priv['base']:.3f}, start {priv['start']:.3f}, best {priv['best']:.3f} "
+        f"(relative gain of best {conf['gain_best']:+.3f}, of start {conf['gain_start']:+.3f})"
+    )
 
 
 async def replay_private(run: MetaRun) -> dict[str, Any]:

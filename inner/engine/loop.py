@@ -278,9 +278,7 @@ class DocumentSession:
         self._writing = asyncio.ensure_future(self.eng.writer.write_trajectory_off_loop(self.traj))
         try:
             await asyncio.shield(self._writing)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
+        except Exception as exc:  # a cancellation (BaseException) passes through
             raise _End("crashed", records_failed(exc)) from exc
 
     # -- the run ------------------------------------------------------------------------------

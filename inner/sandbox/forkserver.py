@@ -256,7 +256,7 @@ class ForkedSandbox:
         self._stdout: asyncio.StreamReader | None = None
         self._stdin: asyncio.StreamWriter | None = None
         self._transports: list[asyncio.BaseTransport] = []
-        self._cgroup: _Cgroups | None = None
+        #: the document's cgroups, made in a worker thread (finished or not)
         self._cgroup_job: asyncio.Future[_Cgroups] | None = None
         self._stderr_task: asyncio.Task[None] | None = None
         self._exit_task: asyncio.Task[None] | None = None
@@ -311,7 +311,7 @@ class ForkedSandbox:
         # in a worker thread: moving a process into a cgroup v1 group waits in the kernel for
         # about 2 ms (RCU), time the event loop spends on other documents meanwhile
         self._cgroup_job = asyncio.ensure_future(asyncio.to_thread(_make_cgroups, self.max_procs, self.memory_mb, pid))
-        self._cgroup = await asyncio.shield(self._cgroup_job)  # cancelled: kill() still finds it
+        await asyncio.shield(self._cgroup_job)  # cancelled here: kill() still waits for it and removes it
         ctl.send(b"go")
         self._exit_task = asyncio.create_task(self._watch_exit())
         line = await self.readline()
@@ -384,14 +384,11 @@ class ForkedSandbox:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._exit_task), 10)
         await self._reaped(10)
-        job = self._cgroup_job
-        if self._cgroup is None and job is not None:  # start() was cancelled while it was made
+        job, self._cgroup_job = self._cgroup_job, None
+        if job is not None:
             await asyncio.wait({job})
-            self._cgroup = job.result() if not job.cancelled() and job.exception() is None else None
-        self._cgroup_job = None
-        if self._cgroup is not None:
-            await asyncio.to_thread(self._cgroup.destroy)
-            self._cgroup = None
+            if not job.cancelled() and job.exception() is None:
+                await asyncio.to_thread(job.result().destroy)
         for t in self._transports:
             with contextlib.suppress(Exception):
                 t.close()
