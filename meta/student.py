@@ -366,11 +366,6 @@ def train_student_grpo(
     }  # fmt: skip
 
 
-def endpoint_urls(run: MetaRun) -> dict[str, Any]:
-    """The base URLs of each endpoint's replicas in the run's client (for :func:`train_student_grpo`)."""
-    return {name: [r.url for r in pool.replicas] for name, pool in run.client._pools.items()}
-
-
 def sample_student(s: StudentConfig, model_name: str, rows: list[dict[str, Any]], *, seed: int) -> Any:
     """``k`` answers per row from the student at ``model_name`` (the base, or an adapter
     directory merged onto it) with :func:`train.evaluate.sample_completions`.
@@ -513,7 +508,7 @@ async def harness_fitness(run: MetaRun, harness_dir: Path) -> dict[str, Any]:
     async with _compute_lock(run):
         if s.method == "grpo":
             train = await asyncio.to_thread(
-                train_student_grpo, s, out / "dataset", out, llm=run.cfg.llm, base_urls=endpoint_urls(run)
+                train_student_grpo, s, out / "dataset", out, llm=run.cfg.llm, base_urls=run.client.replica_urls()
             )
         else:
             train = await asyncio.to_thread(train_student, s, out / "dataset", out)

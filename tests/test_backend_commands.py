@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
@@ -93,7 +92,7 @@ def test_llama_cpp_command_from_the_local_config_parses_with_the_real_server_cli
 def test_llama_cpp_threads_default_to_all_cores():
     cfg = compose_config("llm=local").llm
     cmd = backends.llama_cpp_command(cfg, Path("m.gguf"), 1)
-    assert cmd[cmd.index("--n_threads") + 1] == str(os.cpu_count())
+    assert cmd[cmd.index("--n_threads") + 1] == str(len(backends.usable_cores()))
 
 
 def test_one_served_model_only():

@@ -141,7 +141,8 @@ def test_the_ladder_starts_one_server_per_model_and_each_endpoint_gets_its_model
     monkeypatch.setattr(backends, "ManagedServer", _Recorder)
     monkeypatch.setattr(backends, "ensure_gguf", lambda cache_dir, weights: Path("/models") / weights.gguf_name)
     monkeypatch.setattr(backends, "built_server", lambda: Path("/cache/llama-server"))
-    monkeypatch.setattr(backends.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(backends, "usable_cores", lambda: [0, 1])
+    monkeypatch.setattr(backends, "busy_cores", lambda: 0.0)
     cfg = compose_config("llm=ladder", "llm.backend.port=8200").llm
     with backends.start_backend(cfg, log_dir=tmp_path) as urls:
         # the 0.5B serves the default endpoint (weak solver), the 1.5B the large one (strong solver)
@@ -162,7 +163,7 @@ def test_the_ladder_starts_one_server_per_model_and_each_endpoint_gets_its_model
 
 
 def test_a_model_overrides_the_backend_settings_and_one_model_keeps_the_old_command(monkeypatch):
-    monkeypatch.setattr(backends.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(backends, "usable_cores", lambda: [0, 1])
     cfg = compose_config(
         "llm=ladder",
         "llm.backend.models.large.slots=3",
@@ -182,6 +183,38 @@ def test_a_model_overrides_the_backend_settings_and_one_model_keeps_the_old_comm
         "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-0.5b-instruct-q4_k_m", 2, None,
     )  # fmt: skip
     assert "--poll" not in llama_server_command(compose_config("llm=local").llm, Path("/b"), Path("/m"), 1)
+
+
+@pytest.mark.parametrize(("busy", "threads"), [(0.0, "2"), (0.4, "2"), (1.0, "1"), (1.8, "1")])
+def test_threads_left_to_the_backend_are_the_cores_other_processes_leave_free(monkeypatch, tmp_path, busy, threads):
+    # one server on 2 cores, one of them held by another process: 1 thread, not 2 that stall
+    # each other (make demo: 125 s instead of 691 s, experiments/bench/README.md)
+    _Recorder.started.clear()
+    monkeypatch.setattr(backends, "ManagedServer", _Recorder)
+    monkeypatch.setattr(backends, "ensure_gguf", lambda cache_dir, weights: Path("/models") / weights.gguf_name)
+    monkeypatch.setattr(backends, "built_server", lambda: Path("/cache/llama-server"))
+    monkeypatch.setattr(backends, "usable_cores", lambda: [0, 1])
+    monkeypatch.setattr(backends, "busy_cores", lambda: busy)
+    with backends.start_backend(compose_config("llm=local").llm, log_dir=tmp_path):
+        pass
+    (f,) = (_flags(s.cmd) for s in _Recorder.started)
+    assert f["--threads"] == f["--threads-batch"] == threads
+    # the ladder's two servers keep at least one thread each; a set n_threads is never resampled
+    _Recorder.started.clear()
+    monkeypatch.setattr(backends, "busy_cores", lambda: pytest.fail("sampled although n_threads is set"))
+    with backends.start_backend(compose_config("llm=local", "llm.backend.n_threads=2").llm, log_dir=tmp_path):
+        pass
+    assert _flags(_Recorder.started[0].cmd)["--threads"] == "2"
+
+
+def test_busy_cores_sees_a_process_that_spins():
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        assert backends.busy_cores(0.5) >= 0.5  # at least the spinner; more if the machine is busier
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def test_only_the_models_some_endpoint_names_are_started():

@@ -70,6 +70,55 @@ BUILD_HINT = "build it with: make install  (or: python -m inner.llm.build_server
 #: that waits does not burn the core another server decodes on (experiments/bench/README.md,
 #: "Two servers on 2 cores").
 SHARED_POLL = 0
+#: Seconds :func:`busy_cores` watches the cores before the local servers start, when their
+#: threads are left to the backend (``llm.backend.n_threads`` unset).
+BUSY_SAMPLE_S = 0.5
+
+
+def usable_cores() -> list[int]:
+    """The CPUs this process may run on (its affinity set; all CPUs where that is unknown)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def busy_cores(sample_s: float = BUSY_SAMPLE_S) -> float:
+    """How many of :func:`usable_cores` other processes keep busy: their busy share over
+    ``sample_s`` seconds, from ``/proc/stat`` (per CPU: 1 - idle and iowait ticks / all ticks),
+    summed, less this process's own CPU time meanwhile. ``0.0`` where ``/proc/stat`` is not
+    readable (not Linux).
+
+    Why: llama.cpp's threads wait for each other after every operation, so one thread that
+    shares its core with a busy process stalls the whole server. On 2 cores with one held by a
+    spinning process, ``make demo`` took 691 s with 2 threads and 125 s with 1 (58 s and 122 s
+    idle; experiments/bench/README.md, "One server and a busy core")."""
+    cpus = usable_cores()
+
+    def ticks() -> dict[int, tuple[int, int]] | None:
+        try:
+            lines = Path("/proc/stat").read_text().splitlines()
+        except OSError:
+            return None
+        out = {}
+        for line in lines:
+            name, *vals = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                v = [int(x) for x in vals]
+                out[int(name[3:])] = (v[3] + (v[4] if len(v) > 4 else 0), sum(v))
+        return out
+
+    before, own0 = ticks(), os.times()
+    if not before:
+        return 0.0
+    time.sleep(sample_s)
+    after, own1 = ticks(), os.times()
+    busy = 0.0
+    for cpu, (idle0, total0) in before.items():
+        idle1, total1 = (after or {}).get(cpu, (idle0, total0))
+        if total1 > total0:
+            busy += 1.0 - (idle1 - idle0) / (total1 - total0)
+    own = (own1.user - own0.user + own1.system - own0.system) / sample_s
+    return max(0.0, busy - own)
 
 
 def free_port() -> int:
@@ -118,14 +167,15 @@ class LocalModel:
     endpoints: tuple[str, ...]
 
 
-def local_models(cfg: LLMConfig) -> list[LocalModel]:
+def local_models(cfg: LLMConfig, *, free_cores: int | None = None) -> list[LocalModel]:
     """The servers ``llm=local`` starts for the endpoints without ``base_url``: one per model of
     ``llm.backend.models`` whose served name some such endpoint names (in the order of
     ``models``), or, with
     ``models`` empty, one for the endpoints' one model with ``llm.backend.weights``. A setting a
-    model leaves ``None`` is the backend's; threads left ``None`` everywhere are the cores
-    divided evenly among the servers (at least 1), and ``poll`` is :data:`SHARED_POLL` when
-    there are several servers (llama.cpp's default for one).
+    model leaves ``None`` is the backend's; threads left ``None`` everywhere are ``free_cores``
+    (default: every usable core; :func:`_start_local` passes the cores not busy with other
+    processes, :func:`busy_cores`) divided evenly among the servers (at least 1), and ``poll``
+    is :data:`SHARED_POLL` when there are several servers (llama.cpp's default for one).
 
     Raises:
         BackendError: ``models`` is empty but the endpoints name several models.
@@ -145,7 +195,7 @@ def local_models(cfg: LLMConfig) -> list[LocalModel]:
                 "(one server each) or give the others a base_url"
             )
         specs = [(None, name, LocalModelConfig()) for name in wanted]
-    cores = os.cpu_count() or 1
+    cores = free_cores if free_cores is not None else len(usable_cores())
     threads = b.n_threads or max(1, cores // max(1, len(specs)))
     poll = b.poll if b.poll is not None else (SHARED_POLL if len(specs) > 1 else None)
     out = []
@@ -548,7 +598,17 @@ def _start_local(cfg: LLMConfig, *, log_dir: Path) -> Iterator[dict[str, str]]:
     if importlib.util.find_spec("llama_cpp") is None:
         raise BackendError(f"llm=local needs llama-cpp-python[server]: {INSTALL_HINT}")
     which, binary = local_server(cfg)
-    models = local_models(cfg)
+    free = None
+    b = cfg.backend
+    if b.n_threads is None and (not b.models or any(m.n_threads is None for m in b.models.values())):
+        cores, busy = len(usable_cores()), busy_cores()
+        free = max(1, cores - round(busy))
+        if free < cores:
+            log.info(
+                "%.1f of %d cores busy with other processes: the local servers get %d thread(s) in all "
+                "(llm.backend.n_threads sets them)", busy, cores, free,
+            )  # fmt: skip
+    models = local_models(cfg, free_cores=free)
     cache = Path(cfg.backend.model_cache_dir) if cfg.backend.model_cache_dir else None
     paths = [ensure_gguf(cache, m.weights) for m in models]
     servers: list[ManagedServer] = []

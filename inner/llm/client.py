@@ -520,6 +520,11 @@ class LLMClient:
             return err(LLMBadResponseError, "the reply body is not JSON", exc)
         return None
 
+    def replica_urls(self) -> dict[str, list[str]]:
+        """``{endpoint: [base URL of each replica]}``, replicas in ``base_urls`` order (for a
+        process that needs its own client of the same endpoints, e.g. GRPO's judge reward)."""
+        return {name: [r.url for r in pool.replicas] for name, pool in self._pools.items()}
+
     def replica_counts(self) -> dict[str, list[dict[str, Any]]]:
         """``{endpoint: [per replica {"url", "requests", "failures", "in_flight_peak",
         "taken_out"}]}`` since this client was made, replicas in ``base_urls`` order (see
