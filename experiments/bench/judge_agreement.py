@@ -9,8 +9,8 @@ solver's answers above the weak solver's.
 Three steps, each a subcommand (run from the repository root):
 
 1. ``sample``: read the trajectories of one or more rubric-path runs (rounds that a judge
-   graded, not verifiable rounds) and write a seeded sample of judged answers, half weak and
-   half strong where the run has both, one JSON line each (``--out``, default
+   graded, not verifiable rounds) and write a seeded sample of ``--n`` judged answers of each
+   run, half weak and half strong where the run has both, one JSON line each (``--out``, default
    ``experiments/bench/judge_items.jsonl``): ``item`` (``doc#round/side/index``), ``context``,
    ``question``, ``rubric``, ``answer``, ``reference_answer`` (for the human only: the judge
    never sees it), ``side`` and ``run_grades`` (the run's own judge, ``{criterion id: 0|1}``).
@@ -84,15 +84,17 @@ def judged_answers(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def sample(runs: list[Path], n: int, seed: int) -> list[dict[str, Any]]:
-    """A seeded sample of ``n`` judged answers, half from each side where both exist."""
-    pool = [a for r in runs for a in judged_answers(r)]
-    rng = random.Random(seed)
-    by_side = {s: [a for a in pool if a["side"] == s] for s in ("weak", "strong")}
-    for v in by_side.values():
-        rng.shuffle(v)
-    take_strong = min(len(by_side["strong"]), n // 2)
-    picked = by_side["strong"][:take_strong] + by_side["weak"][: n - take_strong]
-    return sorted(picked, key=lambda a: a["item"])
+    """A seeded sample of ``n`` judged answers of each run, half from each side where both exist."""
+    picked = []
+    for run in runs:
+        pool = judged_answers(run)
+        rng = random.Random(seed)
+        by_side = {s: [a for a in pool if a["side"] == s] for s in ("weak", "strong")}
+        for v in by_side.values():
+            rng.shuffle(v)
+        take_strong = min(len(by_side["strong"]), n // 2)
+        picked += sorted(by_side["strong"][:take_strong] + by_side["weak"][: n - take_strong], key=lambda a: a["item"])
+    return picked
 
 
 def kappa(pairs: list[tuple[int, int]]) -> float | None:
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("sample", help="sample judged answers from rubric-path runs")
     s.add_argument("runs", nargs="+", type=Path)
-    s.add_argument("--n", type=int, default=24)
+    s.add_argument("--n", type=int, default=24, help="answers per run")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=ITEMS)
     for name in ("judge", "report"):
@@ -210,16 +212,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(items)} answers -> {args.out}")
         return 0
     items = read_jsonl(args.items)
+    judged = {"in the run": {it["item"]: it["run_grades"] for it in items}}
     if args.cmd == "judge":
         args.judged.parent.mkdir(parents=True, exist_ok=True)
-        judged = asyncio.run(judge_all(items, args.endpoints, args.judged.parent))
-        run_name = f"the run's judge ({items[0]['run']})" if items else "run"
-        judged = {run_name: {it["item"]: it["run_grades"] for it in items}, **judged}
-        args.judged.write_text(json.dumps(judged, indent=1), encoding="utf-8")
-    else:
-        judged = json.loads(args.judged.read_text(encoding="utf-8"))
+        fresh = asyncio.run(judge_all(items, args.endpoints, args.judged.parent))
+        args.judged.write_text(json.dumps(fresh, indent=1), encoding="utf-8")
+        judged |= fresh
+    elif args.judged.is_file():
+        judged |= json.loads(args.judged.read_text(encoding="utf-8"))
     hand = read_jsonl(args.hand) if args.hand.is_file() else []
-    print(report(items, hand, judged))
+    for run in sorted({it["run"] for it in items}):
+        print(f"== {run}")
+        print(report([it for it in items if it["run"] == run], hand, judged))
     return 0
 
 
