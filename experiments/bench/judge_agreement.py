@@ -11,7 +11,7 @@ Three steps, each a subcommand (run from the repository root):
 1. ``sample``: read the trajectories of one or more rubric-path runs (rounds that a judge
    graded, not verifiable rounds) and write a seeded sample of ``--n`` judged answers of each
    run, half weak and half strong where the run has both, one JSON line each (``--out``, default
-   ``experiments/bench/judge_items.jsonl``): ``item`` (``doc#round/side/index``), ``context``,
+   ``experiments/bench/judge_items.jsonl``): ``item`` (``run:doc#round/side/index``), ``context``,
    ``question``, ``rubric``, ``answer``, ``reference_answer`` (for the human only: the judge
    never sees it), ``side`` and ``run_grades`` (the run's own judge, ``{criterion id: 0|1}``).
 2. By hand: one JSON line per (item, criterion) in ``experiments/bench/judge_hand_grades.jsonl``:
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import random
 import sys
@@ -69,7 +70,7 @@ def judged_answers(run_dir: Path) -> list[dict[str, Any]]:
                     if not att.get("grades") or att.get("score") is None:
                         continue
                     out.append({
-                        "item": f"{traj['doc_id']}#{rnd['round']}/{side}/{att['index']}",
+                        "item": f"{run_dir.name}:{traj['doc_id']}#{rnd['round']}/{side}/{att['index']}",
                         "run": run_dir.name,
                         "side": side,
                         "context": ch.get("context", ""),
@@ -168,26 +169,32 @@ async def judge_all(items: list[dict[str, Any]], endpoints: list[str], out_dir: 
     from inner.sdk.contract import RubricItem
 
     cfg = ladder_cfg([])
-    out: dict[str, dict[str, dict]] = {}
-    with start_backend(cfg, log_dir=out_dir) as urls:
-        for ep in endpoints:
-            cfg.roles["judge"].endpoint = ep
-            client = LLMClient(cfg, base_urls=urls, cache=ResponseCache(out_dir / "llm_cache"))
-            t0 = time.perf_counter()
+    cache = ResponseCache(out_dir / "llm_cache")
 
-            async def one(it: dict[str, Any], client: LLMClient = client) -> tuple[str, dict]:
-                v = await judge_answer(
-                    client, context=it["context"], question=it["question"],
-                    rubric=[RubricItem(**c) for c in it["rubric"]], answer=it["answer"],
-                )  # fmt: skip
-                return it["item"], {g.id: g.score for g in v.grades}
+    async def by(ep: str, urls: dict[str, Any]) -> tuple[str, dict[str, dict]]:
+        """Every item judged by the judge on endpoint ``ep`` (the two servers work at once)."""
+        mine = copy.deepcopy(cfg)
+        mine.roles.judge.endpoint = ep
+        client = LLMClient(mine, base_urls=urls, cache=cache)
+        t0 = time.perf_counter()
 
+        async def one(it: dict[str, Any]) -> tuple[str, dict]:
+            v = await judge_answer(
+                client, context=it["context"], question=it["question"],
+                rubric=[RubricItem(**c) for c in it["rubric"]], answer=it["answer"],
+            )  # fmt: skip
+            return it["item"], {g.id: g.score for g in v.grades}
+
+        try:
             res = await asyncio.gather(*(one(it) for it in items))
+        finally:
             await client.aclose()
-            name = f"{ep} ({cfg.endpoints[ep].model})"
-            out[name] = dict(res)
-            print(f"{name}: {len(items)} answers judged in {time.perf_counter() - t0:.0f} s", flush=True)
-    return out
+        name = f"{ep} ({cfg.endpoints[ep].model})"
+        print(f"{name}: {len(items)} answers judged in {time.perf_counter() - t0:.0f} s", flush=True)
+        return name, dict(res)
+
+    with start_backend(cfg, log_dir=out_dir) as urls:
+        return dict(await asyncio.gather(*(by(ep, urls) for ep in endpoints)))
 
 
 def main(argv: list[str] | None = None) -> int:
