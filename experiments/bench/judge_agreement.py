@@ -24,7 +24,9 @@ Three steps, each a subcommand (run from the repository root):
    default both: ``default`` = Qwen2.5-Coder-0.5B, ``large`` = 1.5B), then print, per judge:
    agreement with the hand grades (fraction of pairs, Cohen's kappa), false passes (judge 1, hand
    0) and false fails, and the mean rubric score of weak and of strong answers with the hand
-   grades' own means beside them. ``report`` prints the same from a saved ``--judged`` file.
+   grades' own means beside them. ``report`` prints the same from a saved ``--judged`` file
+   (each ``judge`` adds its judges to it). ``--prompt FILE`` tries another judge prompt (the same
+   placeholders) in place of the frozen one, e.g. ``experiments/bench/judge_strict.md``.
 
 Sources: the judge prompt and the binary "0 when in doubt" rule are the paper's
 (``inner/evaluator/prompts/judge.md``); Cohen's kappa: Cohen (1960), "A coefficient of agreement
@@ -159,9 +161,14 @@ def report(items: list[dict[str, Any]], hand: list[dict[str, Any]], judged: dict
     return "\n".join(lines)
 
 
-async def judge_all(items: list[dict[str, Any]], endpoints: list[str], out_dir: Path) -> dict[str, dict[str, dict]]:
-    """Grade every item with the frozen judge on each endpoint of the ladder."""
+async def judge_all(
+    items: list[dict[str, Any]], endpoints: list[str], out_dir: Path, prompt: Path | None = None
+) -> dict[str, dict[str, dict]]:
+    """Grade every item with the frozen judge on each endpoint of the ladder; with ``prompt``,
+    the judge's prompt is that file instead of ``inner/evaluator/prompts/judge.md`` (the same
+    placeholders, schema and binary rule: a candidate for a stricter frozen prompt)."""
     from experiments.bench.two_servers import ladder_cfg
+    from inner.evaluator import roles
     from inner.evaluator.roles import judge_answer
     from inner.llm.backends import start_backend
     from inner.llm.cache import ResponseCache
@@ -170,6 +177,9 @@ async def judge_all(items: list[dict[str, Any]], endpoints: list[str], out_dir: 
 
     cfg = ladder_cfg([])
     cache = ResponseCache(out_dir / "llm_cache")
+    if prompt is not None:  # the frozen function's rubric lines, rendered into the other file
+        frozen_render = roles.render
+        roles.render = lambda path, **kw: frozen_render(prompt if path.name == "judge.md" else path, **kw)
 
     async def by(ep: str, urls: dict[str, Any]) -> tuple[str, dict[str, dict]]:
         """Every item judged by the judge on endpoint ``ep`` (the two servers work at once)."""
@@ -189,7 +199,7 @@ async def judge_all(items: list[dict[str, Any]], endpoints: list[str], out_dir: 
             res = await asyncio.gather(*(one(it) for it in items))
         finally:
             await client.aclose()
-        name = f"{ep} ({cfg.endpoints[ep].model})"
+        name = f"{ep} ({cfg.endpoints[ep].model})" + (f" + {prompt.name}" if prompt else "")
         print(f"{name}: {len(items)} answers judged in {time.perf_counter() - t0:.0f} s", flush=True)
         return name, dict(res)
 
@@ -212,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--hand", type=Path, default=HAND)
         p.add_argument("--judged", type=Path, default=ROOT / "runs" / "bench-judge" / "judged.json")
     sub.choices["judge"].add_argument("--endpoints", nargs="+", default=["default", "large"])
+    sub.choices["judge"].add_argument("--prompt", type=Path, help="a judge prompt to try instead of the frozen one")
     args = ap.parse_args(argv)
     if args.cmd == "sample":
         items = sample(args.runs, args.n, args.seed)
@@ -222,9 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     judged = {"in the run": {it["item"]: it["run_grades"] for it in items}}
     if args.cmd == "judge":
         args.judged.parent.mkdir(parents=True, exist_ok=True)
-        fresh = asyncio.run(judge_all(items, args.endpoints, args.judged.parent))
-        args.judged.write_text(json.dumps(fresh, indent=1), encoding="utf-8")
-        judged |= fresh
+        fresh = asyncio.run(judge_all(items, args.endpoints, args.judged.parent, args.prompt))
+        saved = json.loads(args.judged.read_text(encoding="utf-8")) if args.judged.is_file() else {}
+        args.judged.write_text(json.dumps(saved | fresh, indent=1), encoding="utf-8")
+        judged |= saved | fresh
     elif args.judged.is_file():
         judged |= json.loads(args.judged.read_text(encoding="utf-8"))
     hand = read_jsonl(args.hand) if args.hand.is_file() else []
