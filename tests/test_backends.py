@@ -195,15 +195,15 @@ def test_threads_left_to_the_backend_are_the_cores_other_processes_leave_free(mo
     monkeypatch.setattr(backends, "built_server", lambda: Path("/cache/llama-server"))
     monkeypatch.setattr(backends, "usable_cores", lambda: [0, 1])
     monkeypatch.setattr(backends, "busy_cores", lambda: busy)
-    with backends.start_backend(compose_config("llm=local").llm, log_dir=tmp_path):
-        pass
+    with backends.start_backend(compose_config("llm=local").llm, log_dir=tmp_path) as urls:
+        assert list(urls) == ["default"]
     (f,) = (_flags(s.cmd) for s in _Recorder.started)
     assert f["--threads"] == f["--threads-batch"] == threads
     # the ladder's two servers keep at least one thread each; a set n_threads is never resampled
     _Recorder.started.clear()
     monkeypatch.setattr(backends, "busy_cores", lambda: pytest.fail("sampled although n_threads is set"))
-    with backends.start_backend(compose_config("llm=local", "llm.backend.n_threads=2").llm, log_dir=tmp_path):
-        pass
+    with backends.start_backend(compose_config("llm=local", "llm.backend.n_threads=2").llm, log_dir=tmp_path) as urls:
+        assert list(urls) == ["default"]
     assert _flags(_Recorder.started[0].cmd)["--threads"] == "2"
 
 

@@ -55,6 +55,11 @@ HAND = HERE / "judge_hand_grades.jsonl"
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON object of every non-empty line of ``path``.
+
+    Raises:
+        OSError / json.JSONDecodeError: the file is missing or a line is not JSON.
+    """
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -101,7 +106,9 @@ def sample(runs: list[Path], n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def kappa(pairs: list[tuple[int, int]]) -> float | None:
-    """Cohen's kappa of binary (judge, hand) pairs; ``None`` when chance agreement is 1."""
+    """Cohen's kappa (Cohen 1960) of binary ``(judge, hand)`` pairs, in [-1, 1]: observed
+    agreement beyond the agreement the two marginal rates give by chance; ``None`` for no pairs
+    or when chance agreement is 1 (both always say the same value)."""
     if not pairs:
         return None
     n = len(pairs)
@@ -112,6 +119,8 @@ def kappa(pairs: list[tuple[int, int]]) -> float | None:
 
 
 def score(rubric: list[dict[str, Any]], grades: dict[str, float]) -> float:
+    """The frozen rubric score in [0, 1] (:func:`inner.evaluator.scoring.rubric_score`) of
+    ``grades`` (``{criterion id: 0 | 1}``) on ``rubric`` (criteria as stored in trajectories)."""
     from inner.evaluator.scoring import rubric_score
     from inner.sdk.contract import RubricItem
 
